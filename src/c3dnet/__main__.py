@@ -1,0 +1,5 @@
+import sys
+
+from c3dnet.cli import main
+
+sys.exit(main())
