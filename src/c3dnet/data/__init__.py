@@ -1,0 +1,1 @@
+"""Video data: annotation sources, decoding, clip sampling, transforms, datasets, the synthetic set."""
