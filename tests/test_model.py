@@ -111,3 +111,13 @@ def test_config_round_trip_and_validation() -> None:
         C3DConfig.variant("d9")
     with pytest.raises(ValueError, match="unknown C3D config fields"):
         C3DConfig.from_dict({"num_clases": 3})
+
+
+def test_multiply_adds_match_reference_cost() -> None:
+    from c3dnet.model import multiply_adds
+
+    assert abs(multiply_adds(C3DConfig()) / 1e9 - 38.6) < 0.1  # REFERENCE.md: 38.6 G multiply-adds per clip
+    # Depth-1 convs cost a third of depth-3 convs; the fc layers are unchanged.
+    full, flat = multiply_adds(C3DConfig()), multiply_adds(C3DConfig.variant("d1"))
+    fc = 8192 * 4096 + 4096 * 4096 + 4096 * 101
+    assert flat - fc == (full - fc) // 3

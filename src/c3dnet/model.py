@@ -279,6 +279,25 @@ class C3D(nn.Module):
         return [p for p in self.parameters() if id(p) not in head]
 
 
+def multiply_adds(config: C3DConfig) -> int:
+    """Multiply-adds of one forward pass of one clip (convs and linear layers; 38.6 G for the reference).
+
+    FLOPs are twice this; a training step (forward + backward) costs about three forward passes.
+    """
+    t, h, w = config.clip_len, config.crop_size, config.crop_size
+    in_ch, total = config.in_channels, 0
+    pools, _ = _pool_specs(config)
+    for names, width, depth, pool in zip(CONV_NAMES, config.widths, config.temporal_depths, pools):
+        for _ in names:
+            total += width * in_ch * depth * 9 * t * h * w  # 'same' padding: output size == input size
+            in_ch = width
+        t = _pool_out(t, pool.kernel[0], pool.stride[0], pool.padding[0], pool.ceil_mode)
+        h = _pool_out(h, 2, 2, pool.padding[1], pool.ceil_mode)
+        w = _pool_out(w, 2, 2, pool.padding[2], pool.ceil_mode)
+    fc_in = in_ch * t * h * w
+    return total + fc_in * config.fc_dim + config.fc_dim * config.fc_dim + config.fc_dim * config.num_classes
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -302,4 +321,5 @@ __all__ = [
     "TEMPORAL_DEPTHS",
     "build_model",
     "count_parameters",
+    "multiply_adds",
 ]
