@@ -1,0 +1,396 @@
+"""Frames from video files (PyAV) and from frame folders (PIL), frame-accurate, decoding only what is needed.
+
+Frame i of a video is its i-th displayed frame. A video's frames are identified by their presentation
+timestamps: one cheap pass over the container's packets (no decoding) lists every frame's pts; sorted, that
+list maps frame index <-> pts, and gives the frame count. Reading a clip then decodes from the keyframe before the
+first needed frame (a seek when that is cheaper than reading on from the start) up to the last needed frame only,
+and recognises each decoded frame by its pts, so seeking never shifts a clip by a frame.
+
+Frame folders hold `img_00001.jpg`, `img_00002.jpg`, ... (template and start index configurable).
+
+Example:
+    >>> import numpy as np
+    >>> from c3dnet.data.decode import count_frames, read_frames
+    >>> from c3dnet.data.sources import VideoRecord
+    >>> rec = VideoRecord(Path("v_Drumming_g01_c01.avi"), label=3)          # doctest: +SKIP
+    >>> n = count_frames(rec)                                                  # doctest: +SKIP
+    >>> clip = read_frames(rec, np.arange(16), size_hw=(128, 171))            # doctest: +SKIP
+    >>> clip.shape, clip.dtype                                                 # doctest: +SKIP
+    ((16, 128, 171, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from c3dnet.errors import DataError
+from c3dnet.log import get_logger
+
+if TYPE_CHECKING:
+    from c3dnet.data.sources import VideoRecord
+
+log = get_logger(__name__)
+
+FRAME_TEMPLATE = "img_{:05d}.jpg"
+"""File name of frame k (counted from FRAME_START) in a frame folder, as the seed and `c3d prepare` write them."""
+FRAME_START = 1
+
+SEEK_MIN_GAP = 48
+"""Read on from the start (or the current position) rather than seek when the first needed frame is this close:
+a seek lands on the keyframe before it anyway, and for short GOP-less streams reading on is as cheap."""
+
+_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video (or frame folder) holds. `fps` is 0.0 for frame folders (unknown)."""
+
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Per-video timing: sorted presentation timestamps of every frame (frame i has pts `pts[i]`)."""
+
+    pts: np.ndarray  # (num_frames,) int64, sorted
+    info: VideoInfo
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: object, value: object) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+_index_cache = _LRU(_CACHE_SIZE)
+_folder_cache = _LRU(_CACHE_SIZE)
+
+
+def _as_path(record_or_path: VideoRecord | str | os.PathLike[str]) -> Path:
+    return Path(getattr(record_or_path, "path", record_or_path))
+
+
+def _cache_key(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read this video ({e.strerror or e}); check that the path exists") from e
+    # A rewritten file (new size or mtime) is probed again.
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+# --------------------------------------------------------------------------------------------------- public API
+
+
+def count_frames(record_or_path: VideoRecord | str | os.PathLike[str]) -> int:
+    """Number of frames in a video file or frame folder (cached per path).
+
+    A `VideoRecord` whose `num_frames` is known (frame folders from an annotation list) returns it unchecked.
+    """
+    known = getattr(record_or_path, "num_frames", None)
+    if known is not None:
+        return int(known)
+    return video_info(_as_path(record_or_path)).num_frames
+
+
+def video_info(path: str | os.PathLike[str]) -> VideoInfo:
+    """Frame count, frame rate and frame size of a video file or frame folder (cached per path)."""
+    path = Path(path)
+    if path.is_dir():
+        return _folder_info(path)
+    return _video_index(path).info
+
+
+def read_frames(
+    record: VideoRecord | str | os.PathLike[str],
+    indices: np.ndarray,
+    size_hw: tuple[int, int] | None = None,
+    *,
+    template: str = FRAME_TEMPLATE,
+    start_index: int = FRAME_START,
+) -> np.ndarray:
+    """Frames at `indices` (0-based, any order, repeats allowed) as uint8 (len(indices), H, W, 3) RGB.
+
+    Args:
+        record: a `VideoRecord` or a path to a video file or a frame folder.
+        indices: frame indices, each in [0, num_frames).
+        size_hw: resize every frame to (height, width); done by FFmpeg's scaler while decoding videos.
+        template: frame file name pattern in frame folders.
+        start_index: number of the first frame file in frame folders.
+
+    Raises:
+        DataError: unreadable or corrupt file, missing frame file, or an index past the end.
+    """
+    path = _as_path(record)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size == 0:
+        raise ValueError("read_frames needs at least one frame index")
+    if path.is_dir():
+        return _read_folder(path, indices, size_hw, template, start_index)
+    return _read_video(path, indices, size_hw)
+
+
+def iter_frames(
+    path: str | os.PathLike[str],
+    size_hw: tuple[int, int] | None = None,
+    chunk: int = 64,
+    *,
+    template: str = FRAME_TEMPLATE,
+    start_index: int = FRAME_START,
+) -> Iterator[np.ndarray]:
+    """Every frame in order, as uint8 arrays (<= chunk, H, W, 3) RGB; memory stays bounded for long videos."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    path = Path(path)
+    if path.is_dir():
+        n = _folder_info(path, template, start_index).num_frames
+        for lo in range(0, n, chunk):
+            yield _read_folder(path, np.arange(lo, min(n, lo + chunk)), size_hw, template, start_index)
+        return
+    buf: list[np.ndarray] = []
+    for frame in _decode_range(path, None, size_hw):
+        buf.append(frame)
+        if len(buf) == chunk:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+
+
+# --------------------------------------------------------------------------------------------------- videos
+
+
+def _open(path: Path):  # -> (container, stream)
+    import av
+
+    if not path.exists():
+        raise DataError(f"{path}: video file not found; check the path (and the dataset root)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: video file is empty (0 bytes); re-download or remove it (or use --skip-bad)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable video ({e}); the file is corrupt or not a video: "
+                        "re-download or remove it (or use --skip-bad)") from e
+    if not container.streams.video:
+        container.close()
+        raise DataError(f"{path}: has no video stream; remove it from the dataset (or use --skip-bad)")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _video_index(path: Path) -> _Index:
+    key = _cache_key(path)
+    hit = _index_cache.get(key)
+    if hit is not None:
+        return hit
+    import av
+
+    container, stream = _open(path)
+    try:
+        pts = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        height, width = stream.codec_context.height, stream.codec_context.width
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the video's packets ({e}); the file is corrupt or truncated: "
+                        "re-download or remove it (or use --skip-bad)") from e
+    finally:
+        container.close()
+    if not pts:
+        raise DataError(f"{path}: no video frames found; the file is truncated or corrupt (or use --skip-bad)")
+    pts_arr = np.unique(np.asarray(pts, dtype=np.int64))  # sorted = display order; duplicates are one frame
+    if height <= 0 or width <= 0:
+        raise DataError(f"{path}: the video stream has no frame size; the file is corrupt (or use --skip-bad)")
+    index = _Index(pts=pts_arr, info=VideoInfo(len(pts_arr), fps, height, width))
+    _index_cache.put(key, index)
+    return index
+
+
+def _read_video(path: Path, indices: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+    index = _video_index(path)
+    n = index.info.num_frames
+    if indices.min() < 0 or indices.max() >= n:
+        raise DataError(f"{path}: frame index {int(indices.max()) if indices.max() >= n else int(indices.min())} "
+                        f"is outside the video's {n} frames; the annotation's frame count may be wrong")
+    wanted = np.unique(indices)  # sorted
+    got: dict[int, np.ndarray] = {}
+    for i, frame in _decode_indices(path, index, wanted, size_hw):
+        got[i] = frame
+    missing = [int(i) for i in wanted if int(i) not in got]
+    if missing:
+        # The container lists these frames but the decoder never produced them (broken packets).
+        raise DataError(f"{path}: frames {missing[:5]} could not be decoded (of {n}); the file is corrupt: "
+                        "re-encode or remove it (or use --skip-bad)")
+    return np.stack([got[int(i)] for i in indices])
+
+
+def _decode_indices(
+    path: Path, index: _Index, wanted: np.ndarray, size_hw: tuple[int, int] | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, RGB array) for each frame in sorted `wanted`, decoding from a keyframe up to the last one."""
+    first, last = int(wanted[0]), int(wanted[-1])
+    seek_pts = int(index.pts[first]) if first >= SEEK_MIN_GAP else None
+    pos = {int(p): i for i, p in enumerate(index.pts)}
+    wanted_set = set(wanted.tolist())
+    if seek_pts is not None:
+        frames = _frames_by_pts(path, seek_pts, pos, last, wanted_set, size_hw)
+        try:
+            yield from frames
+            return
+        except _SeekMissed:
+            log.debug("%s: seek to frame %d missed it; decoding from the start", path, first)
+    yield from _frames_by_pts(path, None, pos, last, wanted_set, size_hw)
+
+
+class _SeekMissed(Exception):
+    """After a seek the decoder began past the first wanted frame (or without timestamps): restart at 0."""
+
+
+def _frames_by_pts(path, seek_pts, pos, last, wanted_set, size_hw) -> Iterator[tuple[int, np.ndarray]]:
+    import av
+
+    container, stream = _open(path)
+    try:
+        if seek_pts is not None:
+            container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+        sequential = 0  # fallback position for frames without a pts, valid only when decoding from the start
+        started = False
+        first = min(wanted_set)
+        for frame in container.decode(stream):
+            pts = frame.pts
+            if pts is None:
+                if seek_pts is not None and not started:
+                    raise _SeekMissed
+                i = sequential
+            elif pts in pos:
+                i = pos[pts]
+            else:
+                continue  # a frame the packet pass did not list (e.g. a decoder-inserted one): not frame i
+            if seek_pts is not None and not started and i > first:
+                raise _SeekMissed
+            started = True
+            sequential = i + 1
+            if i in wanted_set:
+                yield i, _to_rgb(frame, size_hw)
+            if i >= last:
+                return
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: decoding failed ({e}); the file is corrupt or truncated: "
+                        "re-encode or remove it (or use --skip-bad)") from e
+    finally:
+        container.close()
+
+
+def _decode_range(path: Path, last: int | None, size_hw: tuple[int, int] | None) -> Iterator[np.ndarray]:
+    """Every frame from the start, in display order, up to frame `last` (all when None)."""
+    index = _video_index(path)
+    last = index.info.num_frames - 1 if last is None else last
+    wanted = np.arange(last + 1)
+    expected = 0
+    for i, frame in _decode_indices(path, index, wanted, size_hw):
+        if i != expected:
+            raise DataError(f"{path}: frame {expected} could not be decoded; the file is corrupt: "
+                            "re-encode or remove it (or use --skip-bad)")
+        expected += 1
+        yield frame
+    if expected != last + 1:
+        raise DataError(f"{path}: decoding stopped at frame {expected} of {last + 1}; the file is corrupt or "
+                        "truncated: re-encode or remove it (or use --skip-bad)")
+
+
+def _to_rgb(frame, size_hw: tuple[int, int] | None) -> np.ndarray:
+    if size_hw is None:
+        return frame.to_ndarray(format="rgb24")
+    h, w = size_hw
+    # FFmpeg's swscale resizes and converts to RGB in one pass: far cheaper than resizing the RGB array later.
+    return frame.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+
+
+# --------------------------------------------------------------------------------------------------- frame folders
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    m = re.fullmatch(r"(.*)\{:0?(\d*)d\}(.*)", template)
+    if m is None:
+        raise ValueError(f"frame template must contain one integer field like 'img_{{:05d}}.jpg', got {template!r}")
+    return re.compile(re.escape(m.group(1)) + r"(\d+)" + re.escape(m.group(3)))
+
+
+def _folder_info(path: Path, template: str = FRAME_TEMPLATE, start_index: int = FRAME_START) -> VideoInfo:
+    key = (*_cache_key(path), template, start_index)
+    hit = _folder_cache.get(key)
+    if hit is not None:
+        return hit
+    pattern = _template_regex(template)
+    try:
+        numbers = sorted(int(m.group(1)) for name in os.listdir(path) if (m := pattern.fullmatch(name)))
+    except OSError as e:
+        raise DataError(f"{path}: cannot list the frame folder ({e.strerror or e}); check its permissions") from e
+    if not numbers:
+        raise DataError(f"{path}: no frames named like {template.format(start_index)!r}; "
+                        "extract the frames with `c3d prepare` or check the frame template")
+    expected = list(range(start_index, start_index + len(numbers)))
+    if numbers != expected:
+        gap = next(e for e, n in zip(expected, numbers, strict=False) if e != n)
+        raise DataError(f"{path / template.format(gap)}: missing frame file ({len(numbers)} frames found, not "
+                        f"numbered {start_index}..{start_index + len(numbers) - 1}); re-extract this video")
+    height, width = _image_size(path / template.format(start_index))
+    info = VideoInfo(len(numbers), 0.0, height, width)
+    _folder_cache.put(key, info)
+    return info
+
+
+def _image_size(file: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as im:
+            return im.height, im.width
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"{file}: cannot read this frame image ({e}); re-extract the video's frames") from e
+
+
+def _read_folder(
+    path: Path, indices: np.ndarray, size_hw: tuple[int, int] | None, template: str, start_index: int
+) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if indices.min() < 0:
+        raise DataError(f"{path}: negative frame index {int(indices.min())}")
+    loaded: dict[int, np.ndarray] = {}
+    for i in np.unique(indices).tolist():
+        file = path / template.format(i + start_index)
+        try:
+            with Image.open(file) as im:
+                im = im.convert("RGB")
+                if size_hw is not None and (im.height, im.width) != tuple(size_hw):
+                    im = im.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+                loaded[i] = np.asarray(im, dtype=np.uint8)
+        except FileNotFoundError as e:
+            raise DataError(f"{file}: missing frame file (frame {i} of {path}); the annotation's frame count "
+                            "may be wrong or the extraction incomplete: re-extract this video") from e
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise DataError(f"{file}: cannot decode this frame image ({e}); re-extract this video") from e
+    shapes = {a.shape for a in loaded.values()}
+    if len(shapes) > 1:
+        raise DataError(f"{path}: frames have different sizes {sorted(shapes)}; re-extract this video")
+    return np.stack([loaded[int(i)] for i in indices])

@@ -1,0 +1,119 @@
+"""Clip transforms: pure functions on uint8 tensors (C, T, H, W), train/eval presets, and normalisation.
+
+Frames stay uint8 through resizing, cropping and flipping, so DataLoader workers move 4x fewer bytes;
+`normalize` runs last, on the device, on whole batches.
+
+Example:
+    >>> import numpy as np, torch
+    >>> from c3dnet.preprocess import SEED_PREPROCESS
+    >>> frames = np.zeros((16, 240, 320, 3), dtype=np.uint8)              # (T, H, W, 3) from the decoder
+    >>> clip = eval_transform(frames, SEED_PREPROCESS)                    # resize 128x171, centre crop 112
+    >>> tuple(clip.shape), clip.dtype
+    ((3, 16, 112, 112), torch.uint8)
+    >>> normalize(clip[None], SEED_PREPROCESS)[0, :, 0, 0, 0].tolist()  # (0 - mean) / std per channel
+    [-104.0, -117.0, -128.0]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from c3dnet.preprocess import Preprocess
+
+
+def _check_cthw(x: torch.Tensor) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"expected a clip tensor (C, T, H, W), got shape {tuple(x.shape)}")
+
+
+def resize(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of every frame to `size_hw` = (height, width); uint8 in, uint8 out. No-op at that size."""
+    _check_cthw(x)
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    frames = x.permute(1, 0, 2, 3).float()  # (T, C, H, W): frames as the batch
+    out = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    if x.dtype == torch.uint8:
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        out = out.to(x.dtype)
+    return out.permute(1, 0, 2, 3).contiguous()  # (C, T, h, w)
+
+
+def _crop(x: torch.Tensor, size: int, top: int, left: int) -> torch.Tensor:
+    return x[..., top : top + size, left : left + size]
+
+
+def _check_crop(x: torch.Tensor, size: int) -> None:
+    _check_cthw(x)
+    if x.shape[-2] < size or x.shape[-1] < size:
+        raise ValueError(f"cannot crop {size}x{size} from frames of {x.shape[-2]}x{x.shape[-1]}; "
+                         "resize to at least the crop size first")
+
+
+def random_crop(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """A `size` x `size` crop at a uniformly random position, the same for every frame."""
+    _check_crop(x, size)
+    top = int(rng.integers(x.shape[-2] - size + 1))
+    left = int(rng.integers(x.shape[-1] - size + 1))
+    return _crop(x, size, top, left)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre `size` x `size` crop (offsets rounded down, as mmaction2's CenterCrop)."""
+    _check_crop(x, size)
+    return _crop(x, size, (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2)
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror every frame left to right."""
+    return x.flip(-1)
+
+
+def normalize(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """float32 `(x - mean) / std` per channel after reordering RGB input to `preprocess.channel_order`.
+
+    Args:
+        x: uint8 or float clips (..., 3, T, H, W) in RGB order, on any device, batched or not.
+        preprocess: gives channel order, mean and std (per network input channel, 0..255 scale).
+    """
+    if x.ndim < 4 or x.shape[-4] != 3:
+        raise ValueError(f"normalize expects (..., 3, T, H, W) RGB clips, got shape {tuple(x.shape)}")
+    x = x.float()
+    if preprocess.channel_order == "BGR":
+        x = x.flip(-4)
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(3, 1, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(3, 1, 1, 1)
+    return (x - mean) / std
+
+
+def _to_cthw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(frames)
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"expected decoded frames (T, H, W, 3), got shape {tuple(t.shape)}")
+    return t.permute(3, 0, 1, 2)  # (T, H, W, C) -> (C, T, H, W)
+
+
+def _resize_for(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    # Frames decoded (or extracted) at the target size already pass through untouched.
+    return resize(x, preprocess.resize_target(int(x.shape[-2]), int(x.shape[-1])))
+
+
+def train_transform(
+    frames: np.ndarray | torch.Tensor, preprocess: Preprocess, rng: np.random.Generator
+) -> torch.Tensor:
+    """Training preset: (T, H, W, 3) uint8 -> resize, random crop, flip with p=0.5 -> uint8 (3, T, crop, crop)."""
+    x = _resize_for(_to_cthw(frames), preprocess)
+    x = random_crop(x, preprocess.crop_size, rng)
+    if rng.random() < 0.5:
+        x = hflip(x)
+    return x.contiguous()
+
+
+def eval_transform(frames: np.ndarray | torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Validation/test preset: (T, H, W, 3) uint8 -> resize, centre crop -> uint8 (3, T, crop, crop)."""
+    x = _resize_for(_to_cthw(frames), preprocess)
+    return center_crop(x, preprocess.crop_size).contiguous()
