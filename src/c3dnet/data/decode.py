@@ -91,6 +91,8 @@ def _as_path(record_or_path: VideoRecord | str | os.PathLike[str]) -> Path:
 def _cache_key(path: Path) -> tuple[str, int, int]:
     try:
         st = path.stat()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: video file not found; check the path (and the dataset root)") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read this video ({e.strerror or e}); check that the path exists") from e
     # A rewritten file (new size or mtime) is probed again.
@@ -207,7 +209,13 @@ def _video_index(path: Path) -> _Index:
 
     container, stream = _open(path)
     try:
-        pts = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None]
+        pts = []
+        for packet in container.demux(stream):
+            if packet.is_corrupt:  # the demuxer flags packets cut short by truncation
+                raise DataError(f"{path}: corrupt or truncated video data at packet {len(pts)}; re-download or "
+                                "re-encode the file, or remove it (or use --skip-bad)")
+            if packet.size > 0 and packet.pts is not None:
+                pts.append(packet.pts)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         height, width = stream.codec_context.height, stream.codec_context.width
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
