@@ -1,0 +1,35 @@
+"""Training and testing: typed configs, the training loop, multi-clip evaluation and metrics.
+
+Example:
+    >>> from c3dnet.engine import load_config, train, evaluate            # doctest: +SKIP
+    >>> result = train(load_config("configs/c3d_ucf101_seed.yaml"), "data/UCF-101", work_dir="work_dirs/seed")
+"""
+
+from __future__ import annotations
+
+from c3dnet.engine.config import TrainConfig, load_config
+from c3dnet.engine.evaluate import (
+    ClipAggregator,
+    EvalResult,
+    evaluate,
+    mean_class_accuracy,
+    per_class_accuracy,
+    topk_accuracy,
+)
+from c3dnet.engine.schedule import LRSchedule
+from c3dnet.engine.train import NonFiniteLossError, TrainResult, train
+
+__all__ = [
+    "ClipAggregator",
+    "EvalResult",
+    "LRSchedule",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "load_config",
+    "mean_class_accuracy",
+    "per_class_accuracy",
+    "topk_accuracy",
+    "train",
+]

@@ -1,0 +1,277 @@
+"""Training configs: YAML files loaded into typed dataclasses, with `--set key.sub=value` overrides.
+
+A config has five sections: `model` (architecture), `preprocess` (how frames become input), `data` (loading),
+`optim` (optimiser and learning-rate schedule) and `train` (seed, validation, checkpoints, GPU options).
+Every key is checked: an unknown section or field, or a value of the wrong type, raises `ConfigError` naming
+the key and the file (or the `--set` override) it came from. A missing key keeps its default.
+
+Example:
+    >>> from c3dnet.engine.config import TrainConfig, load_config
+    >>> cfg = load_config("configs/c3d_ucf101_seed.yaml", overrides=["optim.lr=0.01"])  # doctest: +SKIP
+    >>> cfg = TrainConfig().with_overrides(["data.batch_size=8", "optim.schedule=multistep"])
+    >>> cfg.data.batch_size, cfg.optim.schedule
+    (8, 'multistep')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from c3dnet.errors import ConfigError
+from c3dnet.model import TEMPORAL_DEPTHS, C3DConfig
+from c3dnet.preprocess import Preprocess
+
+
+@dataclass
+class ModelSection:
+    """Architecture (see `C3DConfig`); `variant` names the temporal depths: d1, d3, d5, d7, increasing, ..."""
+
+    variant: str = "d3"
+    width_mult: float = 1.0
+    fc_dim: int = 4096
+    clip_len: int = 16
+    crop_size: int = 112
+    pool5: Literal["padded", "caffe"] = "padded"
+    dropout: float = 0.5
+
+
+@dataclass
+class PreprocessSection:
+    """Frame preprocessing (see `Preprocess`); clip length and crop come from the model section."""
+
+    mean: list[float] = field(default_factory=lambda: [104.0, 117.0, 128.0])
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    short_side: int = 128
+    resize_hw: list[int] | None = None
+    frame_interval: int = 1
+
+
+@dataclass
+class DataSection:
+    """Loading. `batch_size` is per process (per GPU under torchrun); `drop_last` drops each epoch's last
+    partial training batch (as the seed's loader does); `num_clips` is the test protocol's clips per video."""
+
+    split: int = 1
+    batch_size: int = 32
+    val_batch_size: int = 32
+    workers: int = 4
+    drop_last: bool = True
+    num_clips: int = 10
+    skip_bad: bool = False
+    splits_dir: str | None = None
+
+
+@dataclass
+class OptimSection:
+    """SGD with momentum and a per-iteration learning-rate schedule (see `c3dnet.engine.schedule`).
+
+    `warmup_iters` linear warm-up from 0; then "cosine" (per iteration over all iterations) or "multistep"
+    (lr x `gamma` at each epoch in `milestones`). `head_lr_mult` multiplies the classifier's learning rate.
+    """
+
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    head_lr_mult: float = 5.0
+    clip_grad_norm: float | None = 40.0
+    schedule: Literal["cosine", "multistep"] = "cosine"
+    warmup_iters: int = 300
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    epochs: int = 100
+
+
+@dataclass
+class TrainSection:
+    """Run options. `checkpoint_every` saves `last` every N iterations mid-epoch (0: only at epoch ends)."""
+
+    seed: int = 1234
+    val_every: int = 1
+    checkpoint_every: int = 100
+    log_every: int = 20
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    average: Literal["score", "prob"] = "score"
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """A whole training recipe. `TrainConfig()` is the seed's recipe."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    preprocess: PreprocessSection = field(default_factory=PreprocessSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+        """Build from a nested dict, checking every key and value; `source` names the origin in errors."""
+        cfg = cls()
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(d).__name__}")
+        for section_name, values in d.items():
+            section = _section(cfg, section_name, source)
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section {section_name!r} must be a mapping, got {values!r}")
+            for key, value in values.items():
+                _set_field(section, f"{section_name}.{key}", key, value, source)
+        cfg.validate(source)
+        return cfg
+
+    def with_overrides(self, overrides: list[str] | None) -> TrainConfig:
+        """A copy with `section.key=value` overrides applied (values parsed as YAML, then type-checked)."""
+        cfg = TrainConfig.from_dict(self.to_dict(), "<config>")
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set optim.lr=0.01")
+            key, raw = item.split("=", 1)
+            parts = key.strip().split(".")
+            if len(parts) != 2:
+                raise ConfigError(f"--set {item!r}: the key must be section.key, e.g. optim.lr, got {key!r}")
+            source = f"--set {item}"
+            section = _section(cfg, parts[0], source)
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{source}: the value is not valid YAML: {e}") from None
+            _set_field(section, key.strip(), parts[1], value, source)
+        cfg.validate("--set overrides")
+        return cfg
+
+    def validate(self, source: str) -> None:
+        """Cross-field checks; raise `ConfigError` naming `source`."""
+        m, o, d, t = self.model, self.optim, self.data, self.train
+        if m.variant not in TEMPORAL_DEPTHS:
+            choices = sorted(TEMPORAL_DEPTHS)
+            raise ConfigError(f"{source}: model.variant {m.variant!r} is unknown; choose from {choices}")
+        checks = [
+            (o.epochs >= 1, "optim.epochs must be >= 1"),
+            (o.lr > 0, "optim.lr must be > 0"),
+            (o.warmup_iters >= 0, "optim.warmup_iters must be >= 0"),
+            (o.head_lr_mult > 0, "optim.head_lr_mult must be > 0"),
+            (o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm must be > 0 or null"),
+            (sorted(o.milestones) == list(o.milestones), "optim.milestones must be increasing epochs"),
+            (d.batch_size >= 1 and d.val_batch_size >= 1, "data.batch_size and data.val_batch_size must be >= 1"),
+            (d.workers >= 0, "data.workers must be >= 0"),
+            (d.num_clips >= 1, "data.num_clips must be >= 1"),
+            (t.val_every >= 0, "train.val_every must be >= 0 (0: no validation)"),
+            (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: epoch ends only)"),
+            (t.log_every >= 1, "train.log_every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{source}: {message}")
+        try:
+            self.model_config(num_classes=1)
+            self.preprocess_record()
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def model_config(self, num_classes: int) -> C3DConfig:
+        m = self.model
+        return C3DConfig.variant(
+            m.variant, num_classes=num_classes, width_mult=m.width_mult, fc_dim=m.fc_dim, clip_len=m.clip_len,
+            crop_size=m.crop_size, pool5=m.pool5, dropout=m.dropout,
+        )
+
+    def preprocess_record(self) -> Preprocess:
+        p = self.preprocess
+        return Preprocess(
+            mean=tuple(p.mean), std=tuple(p.std), channel_order=p.channel_order, short_side=p.short_side,
+            resize_hw=tuple(p.resize_hw) if p.resize_hw is not None else None, crop_size=self.model.crop_size,
+            clip_len=self.model.clip_len, frame_interval=p.frame_interval,
+        )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or start from the defaults when `path` is None) and apply `--set` overrides."""
+    if path is None:
+        return TrainConfig().with_overrides(overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file such as "
+                          "configs/c3d_ucf101_seed.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    return TrainConfig.from_dict(raw or {}, str(path)).with_overrides(overrides)
+
+
+def _section(cfg: TrainConfig, name: str, source: str) -> Any:
+    names = [f.name for f in fields(cfg)]
+    if name not in names:
+        raise ConfigError(f"{source}: unknown config section {name!r}; sections are {names}")
+    return getattr(cfg, name)
+
+
+def _set_field(section: Any, full_key: str, key: str, value: Any, source: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    if key not in hints:
+        known = [f.name for f in fields(section)]
+        raise ConfigError(f"{source}: unknown config key {full_key!r}; keys of this section are {known}")
+    setattr(section, key, _coerce(value, hints[key], full_key, source))
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against the type hint `hint`, converting only int -> float; raise `ConfigError` otherwise."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], key, source) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not a user error

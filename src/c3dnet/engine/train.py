@@ -1,0 +1,388 @@
+"""The training loop: the seed's recipe, exactly resumable, on one CPU or many GPUs under torchrun.
+
+Example:
+    >>> from c3dnet.engine import load_config, train
+    >>> cfg = load_config("configs/c3d_ucf101_seed.yaml", ["optim.epochs=2"])       # doctest: +SKIP
+    >>> result = train(cfg, "data/UCF-101", weights="c3d_sports1m.safetensors",      # doctest: +SKIP
+    ...                work_dir="work_dirs/ucf101")
+    >>> result.best_top1                                                               # doctest: +SKIP
+
+Exact resume: the sampler order depends on (seed, epoch), each sample's augmentation on (seed, epoch, index)
+(the dataset's contract), dropout on the torch RNG saved in the state, and the learning rate on the iteration
+alone. A run resumed from a mid-epoch checkpoint skips the samples it had consumed and continues with the
+same batches, the same masks and the same learning rates, so it ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from c3dnet.engine import checkpoint as ckpt
+from c3dnet.engine.config import TrainConfig, load_config
+from c3dnet.engine.device import autocast, maybe_compile, prepare_model, select_device, to_input
+from c3dnet.engine.distributed import (
+    DistInfo,
+    ResumableSampler,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from c3dnet.engine.evaluate import EvalResult, evaluate
+from c3dnet.engine.reports import MetricsLog
+from c3dnet.engine.schedule import LRSchedule
+from c3dnet.errors import C3DError, ConfigError
+from c3dnet.fileio import atomic_write_text
+from c3dnet.log import get_logger
+from c3dnet.model import C3D
+
+log = get_logger(__name__)
+
+
+class NonFiniteLossError(C3DError):
+    """The loss became NaN or Inf; training stopped with the last good checkpoint kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    work_dir: Path
+    epochs: int
+    iterations: int
+    best_top1: float | None
+    best_epoch: int | None
+    last_val: dict[str, float | int] | None
+    final_loss: float
+    model: C3D = field(repr=False)
+
+    @property
+    def last_path(self) -> Path:
+        return self.work_dir / "last.safetensors"
+
+    @property
+    def best_path(self) -> Path:
+        return self.work_dir / "best.safetensors"
+
+
+@dataclass
+class _Loaders:
+    train: torch.utils.data.DataLoader
+    train_sampler: ResumableSampler
+    val: torch.utils.data.DataLoader | None
+    class_names: list[str]
+
+
+def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: torch.device) -> _Loaders:
+    from c3dnet.data.dataset import ClipDataset, worker_init_fn
+    from c3dnet.data.sources import load_source
+
+    d = cfg.data
+    source = load_source(data, "train", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
+    preprocess = cfg.preprocess_record()
+    common = dict(num_workers=d.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+    train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
+    sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
+    # Workers are not persistent: each epoch (and each resume) starts them afresh with the dataset's epoch
+    # set, so every sample's augmentation is keyed by (seed, epoch, index) whatever the worker count.
+    # The private generator keeps the DataLoader from drawing on the global torch RNG (dropout's).
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=d.batch_size, sampler=sampler, drop_last=d.drop_last,
+        generator=torch.Generator().manual_seed(cfg.train.seed), **common,
+    )
+    if len(train_loader) == 0:
+        raise ConfigError(f"{data}: {len(train_set)} training videos give no full batch of {d.batch_size} per "
+                          f"process; lower data.batch_size or set data.drop_last=false")
+    val_loader = None
+    if cfg.train.val_every > 0:
+        val_source = load_source(data, "test", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
+        val_set = ClipDataset(val_source.records, "val", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
+        val_sampler = ResumableSampler(len(val_set), False, 0, dist_info.rank, dist_info.world_size)
+        val_loader = torch.utils.data.DataLoader(
+            val_set, batch_size=d.val_batch_size, sampler=val_sampler, persistent_workers=d.workers > 0,
+            generator=torch.Generator(), **common,
+        )
+    return _Loaders(train_loader, sampler, val_loader, source.class_names)
+
+
+def _build_model(cfg: TrainConfig, class_names: list[str], weights: str | Path | None) -> C3D:
+    torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
+    preprocess = cfg.preprocess_record()
+    if weights is None:
+        return C3D(cfg.model_config(len(class_names)), preprocess, class_names)
+    from c3dnet.weights import load_model
+
+    model = load_model(weights, num_classes=len(class_names), class_names=class_names)
+    m = model.config
+    if (m.clip_len, m.crop_size) != (preprocess.clip_len, preprocess.crop_size):
+        raise ConfigError(f"{weights}: the weights take {m.clip_len} frames of {m.crop_size}px but the config asks "
+                          f"for {preprocess.clip_len} of {preprocess.crop_size}; set model.clip_len/crop_size to match")
+    if model.preprocess != preprocess:
+        log.warning("%s was made with preprocessing %s; fine-tuning with the config's %s", weights,
+                    model.preprocess.to_dict(), preprocess.to_dict())
+    model.preprocess = preprocess
+    return model
+
+
+def _optimizer(model: C3D, cfg: TrainConfig) -> torch.optim.SGD:
+    o = cfg.optim
+    groups = [
+        {"params": model.backbone_parameters(), "lr_mult": 1.0},
+        {"params": model.head_parameters(), "lr_mult": o.head_lr_mult},
+    ]
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _as_config(config: TrainConfig | str | Path | None, overrides: list[str] | None) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config.with_overrides(overrides)
+    return load_config(config, overrides)
+
+
+def train(
+    config: TrainConfig | str | Path | None,
+    data: str | Path,
+    weights: str | Path | None = None,
+    work_dir: str | Path = "work_dirs/c3d",
+    resume: bool = False,
+    device: str | None = "auto",
+    overrides: list[str] | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) a C3D on `data` with the recipe `config`; see the module docstring.
+
+    Args:
+        config: a `TrainConfig`, a YAML path, or None for the seed's recipe.
+        data: any source `c3dnet.data.sources.load_source` reads; its test subset is the validation set.
+        weights: optional pretrained weights (any format `load_model` reads); the head is re-initialised
+            when the class count differs.
+        work_dir: where checkpoints, metrics, plots and the resolved config go.
+        resume: continue from `<work_dir>/last.state.pt` exactly where it stopped.
+        device: "auto", "cpu" or "cuda"; under torchrun each process takes its LOCAL_RANK GPU.
+        overrides: `section.key=value` strings applied on top of `config`.
+
+    Returns:
+        A `TrainResult`; `<work_dir>/last.safetensors` and `best.safetensors` hold the weights.
+    """
+    cfg = _as_config(config, overrides)
+    dist_info = init_distributed(device)
+    try:
+        return _train(cfg, data, weights, Path(work_dir), resume, device, dist_info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_dir: Path, resume: bool,
+           device_name: str | None, dist_info: DistInfo) -> TrainResult:
+    device = select_device(device_name, dist_info.local_rank if dist_info.is_distributed else None)
+    main = dist_info.is_main
+    state_path = work_dir / "last.state.pt"
+    if resume and not state_path.is_file():
+        raise ConfigError(f"{work_dir}: --resume given but {state_path.name} is missing there; check --work-dir "
+                          "or start without --resume")
+    if main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(work_dir / "config.yaml", cfg.to_yaml())
+    loaders = _loaders(cfg, data, dist_info, device)
+    model = _build_model(cfg, loaders.class_names, weights)
+    prepare_model(model, device, cfg.train.channels_last)
+    optimizer = _optimizer(model, cfg)
+
+    iters_per_epoch = len(loaders.train)
+    epochs = cfg.optim.epochs
+    schedule = LRSchedule(cfg.optim.lr, epochs * iters_per_epoch, iters_per_epoch, cfg.optim.schedule,
+                          cfg.optim.warmup_iters, tuple(cfg.optim.milestones), cfg.optim.gamma)
+    metrics = MetricsLog(work_dir, enabled=main, tensorboard=cfg.train.tensorboard)
+    iteration, best_top1, best_epoch, last_val = 0, None, None, None
+    torch.manual_seed(cfg.train.seed + dist_info.rank)  # dropout masks differ between ranks
+    if resume:
+        state = ckpt.load_state(state_path)
+        if state["iters_per_epoch"] != iters_per_epoch:
+            raise ConfigError(f"{state_path}: saved with {state['iters_per_epoch']} iterations per epoch, now "
+                              f"{iters_per_epoch}; resume with the same data, batch size and number of processes")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        iteration, best_top1, best_epoch, last_val = (state["iteration"], state["best_top1"], state["best_epoch"],
+                                                      state["last_val"])
+        ckpt.set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
+        metrics.resume(iteration)
+        log.info("resumed from %s at epoch %d, iteration %d", state_path, iteration // iters_per_epoch, iteration)
+    metrics.open_tensorboard(iteration if resume else None)
+
+    net: nn.Module = model
+    if dist_info.is_distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda":
+        net = maybe_compile(net, cfg.train.compile)
+    elif cfg.train.compile:
+        log.info("torch.compile is only used on CUDA; training eagerly on the CPU")
+
+    run = _Run(cfg, model, net, optimizer, schedule, loaders, metrics, device, dist_info, work_dir, iters_per_epoch)
+    run.best_top1, run.best_epoch, run.last_val = best_top1, best_epoch, last_val
+    final_loss = float("nan")
+    log.info("training %d epochs x %d iterations (batch %d x %d processes) on %s; work dir %s", epochs,
+             iters_per_epoch, cfg.data.batch_size, dist_info.world_size, device, work_dir)
+    try:
+        while iteration < epochs * iters_per_epoch:
+            epoch = iteration // iters_per_epoch
+            iteration, final_loss = run.train_epoch(epoch, iteration)
+            val_due = cfg.train.val_every > 0 and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == epochs)
+            if val_due and loaders.val is not None:
+                run.validate(epoch, iteration)
+            run.save(iteration)
+            if main:
+                metrics.flush()
+                metrics.plot()
+    finally:
+        metrics.close()
+    barrier()
+    return TrainResult(work_dir, epochs, iteration, run.best_top1, run.best_epoch, run.last_val, final_loss, model)
+
+
+class _Run:
+    """The mutable state of one training run, with its epoch, validation and checkpoint steps."""
+
+    def __init__(self, cfg: TrainConfig, model: C3D, net: nn.Module, optimizer: torch.optim.Optimizer,
+                 schedule: LRSchedule, loaders: _Loaders, metrics: MetricsLog, device: torch.device,
+                 dist_info: DistInfo, work_dir: Path, iters_per_epoch: int) -> None:
+        self.cfg, self.model, self.net, self.optimizer, self.schedule = cfg, model, net, optimizer, schedule
+        self.loaders, self.metrics, self.device = loaders, metrics, device
+        self.dist, self.work_dir = dist_info, work_dir
+        self.iters_per_epoch = iters_per_epoch
+        self.best_top1: float | None = None
+        self.best_epoch: int | None = None
+        self.last_val: dict[str, Any] | None = None
+        self.amp = cfg.train.amp and device.type == "cuda"
+
+    def train_epoch(self, epoch: int, iteration: int) -> tuple[int, float]:
+        cfg, loader = self.cfg, self.loaders.train
+        done = iteration - epoch * self.iters_per_epoch  # batches of this epoch already trained (resume)
+        self.loaders.train_sampler.set_epoch(epoch, skip=done * cfg.data.batch_size)
+        loader.dataset.set_epoch(epoch)
+        self.net.train()
+        bar = None
+        if self.dist.is_main and cfg.train.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.iters_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                       unit="it", dynamic_ncols=True, leave=False)
+        window = _Window()
+        loss_value = float("nan")
+        tick = time.perf_counter()
+        for clips, labels, _ in loader:
+            if done >= self.iters_per_epoch:
+                break
+            data_time = time.perf_counter() - tick
+            lr = self.schedule.apply(self.optimizer, iteration)
+            x = to_input(clips.flatten(0, 1), self.model.preprocess, self.device, cfg.train.channels_last)
+            y = labels.to(self.device, non_blocking=True)
+            with autocast(self.device, self.amp):
+                logits = self.net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss_value = all_reduce_mean(float(loss.item()), self.device)
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {iteration}; stopped. The last "
+                    f"good checkpoint is {self.work_dir / 'last.state.pt'}: lower optim.lr (or keep "
+                    "optim.clip_grad_norm set) and resume with --resume"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.clip_grad_norm:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+            self.optimizer.step()
+            iteration += 1
+            done += 1
+            correct = float((logits.detach().argmax(1) == y).float().mean().item())
+            window.add(loss_value, correct, len(labels) * self.dist.world_size, data_time, time.perf_counter() - tick)
+            if iteration % cfg.train.log_every == 0 or done == self.iters_per_epoch:
+                self.metrics.log({"kind": "train", "epoch": epoch + 1, "iteration": iteration, "lr": lr,
+                                  **window.summary()})
+                if bar is not None:
+                    s = window.summary()
+                    bar.set_postfix(loss=f"{s['loss']:.3f}", lr=f"{lr:.2e}", clips_s=f"{s['clips_per_s']:.1f}",
+                                    data_wait=f"{s['data_wait']:.0%}")
+                window = _Window()
+            if bar is not None:
+                bar.update(1)
+            if cfg.train.checkpoint_every and iteration % cfg.train.checkpoint_every == 0 \
+                    and done < self.iters_per_epoch:
+                self.save(iteration)
+                if self.dist.is_main:
+                    self.metrics.flush()
+            tick = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        if self.dist.is_main:
+            log.info("epoch %d/%d: loss %.4f, lr %.3g", epoch + 1, cfg.optim.epochs, loss_value,
+                     self.schedule.lr(iteration - 1))
+        return iteration, loss_value
+
+    def validate(self, epoch: int, iteration: int) -> EvalResult:
+        result = evaluate(self.model, self.loaders.val, self.device, average=self.cfg.train.average, amp=self.amp,
+                          channels_last=self.cfg.train.channels_last)
+        self.last_val = result.metrics()
+        self.metrics.log({"kind": "val", "epoch": epoch + 1, "iteration": iteration, **self.last_val})
+        log.info("epoch %d validation (1 centre clip per video, %d videos): top-1 %.4f, top-5 %.4f, mean class %.4f",
+                 epoch + 1, result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
+        if self.best_top1 is None or result.top1 > self.best_top1:
+            self.best_top1, self.best_epoch = result.top1, epoch + 1
+            if self.dist.is_main:
+                ckpt.save_model_file(self.model, self.work_dir / "best.safetensors",
+                                     extra={"epoch": epoch + 1, "iteration": iteration, "val": self.last_val})
+        return result
+
+    def save(self, iteration: int) -> None:
+        """`last.safetensors` and `last.state.pt` (rank 0 writes; every rank's RNG state is gathered)."""
+        from c3dnet.engine.distributed import all_gather_objects
+
+        rng = all_gather_objects(ckpt.rng_state())
+        if not self.dist.is_main:
+            barrier()
+            return
+        extra = {"epoch": iteration // self.iters_per_epoch, "iteration": iteration, "val": self.last_val}
+        ckpt.save_model_file(self.model, self.work_dir / "last.safetensors", extra=extra)
+        ckpt.save_state(self.work_dir / "last.state.pt", {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": iteration,
+            "iters_per_epoch": self.iters_per_epoch,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "last_val": self.last_val,
+            "rng": rng,
+            "config": self.cfg.to_dict(),
+        })
+        barrier()
+
+
+class _Window:
+    """Running sums over the iterations between two log lines."""
+
+    def __init__(self) -> None:
+        self.n = self.clips = 0
+        self.loss = self.correct = self.data_time = self.total_time = 0.0
+
+    def add(self, loss: float, correct: float, clips: int, data_time: float, total_time: float) -> None:
+        self.n += 1
+        self.clips += clips
+        self.loss += loss
+        self.correct += correct
+        self.data_time += data_time
+        self.total_time += total_time
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {
+            "loss": self.loss / n,
+            "top1": self.correct / n,
+            "clips_per_s": self.clips / max(self.total_time, 1e-9),
+            "data_wait": self.data_time / max(self.total_time, 1e-9),
+        }

@@ -1,0 +1,90 @@
+"""Typed configs: the shipped recipes, overrides with type checks, and errors that name key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from c3dnet.engine.config import TrainConfig, load_config
+from c3dnet.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seed_recipe_is_exact() -> None:
+    cfg = load_config(ROOT / "configs" / "c3d_ucf101_seed.yaml")
+    o = cfg.optim
+    assert (o.lr, o.momentum, o.weight_decay, o.head_lr_mult, o.clip_grad_norm) == (1e-3, 0.9, 5e-4, 5.0, 40.0)
+    assert (o.schedule, o.warmup_iters, o.epochs) == ("cosine", 300, 100)
+    assert (cfg.data.batch_size, cfg.train.seed, cfg.train.val_every, cfg.train.average) == (32, 1234, 1, "score")
+    p = cfg.preprocess_record()
+    assert (p.mean, p.std, p.channel_order, p.short_side, p.crop_size, p.clip_len) == (
+        (104.0, 117.0, 128.0), (1.0, 1.0, 1.0), "RGB", 128, 112, 16)
+    assert cfg == TrainConfig()  # the defaults are the seed's recipe
+
+
+def test_mmaction_recipe() -> None:
+    cfg = load_config(ROOT / "configs" / "c3d_ucf101_mmaction.yaml")
+    assert (cfg.optim.schedule, cfg.optim.milestones, cfg.optim.gamma, cfg.optim.epochs) == ("multistep", [20, 40],
+                                                                                               0.1, 45)
+    assert (cfg.data.batch_size, cfg.train.average) == (30, "prob")
+
+
+def test_overrides_are_typed() -> None:
+    cfg = TrainConfig().with_overrides(["optim.lr=1", "data.batch_size=8", "optim.clip_grad_norm=null",
+                                        "optim.milestones=[3, 7]", "train.amp=false", "preprocess.mean=[1, 2, 3]"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.batch_size == 8
+    assert cfg.optim.clip_grad_norm is None
+    assert cfg.optim.milestones == [3, 7]
+    assert cfg.train.amp is False
+    assert cfg.preprocess_record().mean == (1.0, 2.0, 3.0)
+    assert TrainConfig().optim.lr == 1e-3  # overrides never touch the original
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
+        ("optimizer.lr=0.1", "unknown config section 'optimizer'"),
+        ("optim.lr=fast", "optim.lr must be a number"),
+        ("optim.epochs=1.5", "optim.epochs must be an integer"),
+        ("train.amp=3", "train.amp must be true or false"),
+        ("optim.schedule=step", "optim.schedule must be one of"),
+        ("optim.milestones=[5, 3]", "milestones must be increasing"),
+        ("model.variant=d4", "model.variant 'd4' is unknown"),
+        ("optim.lr", "expected section.key=value"),
+        ("lr=0.1", "must be section.key"),
+        ("data.batch_size=0", "batch_size"),
+    ],
+)
+def test_bad_overrides(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        TrainConfig().with_overrides([override])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("optim:\n  lr: 0.01\n  warmup: 5\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml.*unknown config key 'optim.warmup'"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("optim:\n  lr: 0.01\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+"):
+        load_config(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("no/such/recipe.yaml")
+
+
+def test_round_trip_through_yaml(tmp_path: Path) -> None:
+    cfg = TrainConfig().with_overrides(["optim.epochs=3", "preprocess.resize_hw=[128, 171]"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
