@@ -1,0 +1,89 @@
+"""`c3d convert SRC DST`: any supported weight file -> c3dnet's native safetensors format with metadata."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+HELP = "convert weights (mmaction2 .pth, Paddle .pdparams, Caffe conversions, Sequential ports) to native"
+
+_CLASS_INDEX_LINE = re.compile(r"^\s*\d+\s+(\S.*?)\s*$")  # UCF-101's classInd.txt: "1 ApplyEyeMakeup"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="weight file in any supported format")
+    parser.add_argument("dst", metavar="DST", help="output file, e.g. c3d_ucf101.safetensors (written atomically)")
+    parser.add_argument("--class-names", metavar="FILE|a,b,c",
+                        help="class names: a text file with one name per line (or `index name` lines, like "
+                             "UCF-101's classInd.txt), or a comma-separated list")
+    parser.add_argument("--num-classes", type=int, metavar="N",
+                        help="classifier size; a different size than the file's re-initialises the classifier")
+    parser.add_argument("--pool5", choices=("padded", "caffe"),
+                        help="override pool5: 'caffe' for weights converted from Caffe C3D under other key names")
+    parser.add_argument("--preprocess", choices=("seed", "caffe"),
+                        help="override the preprocessing: 'seed' (RGB, mean 104/117/128, short side 128) or "
+                             "'caffe' (BGR, mean 90.25/97.66/101.41, resize 128x171)")
+
+
+def read_class_names(spec: str) -> list[str]:
+    """Class names from a file (one per line, or `index name` lines) or a comma-separated list."""
+    from c3dnet.errors import ConfigError
+
+    path = Path(spec)
+    if path.is_file():
+        names = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            match = _CLASS_INDEX_LINE.match(line)
+            name = match.group(1) if match else line.strip()
+            if name in names:
+                raise ConfigError(f"{path}:{lineno}: class name {name!r} appears twice; names must be unique")
+            names.append(name)
+        if not names:
+            raise ConfigError(f"{path}: no class names in the file; write one name per line")
+        return names
+    if "," not in spec and ("/" in spec or spec.endswith(".txt")):
+        raise ConfigError(f"--class-names {spec}: no such file; give a file of names or a list like a,b,c")
+    names = [n.strip() for n in spec.split(",")]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"--class-names {spec!r}: names must be non-empty and unique (a,b,c)")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from c3dnet.errors import WeightsError
+    from c3dnet.model import count_parameters
+    from c3dnet.preprocess import CAFFE_PREPROCESS, SEED_PREPROCESS, Preprocess
+    from c3dnet.weights import model_from_weights, read_weights, save_model
+
+    class_names = read_class_names(args.class_names) if args.class_names else None
+    weights = read_weights(args.src)
+    if class_names is not None and args.num_classes is None and weights.has_head \
+            and len(class_names) != weights.config.num_classes:
+        raise WeightsError(
+            f"{args.src}: the classifier has {weights.config.num_classes} classes but --class-names gives "
+            f"{len(class_names)}; fix the names, or pass --num-classes {len(class_names)} to re-initialise it"
+        )
+    config, preprocess = weights.config, weights.preprocess
+    if args.pool5:
+        config = config.replace(pool5=args.pool5)
+    if args.preprocess:
+        base = CAFFE_PREPROCESS if args.preprocess == "caffe" else SEED_PREPROCESS
+        preprocess = Preprocess.from_dict({**base.to_dict(), "clip_len": config.clip_len,
+                                           "crop_size": config.crop_size})
+    weights = dataclasses.replace(weights, config=config, preprocess=preprocess)
+    model = model_from_weights(weights, num_classes=args.num_classes, class_names=class_names)
+    extra = {**weights.extra, "converted_from": Path(args.src).name}
+    save_model(model, args.dst, extra=extra)
+    c = model.config
+    names = f", names {', '.join(model.class_names[:3])}..." if model.class_names else ""
+    print(
+        f"wrote {args.dst}: {weights.source_format} -> c3dnet, {count_parameters(model):,} parameters, "
+        f"{c.num_classes} classes{names}, input {c.clip_len}x{c.crop_size}x{c.crop_size}, pool5 {c.pool5}, "
+        f"{model.preprocess.channel_order} mean {list(model.preprocess.mean)}"
+    )
+    return 0

@@ -1,0 +1,253 @@
+"""Key layouts of C3D weights in the wild, mapped onto c3dnet's module names, and config inference from shapes.
+
+| layout      | conv1a / conv5b                    | fc6, fc7                   | classifier              |
+|-------------|------------------------------------|----------------------------|-------------------------|
+| c3dnet      | conv1a ... conv5b                  | fc6, fc7                   | head                    |
+| mmaction2   | [backbone.]conv1a.conv ...         | [backbone.]fc6, fc7        | cls_head.fc_cls         |
+| paddle      | [backbone.]conv1a._conv ...        | [backbone.]fc6, fc7 [in,out] | cls_head.fc_cls [in,out] |
+| caffe       | conv1, conv2, conv3a ... conv5b    | fc6, fc7                   | fc8 (487 Sports-1M)     |
+| sequential  | features.{0,3,6,8,11,13,16,18}     | classifier.{0,3}           | classifier.6            |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from c3dnet.errors import WeightsError
+from c3dnet.model import BASE_WIDTHS, CONV_NAMES, C3DConfig, _pool_specs
+from c3dnet.preprocess import CAFFE_PREPROCESS, SEED_PREPROCESS, Preprocess
+
+CONV_MODULES: tuple[str, ...] = tuple(name for group in CONV_NAMES for name in group)
+MODULES: tuple[str, ...] = (*CONV_MODULES, "fc6", "fc7", "head")
+_LINEAR_MODULES = ("fc6", "fc7", "head")
+# DataParallel / DistributedDataParallel and some trainers prefix every key; the prefix carries no meaning.
+_OUTER_PREFIXES = ("module.", "model.")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One key layout: where each c3dnet module lives in the file, and what the format implies.
+
+    Attributes:
+        name: short name recorded as the weights' source format.
+        modules: c3dnet module name -> module name in the file (without the backbone prefix).
+        backbone_prefix: prefix that full-recognizer files put before backbone modules (may be absent).
+        linear_in_out: Linear weights stored [in, out] (Paddle), transposed on import.
+        caffe: weights converted from Caffe C3D: imply Caffe pool5 and Caffe preprocessing.
+    """
+
+    name: str
+    modules: dict[str, str]
+    backbone_prefix: str = ""
+    linear_in_out: bool = False
+    caffe: bool = False
+
+    def file_key(self, module: str, param: str, prefixed: bool) -> str:
+        name = self.modules[module]
+        if prefixed and module != "head":
+            name = self.backbone_prefix + name
+        return f"{name}.{param}"
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return CAFFE_PREPROCESS if self.caffe else SEED_PREPROCESS
+
+
+def _same_names(head: str) -> dict[str, str]:
+    return {**{m: m for m in CONV_MODULES}, "fc6": "fc6", "fc7": "fc7", "head": head}
+
+
+C3DNET = Layout("c3dnet", _same_names("head"))
+MMACTION2 = Layout(
+    "mmaction2",
+    {**{m: f"{m}.conv" for m in CONV_MODULES}, "fc6": "fc6", "fc7": "fc7", "head": "cls_head.fc_cls"},
+    backbone_prefix="backbone.",
+)
+PADDLE = Layout(
+    "paddle",
+    {**{m: f"{m}._conv" for m in CONV_MODULES}, "fc6": "fc6", "fc7": "fc7", "head": "cls_head.fc_cls"},
+    backbone_prefix="backbone.",
+    linear_in_out=True,
+)
+CAFFE = Layout("caffe", {**_same_names("fc8"), "conv1a": "conv1", "conv2a": "conv2"}, caffe=True)
+SEQUENTIAL = Layout(
+    "sequential",
+    {
+        **{m: f"features.{i}" for m, i in zip(CONV_MODULES, (0, 3, 6, 8, 11, 13, 16, 18))},
+        "fc6": "classifier.0",
+        "fc7": "classifier.3",
+        "head": "classifier.6",
+    },
+)
+LAYOUTS: tuple[Layout, ...] = (C3DNET, MMACTION2, PADDLE, CAFFE, SEQUENTIAL)
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """A file's tensors under c3dnet key names, plus what did not map."""
+
+    layout: Layout
+    state: dict[str, torch.Tensor]
+    unexpected: tuple[str, ...]
+
+
+def _strip_outer_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _OUTER_PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            return {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def map_layout(source: str, tensors: dict[str, torch.Tensor]) -> Mapped:
+    """Detect the key layout of `tensors` and return them under c3dnet's names (Paddle Linears transposed).
+
+    Raises:
+        WeightsError: no known layout has its conv1a weight in the file.
+    """
+    tensors = _strip_outer_prefix(tensors)
+    best: tuple[int, Layout, bool] | None = None
+    for layout in LAYOUTS:
+        for prefixed in (False, True) if layout.backbone_prefix else (False,):
+            if layout.file_key("conv1a", "weight", prefixed) not in tensors:
+                continue
+            hits = sum(
+                layout.file_key(m, p, prefixed) in tensors for m in MODULES for p in ("weight", "bias")
+            )
+            if best is None or hits > best[0]:
+                best = (hits, layout, prefixed)
+    if best is None:
+        examples = ", ".join(
+            f"{layout.file_key('conv1a', 'weight', bool(layout.backbone_prefix))!r} ({layout.name})"
+            for layout in LAYOUTS
+        )
+        found = ", ".join(repr(k) for k in list(tensors)[:6])
+        raise WeightsError(
+            f"{source}: unknown key layout: no C3D conv1a weight found. Expected one of {examples}; the file "
+            f"has {len(tensors)} tensors, e.g. {found}"
+        )
+    _, layout, prefixed = best
+    state, used = {}, set()
+    for module in MODULES:
+        for param in ("weight", "bias"):
+            key = layout.file_key(module, param, prefixed)
+            if key not in tensors:
+                continue
+            value = tensors[key]
+            if layout.linear_in_out and module in _LINEAR_MODULES and param == "weight" and value.ndim == 2:
+                value = value.t()  # Paddle's Linear weight is [in, out], PyTorch's [out, in]
+            state[f"{module}.{param}"] = value.contiguous()
+            used.add(key)
+    unexpected = tuple(k for k in tensors if k not in used)
+    return Mapped(layout, state, unexpected)
+
+
+# Input geometry cannot be read from the weights, only the pool5 grid it leads to; try the reference
+# (16 frames, 112 crop) first, then small multiples of 16 so reduced files get the smallest input that fits.
+_CLIP_LENS = (16, 8, 32, 4, 64, 2, 1)
+_CROP_SIZES = (112, *range(16, 513, 16))
+
+
+def _geometry(pool5_dim: int, width: int, pool5: str) -> tuple[int, int] | None:
+    for clip_len in _CLIP_LENS:
+        for crop in _CROP_SIZES:
+            config = C3DConfig(clip_len=clip_len, crop_size=crop, pool5=pool5)  # type: ignore[arg-type]
+            try:
+                _, (t, h, w) = _pool_specs(config)
+            except ValueError:
+                continue
+            if width * t * h * w == pool5_dim:
+                return clip_len, crop
+    return None
+
+
+def _shape(source: str, state: dict[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    if key not in state:
+        raise WeightsError(f"{source}: missing {key!r}, needed to work out the architecture")
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim:
+        raise WeightsError(f"{source}: {key!r} has shape {shape}; expected {ndim} dimensions")
+    return shape
+
+
+def infer_config(source: str, state: dict[str, torch.Tensor], caffe: bool = False,
+                 num_classes: int | None = None) -> C3DConfig:
+    """Work out the C3DConfig that `state` (c3dnet keys) was trained with, from tensor shapes alone.
+
+    Args:
+        source: file name for error messages.
+        state: tensors under c3dnet names.
+        caffe: use Caffe's ceil-mode pool5.
+        num_classes: class count when the file has no classifier.
+
+    Raises:
+        WeightsError: shapes that no C3DConfig produces (non-proportional widths, non-3x3 kernels, ...).
+    """
+    widths, depths = [], []
+    in_channels = _shape(source, state, "conv1a.weight", 5)[1]
+    prev = in_channels
+    for group in CONV_NAMES:
+        for name in group:
+            out_ch, in_ch, depth, kh, kw = _shape(source, state, f"{name}.weight", 5)
+            if (kh, kw) != (3, 3) or in_ch != prev:
+                raise WeightsError(
+                    f"{source}: {name}.weight has shape {(out_ch, in_ch, depth, kh, kw)}; expected "
+                    f"({out_ch}, {prev}, depth, 3, 3) after the previous layer's {prev} channels"
+                )
+            if name == group[0]:
+                widths.append(out_ch)
+                depths.append(depth)
+            elif (out_ch, depth) != (widths[-1], depths[-1]):
+                raise WeightsError(f"{source}: {name}.weight {(out_ch, in_ch, depth, kh, kw)} differs from {group[0]}")
+            prev = out_ch
+    width_mult = next(
+        (m for m in (w / b for w, b in zip(widths, BASE_WIDTHS)) if C3DConfig(width_mult=m).widths == tuple(widths)),
+        None,
+    )
+    if width_mult is None:
+        raise WeightsError(
+            f"{source}: conv widths {tuple(widths)} are not one multiple of C3D's {BASE_WIDTHS}; "
+            f"c3dnet builds only uniformly scaled C3D networks"
+        )
+    fc_dim, pool5_dim = _shape(source, state, "fc6.weight", 2)
+    fc7 = _shape(source, state, "fc7.weight", 2)
+    if fc7 != (fc_dim, fc_dim):
+        raise WeightsError(f"{source}: fc7.weight has shape {fc7}; expected ({fc_dim}, {fc_dim}) after fc6")
+    if "head.weight" in state:
+        n_cls, head_in = _shape(source, state, "head.weight", 2)
+        if head_in != fc_dim:
+            raise WeightsError(f"{source}: classifier weight has shape {(n_cls, head_in)}; expected (N, {fc_dim})")
+    else:
+        n_cls = num_classes or C3DConfig().num_classes
+    pool5 = "caffe" if caffe else "padded"
+    geometry = _geometry(pool5_dim, widths[-1], pool5)
+    if geometry is None:
+        raise WeightsError(
+            f"{source}: fc6 takes {pool5_dim} inputs, which is not {widths[-1]} channels times any pool5 grid "
+            f"of a clip of {'/'.join(map(str, _CLIP_LENS))} frames and a square crop up to 512"
+        )
+    clip_len, crop = geometry
+    return C3DConfig(
+        num_classes=n_cls,
+        width_mult=width_mult,
+        fc_dim=fc_dim,
+        temporal_depths=tuple(depths),  # type: ignore[arg-type]
+        clip_len=clip_len,
+        crop_size=crop,
+        pool5=pool5,  # type: ignore[arg-type]
+        in_channels=in_channels,
+    )
+
+
+def pool5_grid(config: C3DConfig) -> tuple[int, int, int]:
+    """(T, H, W) after pool5 for a config: what fc6's input size depends on."""
+    return _pool_specs(config)[1]
+
+
+def feature_size(config: C3DConfig) -> int:
+    return config.widths[-1] * math.prod(pool5_grid(config))
+
+
+__all__ = ["LAYOUTS", "Layout", "Mapped", "feature_size", "infer_config", "map_layout", "pool5_grid"]

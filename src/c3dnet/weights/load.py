@@ -1,0 +1,205 @@
+"""Loading any supported weight file into a ready C3D, with a report of what was loaded."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from c3dnet.errors import WeightsError
+from c3dnet.log import get_logger
+from c3dnet.model import C3D, C3DConfig
+from c3dnet.preprocess import Preprocess
+from c3dnet.weights.files import read_raw
+from c3dnet.weights.layouts import infer_config, map_layout
+from c3dnet.weights.native import NATIVE_FORMAT, parse_metadata
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A weight file read into c3dnet's terms, before a model is built from it.
+
+    Attributes:
+        path: the file.
+        state: tensors under c3dnet key names (`conv1a.weight`, ..., `head.bias`).
+        config: the architecture (from metadata, or inferred from shapes).
+        preprocess: the preprocessing the weights expect (from metadata, or the format's known default).
+        class_names: names of the classifier's classes, when the file records them.
+        source_format: "c3dnet", "mmaction2", "paddle", "caffe" or "sequential".
+        container: "safetensors", "torch" or "pickle".
+        unexpected: file keys that map to no C3D parameter (reported, not loaded).
+        extra: the native file's "extra" metadata ({} otherwise).
+    """
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    config: C3DConfig
+    preprocess: Preprocess
+    class_names: list[str] | None
+    source_format: str
+    container: str
+    unexpected: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_head(self) -> bool:
+        return "head.weight" in self.state
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.state.values())
+
+
+def read_weights(path: str | os.PathLike[str]) -> WeightFile:
+    """Read a weight file of any supported format and layout into a `WeightFile` (no model is built).
+
+    Raises:
+        WeightsError: unreadable, unsafe, truncated, or of an unknown layout; the message names the file.
+    """
+    path = Path(path)
+    raw = read_raw(path)
+    mapped = map_layout(str(path), raw.tensors)
+    metadata = raw.metadata or {}
+    if metadata.get("format") == NATIVE_FORMAT:
+        meta = parse_metadata(path, metadata)
+        try:
+            config = C3DConfig.from_dict(meta["config"])
+            preprocess = Preprocess.from_dict(meta["preprocess"]) if meta["preprocess"] else Preprocess(
+                clip_len=config.clip_len, crop_size=config.crop_size
+            )
+        except (TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: invalid c3dnet metadata ({e}); re-save the file with save_model") from None
+        class_names, source_format, extra = meta["class_names"], meta["source_format"], meta["extra"]
+    else:
+        layout = mapped.layout
+        config = infer_config(str(path), mapped.state, caffe=layout.caffe)
+        # Foreign files carry no preprocessing: use the format's known one, fitted to the inferred geometry.
+        preprocess = layout.preprocess
+        if (preprocess.clip_len, preprocess.crop_size) != (config.clip_len, config.crop_size):
+            preprocess = Preprocess.from_dict(
+                {**preprocess.to_dict(), "clip_len": config.clip_len, "crop_size": config.crop_size}
+            )
+        class_names, source_format, extra = None, layout.name, {}
+        log.info(
+            "%s: %s layout (%s container), inferred %s; preprocessing %s mean %s",
+            path, layout.name, raw.container, _describe(config), preprocess.channel_order, list(preprocess.mean),
+        )
+    if class_names is not None and len(class_names) != config.num_classes:
+        raise WeightsError(f"{path}: {len(class_names)} class names for {config.num_classes} classes in the config")
+    unexpected = mapped.unexpected + raw.ignored
+    return WeightFile(path, mapped.state, config, preprocess, class_names, source_format, raw.container,
+                      unexpected, extra)
+
+
+def _describe(config: C3DConfig) -> str:
+    return (
+        f"width x{config.width_mult:g}, fc {config.fc_dim}, depths {'-'.join(map(str, config.temporal_depths))}, "
+        f"{config.num_classes} classes, {config.clip_len}x{config.crop_size}x{config.crop_size} input, "
+        f"pool5 {config.pool5}"
+    )
+
+
+def model_from_weights(weights: WeightFile, num_classes: int | None = None, class_names: list[str] | None = None,
+                strict: bool = True) -> C3D:
+    """Build a C3D from a `WeightFile` and load its tensors (see `load_model`)."""
+    config, names = weights.config, weights.class_names
+    if class_names is not None and num_classes is None:
+        num_classes = len(class_names)
+    if class_names is not None and len(class_names) != num_classes:
+        raise WeightsError(f"{len(class_names)} class names given for num_classes={num_classes}")
+    state = dict(weights.state)
+    if num_classes is not None and num_classes < 1:
+        raise WeightsError(f"num_classes must be >= 1, got {num_classes}")
+    reset_head = num_classes is not None and (num_classes != config.num_classes or not weights.has_head)
+    if num_classes is not None and num_classes != config.num_classes:
+        if weights.has_head:
+            log.warning(
+                "%s: the classifier has %d classes, %d requested: re-initialising the classifier (fine-tuning)",
+                weights.path, config.num_classes, num_classes,
+            )
+        config = config.replace(num_classes=num_classes)
+    if reset_head or class_names is not None:
+        names = list(class_names) if class_names is not None else None
+    if reset_head:
+        state.pop("head.weight", None)
+        state.pop("head.bias", None)
+
+    model = C3D(config, preprocess=weights.preprocess, class_names=names)
+    expected = model.state_dict()
+    mismatched = [
+        f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state.items()
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape)
+    ]
+    if mismatched:
+        raise WeightsError(
+            f"{weights.path}: {len(mismatched)} tensor(s) do not fit the model ({_describe(config)}):\n  "
+            + "\n  ".join(mismatched)
+        )
+    missing = [k for k in expected if k not in state]
+    missing_backbone = [k for k in missing if not k.startswith("head.")]
+    if missing_backbone and strict:
+        raise WeightsError(
+            f"{weights.path}: missing backbone weights {missing_backbone}; the file is incomplete or not a C3D "
+            f"checkpoint (pass strict=False to keep those layers randomly initialised)"
+        )
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)
+    loaded = sum(state[k].numel() for k in state if k in expected)
+    log.info(
+        "%s: loaded %d tensors (%s parameters) from %s weights", weights.path, len(state), f"{loaded:,}",
+        weights.source_format,
+    )
+    if missing:
+        level = log.warning if missing_backbone or not reset_head else log.info
+        level("%s: missing (randomly initialised): %s", weights.path, ", ".join(missing))
+    if weights.unexpected:
+        log.warning("%s: unexpected keys (ignored): %s", weights.path, ", ".join(weights.unexpected))
+    model.source_format = weights.source_format  # recorded again by save_model
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike[str], num_classes: int | None = None, class_names: list[str] | None = None,
+               strict: bool = True) -> C3D:
+    """Load any supported weight file into a ready C3D (in eval mode).
+
+    Formats and key layouts are detected from the file's content: native `.safetensors` with c3dnet metadata;
+    mmaction2 `.pth` (backbone-only or full recognizer, bare or wrapped in {"state_dict": ...}); the seed's
+    PaddlePaddle `.pdparams`; Caffe conversions (`conv1 ... fc8`, which imply Caffe pool5 and preprocessing);
+    Sequential ports (`features.N`, `classifier.N`). Torch files load with `weights_only=True`; pickles go
+    through `c3dnet.safe_pickle`. Without metadata the architecture is inferred from tensor shapes.
+
+    Args:
+        path: the weight file.
+        num_classes: classifier size wanted; if it differs from the file's (or the file has no classifier)
+            the classifier is re-initialised with a warning, for fine-tuning.
+        class_names: names for the classes; implies `num_classes=len(class_names)` when that is not given.
+        strict: refuse files with missing backbone tensors (default); False keeps those layers random.
+
+    Returns:
+        The model with `.config`, `.preprocess`, `.class_names` and `.source_format` set.
+
+    Raises:
+        WeightsError: unreadable, unsafe or truncated files, unknown layouts, or tensors whose shapes do not fit
+        (each key named with both shapes).
+
+    Example:
+        >>> from c3dnet.weights import load_model
+        >>> model = load_model("c3d_ucf101.pdparams")                     # doctest: +SKIP
+        >>> model = load_model("c3d_sports1m.pth", num_classes=51)        # doctest: +SKIP
+    """
+    weights = read_weights(path)
+    if not weights.has_head and num_classes is None:
+        log.warning(
+            "%s: the file has no classifier; using a randomly initialised %d-class one (pass num_classes)",
+            weights.path, weights.config.num_classes,
+        )
+    return model_from_weights(weights, num_classes=num_classes, class_names=class_names, strict=strict)
+
+
+__all__ = ["WeightFile", "load_model", "model_from_weights", "read_weights"]

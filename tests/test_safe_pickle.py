@@ -1,0 +1,111 @@
+"""The restricted unpickler: numpy arrays come back intact, and no payload ever runs."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import subprocess
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from c3dnet.errors import WeightsError
+from c3dnet.safe_pickle import load_safe_pickle, loads_safe_pickle
+
+
+class _Payload:
+    """Pickles as a call of `func(*args)`: what a malicious weight file does."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
+def test_arrays_and_containers_round_trip(protocol: int) -> None:
+    rng = np.random.default_rng(0)
+    state = OrderedDict(
+        w=rng.normal(size=(3, 4)).astype(np.float32),
+        fortran=np.asfortranarray(rng.normal(size=(2, 5))),
+        ints=np.arange(7, dtype=np.int64),
+        half=rng.normal(size=(4,)).astype(np.float16),
+        scalar=np.float32(2.5),
+        nested={"names": ["a", "b"], "bytes": b"\x00\xff", "n": 3, "x": 1.5, "t": (1, None, True)},
+    )
+    out = loads_safe_pickle(pickle.dumps(state, protocol=protocol))
+    assert isinstance(out, OrderedDict) and list(out) == list(state)
+    for key in ("w", "fortran", "ints", "half"):
+        assert out[key].dtype == state[key].dtype
+        np.testing.assert_array_equal(out[key], state[key])
+    assert out["scalar"] == np.float32(2.5)
+    assert out["nested"] == state["nested"]
+
+
+def _payloads(marker: Path) -> list[object]:
+    cmd = f"touch {marker}"
+    return [
+        _Payload(os.system, cmd),
+        _Payload(builtins.eval, f"open({str(marker)!r}, 'w')"),
+        _Payload(builtins.exec, f"open({str(marker)!r}, 'w')"),
+        _Payload(builtins.open, str(marker), "w"),
+        _Payload(subprocess.call, ["touch", str(marker)]),
+        # The payload hidden inside an otherwise ordinary state dict, next to real arrays.
+        {"backbone.fc6.weight": np.ones((2, 3), np.float32), "evil": _Payload(os.system, cmd)},
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, index: int, protocol: int) -> None:
+    marker = tmp_path / "pwned"
+    payload = _payloads(marker)[index]
+    path = tmp_path / "model.pdparams"
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
+    with pytest.raises(WeightsError) as err:
+        load_safe_pickle(path)
+    assert not marker.exists()
+    assert str(path) in str(err.value) and "refused" in str(err.value)
+    assert "untrusted" in str(err.value)
+
+
+def test_handwritten_opcodes_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    # GLOBAL builtins.eval + REDUCE written by hand (protocol 0), as an attacker would.
+    raw = b"cbuiltins\neval\n(V__import__('os').system('touch " + str(marker).encode() + b"')\ntR."
+    with pytest.raises(WeightsError, match="builtins.eval"):
+        loads_safe_pickle(raw, "evil.pickle")
+    # A dotted name reaching through an allowed global to its module's globals (protocol 4 STACK_GLOBAL).
+    module, name = b"numpy._core.multiarray", b"_reconstruct.__globals__"
+    dotted = b"\x80\x04\x8c" + bytes([len(module)]) + module + b"\x8c" + bytes([len(name)]) + name + b"\x93."
+    with pytest.raises(WeightsError, match="__globals__"):
+        loads_safe_pickle(dotted, "evil.pickle")
+    # An INST opcode (protocol 0 class instantiation) of a forbidden class.
+    inst = b"(ios\nsystem\n(S'touch " + str(marker).encode() + b"'\nt."
+    with pytest.raises(WeightsError, match="os.system"):
+        loads_safe_pickle(inst, "evil.pickle")
+    assert not marker.exists()
+
+
+def test_persistent_ids_and_object_arrays_are_refused() -> None:
+    with pytest.raises(WeightsError, match="persistent id"):
+        loads_safe_pickle(b"\x80\x02X\x03\x00\x00\x00abcQ.", "p.pickle")  # BINPERSID
+    objects = np.array([1, "a", None], dtype=object)
+    with pytest.raises(WeightsError, match="refused|not a readable"):
+        loads_safe_pickle(pickle.dumps({"w": objects}, protocol=2), "o.pickle")
+
+
+def test_truncated_and_garbage_pickles_name_the_file(tmp_path: Path) -> None:
+    data = pickle.dumps({"w": np.ones((8, 8), np.float32)}, protocol=4)
+    for cut in (1, 10, len(data) // 2, len(data) - 1):
+        path = tmp_path / f"cut{cut}.pdparams"
+        path.write_bytes(data[:cut])
+        with pytest.raises(WeightsError, match="truncated or corrupt") as err:
+            load_safe_pickle(path)
+        assert str(path) in str(err.value)
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_safe_pickle(tmp_path / "missing.pdparams")
