@@ -1,0 +1,161 @@
+"""Model-only throughput: the naive path against c3dnet's path, in one process, on random data.
+
+Naive: fp32, TF32 off, cudnn.benchmark off, eager, contiguous layout (what the seed ran).
+c3dnet: the engine's own helpers (`c3dnet.engine.device`): bf16 autocast and channels_last_3d on CUDA,
+cudnn.benchmark, inference_mode; optionally torch.compile. On the CPU c3dnet runs fp32 under inference_mode.
+
+Usage:
+    python benchmarks/bench_model.py                      # CPU: a reduced model (width 1/4, 16x56x56)
+    python benchmarks/bench_model.py --full-size          # the reference C3D (16x112x112, 101 classes)
+    python benchmarks/bench_model.py --device cuda --full-size --compile --train-batch 128 --infer-batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from c3dnet.engine.device import autocast, inference_context, maybe_compile, prepare_model  # noqa: E402
+from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
+from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
+
+
+@dataclass
+class Path_:
+    name: str
+    fast: bool  # c3dnet's helpers (autocast, channels_last) vs plain fp32
+    tf32: bool
+    benchmark: bool
+    compile: bool
+
+
+def set_backend_flags(p: Path_) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = p.tf32
+    torch.backends.cudnn.allow_tf32 = p.tf32
+    torch.backends.cudnn.benchmark = p.benchmark
+
+
+def make_model(config: C3DConfig, p: Path_, device: torch.device, state: dict) -> torch.nn.Module:
+    model = C3D(config)
+    model.load_state_dict(state)
+    model = prepare_model(model, device) if p.fast else model.to(device)
+    return maybe_compile(model, p.compile)
+
+
+def bench_inference(config, p, device, state, batch, warmup, iters) -> tuple[float, float]:
+    set_backend_flags(p)
+    model = make_model(config, p, device, state).eval()
+    x = torch.randn(batch, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
+    if p.fast:
+        x = x.contiguous(memory_format=torch.channels_last_3d) if device.type == "cuda" else x
+        ctx = lambda: inference_context(device)  # noqa: E731
+    else:
+        ctx = torch.no_grad
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        with ctx():
+            model(x)
+
+    seconds = time_per_call(step, device, warmup, iters)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return batch / seconds, peak
+
+
+def bench_train(config, p, device, state, batch, warmup, iters) -> tuple[float, float]:
+    set_backend_flags(p)
+    model = make_model(config, p, device, state).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
+    if p.fast and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    y = torch.randint(config.num_classes, (batch,), device=device)
+    amp = (lambda: autocast(device)) if p.fast else contextlib.nullcontext
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 40.0)
+        opt.step()
+
+    seconds = time_per_call(step, device, warmup, iters)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return batch / seconds, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--full-size", action="store_true", help="the reference C3D (default on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    ap.add_argument("--train-batch", type=int, default=None)
+    ap.add_argument("--infer-batch", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--name", default=None, help="results file name (default model_<device>)")
+    args = ap.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    gpu = device.type == "cuda"
+    full = args.full_size or gpu
+    config = C3DConfig(num_classes=101) if full else C3DConfig(num_classes=101, width_mult=0.25, fc_dim=1024,
+                                                                crop_size=56)
+    train_batch = args.train_batch or (128 if gpu else 4)
+    infer_batch = args.infer_batch or (256 if gpu else 8)
+    warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    iters = args.iters or (20 if gpu else 3)
+    torch.manual_seed(0)
+    state = C3D(config).state_dict()
+    macs = multiply_adds(config)
+
+    paths = [Path_("naive fp32", fast=False, tf32=False, benchmark=False, compile=False)]
+    if gpu:
+        paths.append(Path_("fp32 + TF32", fast=False, tf32=True, benchmark=True, compile=False))
+    paths.append(Path_("c3dnet" + (" (bf16, channels_last_3d)" if gpu else " (fp32)"),
+                       fast=True, tf32=True, benchmark=True, compile=False))
+    if args.compile:
+        paths.append(Path_("c3dnet + torch.compile", fast=True, tf32=True, benchmark=True, compile=True))
+
+    rows, data = [], {"config": config.to_dict(), "parameters": count_parameters(C3D(config)), "rows": []}
+    for kind, fn, batch, flop_mult in (("inference", bench_inference, infer_batch, 2),
+                                       ("training", bench_train, train_batch, 6)):
+        if kind == "training" and args.skip_train:
+            continue
+        base = None
+        for p in paths:
+            try:
+                clips_s, peak = fn(config, p, device, state, batch, warmup, iters)
+            except torch.OutOfMemoryError:
+                rows.append([kind, p.name, batch, "OOM", "-", "-", "-"])
+                continue
+            finally:
+                if gpu:
+                    torch.cuda.empty_cache()
+            base = base or clips_s
+            tflops = clips_s * macs * flop_mult / 1e12
+            rows.append([kind, p.name, batch, clips_s, tflops, peak, f"{clips_s / base:.2f}x"])
+            data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
+                                     peak_gib=peak, ratio=clips_s / base))
+    size = "reference C3D 16x112x112" if full else "reduced C3D (width 1/4, fc 1024) 16x56x56"
+    table = markdown_table(["pass", "path", "batch", "clips/s", "TFLOP/s", "peak GiB", "vs naive"], rows)
+    write_results(args.name or f"model_{device.type}", f"Model-only throughput, {size}", environment(device), table,
+                  data, "python benchmarks/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
