@@ -1,0 +1,185 @@
+"""Extraction core: rows equal forward_features on the same clips, sliding clip starts, resume after a crash."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from c3dnet.data import sampling
+from c3dnet.data.decode import read_frames
+from c3dnet.data.encode import write_video
+from c3dnet.data.sources import VideoRecord
+from c3dnet.data.transforms import eval_transform, normalize
+from c3dnet.errors import DataError
+from c3dnet.features import (
+    ClipRunner,
+    ExtractOptions,
+    VideoLock,
+    extract,
+    read_manifest,
+    stream_clips,
+    write_merged_manifest,
+)
+from c3dnet.model import C3D
+from c3dnet.preprocess import Preprocess
+from tests.conftest import tiny_config
+
+PRE = Preprocess(clip_len=8, crop_size=32, short_side=36)
+
+
+def _video(path, n, seed=0, hw=(48, 64)):
+    """n frames of smooth random texture that changes every frame (so every frame index is distinguishable)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, hw[0] // 8, hw[1] // 8, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2)  # (n, H, W, 3) blocks survive compression
+    write_video(path, frames, fps=25.0)
+    return path
+
+
+def _model(num_classes=5):
+    return C3D(tiny_config(num_classes=num_classes), preprocess=PRE).eval()
+
+
+def _reference_rows(model, path, starts, layer="fc6"):
+    from c3dnet.data.decode import video_info
+
+    info = video_info(path)
+    idx = sampling.clip_indices(np.asarray(starts), info.num_frames, PRE.clip_len, PRE.frame_interval)  # (K, T)
+    size = PRE.resize_target(info.height, info.width)
+    clips = [eval_transform(read_frames(VideoRecord(path, -1), row, size_hw=size), PRE) for row in idx]
+    with torch.inference_mode():
+        return model.forward_features(normalize(torch.stack(clips), PRE), layer).numpy()
+
+
+@pytest.mark.parametrize("num_frames", [1, 5, 7, 8, 9, 16, 23, 40])
+@pytest.mark.parametrize("stride", [3, 8, 16])
+def test_stream_clips_match_read_frames(tmp_path, num_frames, stride):
+    path = _video(tmp_path / "v.avi", num_frames, seed=num_frames)
+    got = list(stream_clips(path, PRE, stride, num_frames, (36, 48), chunk=5))
+    last = num_frames - PRE.clip_len
+    expected_starts = list(range(0, last + 1, stride)) if last >= 0 else [0]
+    assert [k for k, _ in got] == list(range(len(expected_starts)))
+    idx = sampling.clip_indices(np.array(expected_starts), num_frames, PRE.clip_len)
+    for (_, clip), row in zip(got, idx):
+        expected = eval_transform(read_frames(VideoRecord(path, -1), row, size_hw=(36, 48)), PRE)
+        assert clip.dtype == torch.uint8 and clip.shape == (3, 8, 32, 32)
+        assert torch.equal(clip, expected)
+
+
+def test_extracted_rows_equal_forward_features(tmp_path):
+    paths = [_video(tmp_path / f"v{i}.avi", n, seed=i) for i, n in enumerate([5, 20, 37])]
+    model = _model()
+    summary = extract([VideoRecord(p, -1) for p in paths], ClipRunner(model, "fc6"), tmp_path / "out",
+                      ExtractOptions(stride=4, batch_size=3, workers=2, weights="w.safetensors"), progress=False)
+    assert summary.done == 3 and summary.skipped == 0 and summary.frames == 5 + 20 + 37
+    entries = {e.key: e for e in read_manifest(tmp_path / "out")}
+    assert sorted(entries) == ["v0", "v1", "v2"]
+    for p in paths:
+        e = entries[p.stem]
+        rows = np.load(tmp_path / "out" / e.output)
+        assert e.clip_starts == sampling.sliding_start_frames(e.num_frames, 8, 4).tolist()
+        assert rows.shape == (len(e.clip_starts), 32) and rows.dtype == np.float32
+        np.testing.assert_allclose(rows, _reference_rows(model, p, e.clip_starts), rtol=1e-4, atol=1e-5)
+        assert e.video == str(p.resolve()) and e.layer == "fc6" and e.fps == pytest.approx(25.0)
+        assert e.weights == "w.safetensors"
+    lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["v0", "v1", "v2"]
+    # Nothing left behind: no temporary files, no locks.
+    assert not list((tmp_path / "out").glob(".*.tmp")) and not list((tmp_path / "out" / ".locks").glob("*"))
+
+
+def test_video_mean_and_l2_follow_the_paper(tmp_path):
+    path = _video(tmp_path / "v.avi", 30)
+    model = _model()
+    runner = ClipRunner(model, "fc7")
+    extract([VideoRecord(path, -1)], runner, tmp_path / "rows", ExtractOptions(stride=8, l2=True), progress=False)
+    extract([VideoRecord(path, -1)], runner, tmp_path / "mean", ExtractOptions(stride=8, l2=True, video_mean=True),
+            progress=False)
+    starts = sampling.sliding_start_frames(30, 8, 8)
+    ref = _reference_rows(model, path, starts, "fc7")
+    rows = np.load(tmp_path / "rows" / "v.npy")
+    np.testing.assert_allclose(rows, ref / np.linalg.norm(ref, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    mean = np.load(tmp_path / "mean" / "v.npy")
+    expected = ref.mean(0) / np.linalg.norm(ref.mean(0))  # mean first, then L2 (not the mean of L2 rows)
+    assert mean.shape == (32,)
+    np.testing.assert_allclose(mean, expected, rtol=1e-4, atol=1e-6)
+
+
+class _CrashAfter:
+    """A runner that dies after `n` batches, as a killed job would."""
+
+    def __init__(self, runner, n):
+        self.runner, self.n = runner, n
+        self.preprocess, self.output, self.dim = runner.preprocess, runner.output, runner.dim
+
+    def __call__(self, clips):
+        if self.n == 0:
+            raise RuntimeError("injected crash")
+        self.n -= 1
+        return self.runner(clips)
+
+
+def test_crash_then_resume_gives_identical_outputs(tmp_path):
+    paths = [_video(tmp_path / f"v{i}.avi", 12 + 7 * i, seed=i) for i in range(5)]
+    records = [VideoRecord(p, -1) for p in paths]
+    runner = ClipRunner(_model(), "fc6")
+    options = ExtractOptions(stride=4, batch_size=2, workers=1)
+    extract(records, runner, tmp_path / "clean", options, progress=False)
+    with pytest.raises(RuntimeError, match="injected"):
+        extract(records, _CrashAfter(runner, 4), tmp_path / "out", options, progress=False)
+    done_before = {e.key for e in read_manifest(tmp_path / "out")}
+    assert 0 < len(done_before) < 5
+    assert not list((tmp_path / "out").glob(".*.tmp")) and not list((tmp_path / "out" / ".locks").glob("*"))
+    summary = extract(records, runner, tmp_path / "out", options, progress=False)
+    assert summary.skipped == len(done_before) and summary.done == 5 - len(done_before)
+    for p in paths:
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{p.stem}.npy"),
+                                      np.load(tmp_path / "clean" / f"{p.stem}.npy"))
+    assert [e.to_dict() for e in read_manifest(tmp_path / "out")] == \
+        [e.to_dict() for e in read_manifest(tmp_path / "clean")]
+
+
+def test_bad_video_raises_or_is_skipped(tmp_path):
+    good = _video(tmp_path / "good.avi", 10)
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"\x00" * 1000)
+    records = [VideoRecord(bad, -1), VideoRecord(good, -1)]
+    runner = ClipRunner(_model(), "fc6")
+    with pytest.raises(DataError, match="bad.avi"):
+        extract(records, runner, tmp_path / "a", ExtractOptions(workers=1), progress=False)
+    summary = extract(records, runner, tmp_path / "b", ExtractOptions(skip_bad=True), progress=False)
+    assert summary.done == 1 and [f[0] for f in summary.failed] == [str(bad)]
+    failed = (tmp_path / "b" / "failed.txt").read_text().splitlines()
+    assert len(failed) == 1 and failed[0].startswith(str(bad.resolve()) + "\t")
+    assert [e.key for e in read_manifest(tmp_path / "b")] == ["good"]
+
+
+def test_lock_is_exclusive_and_dead_owner_is_reclaimed(tmp_path):
+    path = tmp_path / ".locks" / "v.lock"
+    a, b = VideoLock(path), VideoLock(path)
+    assert a.acquire() and not b.acquire()  # a live owner (this process) keeps it
+    a.release()
+    assert not path.exists() and b.acquire()
+    b.release()
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(f"{int(dead.stdout)} {socket.gethostname()}\n")  # a lock left by a killed process
+    assert a.acquire() and path.read_text().split()[0] == str(__import__("os").getpid())
+    a.release()
+    path.write_text("1 some-other-host\n")  # another machine's lock cannot be checked: respected
+    assert not a.acquire()
+
+
+def test_merged_manifest_ignores_unfinished(tmp_path):
+    path = _video(tmp_path / "v.avi", 9)
+    extract([VideoRecord(path, -1)], ClipRunner(_model(), "pool5"), tmp_path / "o", progress=False)
+    (tmp_path / "o" / "orphan.npy").write_bytes(b"")  # an output without its manifest part is not finished
+    assert write_merged_manifest(tmp_path / "o") == 1
+    (entry,) = read_manifest(tmp_path / "o")
+    assert entry.dim == _model().feature_dims["pool5"] and entry.clip_starts == [0]
