@@ -32,6 +32,7 @@ def test_mmaction_recipe() -> None:
 
 
 def test_overrides_are_typed() -> None:
+    assert TrainConfig().with_overrides(["optim.lr=1e-2"]).optim.lr == 0.01  # YAML 1.1 reads 1e-2 as a string
     cfg = TrainConfig().with_overrides(["optim.lr=1", "data.batch_size=8", "optim.clip_grad_norm=null",
                                         "optim.milestones=[3, 7]", "train.amp=false", "preprocess.mean=[1, 2, 3]"])
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)

@@ -91,7 +91,8 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    """Run options. `checkpoint_every` saves `last` every N iterations mid-epoch (0: only at epoch ends)."""
+    """Run options. `checkpoint_every` saves `last` every N iterations mid-epoch (0: only at epoch ends);
+    `average` is how validation combines clips; `progress`, `tensorboard` and `plots` switch those outputs."""
 
     seed: int = 1234
     val_every: int = 1
@@ -103,6 +104,7 @@ class TrainSection:
     average: Literal["score", "prob"] = "score"
     progress: bool = True
     tensorboard: bool = True
+    plots: bool = True
 
 
 @dataclass
@@ -267,6 +269,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)

@@ -226,7 +226,7 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
 
     run = _Run(cfg, model, net, optimizer, schedule, loaders, metrics, device, dist_info, work_dir, iters_per_epoch)
     run.best_top1, run.best_epoch, run.last_val = best_top1, best_epoch, last_val
-    final_loss = float("nan")
+    final_loss, last_plot = float("nan"), time.monotonic()
     log.info("training %d epochs x %d iterations (batch %d x %d processes) on %s; work dir %s", epochs,
              iters_per_epoch, cfg.data.batch_size, dist_info.world_size, device, work_dir)
     try:
@@ -239,7 +239,12 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
             run.save(iteration)
             if main:
                 metrics.flush()
-                metrics.plot()
+                # Drawing takes about a second: redraw at most once a minute, and at the end.
+                if cfg.train.plots and time.monotonic() - last_plot > 60:
+                    metrics.plot()
+                    last_plot = time.monotonic()
+        if main and cfg.train.plots:
+            metrics.plot()
     finally:
         metrics.close()
     barrier()

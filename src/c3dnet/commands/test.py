@@ -1,0 +1,83 @@
+"""`c3d test`: the reference test protocol (10 evenly spaced clips, centre crop, scores averaged per video)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "test weights with the reference protocol: video top-1/top-5/mean class accuracy and clip top-1"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", type=Path, required=True, help="weights (native or any supported format)")
+    parser.add_argument("--data", type=Path, required=True, help="dataset (its test subset is scored)")
+    parser.add_argument("--split", type=int, default=1, help="official split number (default 1)")
+    parser.add_argument("--splits-dir", type=Path, default=None, help="folder with the official split files")
+    parser.add_argument("--clips", type=int, default=10, help="clips per video (default 10, the reference)")
+    parser.add_argument("--average", choices=("score", "prob"), default="score",
+                        help="average clip logits (score, the seed) or softmax probabilities (prob, mmaction2)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: test_<weights name>_split<N> beside the weights)")
+    parser.add_argument("--batch-size", type=int, default=4, help="videos per batch (each has --clips clips)")
+    parser.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--skip-bad", action="store_true", help="log and skip unreadable videos instead of failing")
+    parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from c3dnet.data.dataset import ClipDataset, worker_init_fn
+    from c3dnet.data.sources import load_source
+    from c3dnet.engine.device import prepare_model, select_device
+    from c3dnet.engine.distributed import DistInfo, ResumableSampler, cleanup_distributed, init_distributed
+    from c3dnet.engine.evaluate import evaluate
+    from c3dnet.engine.reports import write_test_reports
+    from c3dnet.errors import ConfigError, DataError
+    from c3dnet.log import get_logger
+    from c3dnet.weights import load_model
+
+    log = get_logger("c3dnet.test")
+    if args.clips < 1 or args.batch_size < 1 or args.workers < 0:
+        raise ConfigError("--clips and --batch-size must be >= 1 and --workers >= 0")
+    dist_info: DistInfo = init_distributed(args.device)
+    try:
+        device = select_device(args.device, dist_info.local_rank if dist_info.is_distributed else None)
+        model = load_model(args.weights)
+        source = load_source(args.data, "test", split=args.split, splits_dir=args.splits_dir, skip_bad=args.skip_bad)
+        if len(source.class_names) != model.num_classes:
+            raise DataError(f"{args.data}: {len(source.class_names)} classes, but {args.weights} predicts "
+                            f"{model.num_classes}; test on the dataset the weights were trained for")
+        if model.class_names is not None and list(model.class_names) != list(source.class_names):
+            log.warning("%s: class names differ from %s's; scoring by class index", args.data, args.weights)
+        prepare_model(model, device).eval()
+        dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=args.clips, skip_bad=args.skip_bad)
+        sampler = ResumableSampler(len(dataset), False, 0, dist_info.rank, dist_info.world_size)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+            pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+        )
+        log.info("testing %s on %d videos x %d clips (%s averaged) on %s", args.weights, len(dataset), args.clips,
+                 "logits" if args.average == "score" else "probabilities", device)
+        result = evaluate(model, loader, device, average=args.average, amp=not args.no_amp,
+                          progress=dist_info.is_main)
+        if not dist_info.is_main:
+            return 0
+        out = args.out or args.weights.parent / f"test_{args.weights.stem}_split{args.split}"
+        write_test_reports(result, out, source.class_names, [str(r.path) for r in source.records])
+        if args.json:
+            print(json.dumps(result.metrics()))
+        else:
+            print(f"videos: {result.num_videos} x {result.clips_per_video} clips, "
+                  f"{'logits' if args.average == 'score' else 'probabilities'} averaged")
+            print(f"video top-1:          {100 * result.top1:6.2f}%")
+            print(f"video top-5:          {100 * result.top5:6.2f}%")
+            print(f"mean class accuracy:  {100 * result.mean_class_accuracy:6.2f}%")
+            print(f"clip top-1 (1 clip):  {100 * result.clip_top1:6.2f}%")
+            print(f"reports: {out}")
+        return 0
+    finally:
+        cleanup_distributed()

@@ -1,0 +1,51 @@
+"""`c3d train`: train or fine-tune C3D with a YAML recipe; resumable; single process or under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "train or fine-tune C3D from a YAML recipe (resumable; DDP under torchrun)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML recipe, e.g. configs/c3d_ucf101_seed.yaml (default: the seed's recipe)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="dataset: UCF-101/HMDB-51 folder, prepared frames, annotation list, class folders")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="pretrained weights (any supported format); the head is re-initialised for new classes")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="checkpoints, metrics and plots (default: work_dirs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from <work-dir>/last.state.pt")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set optim.lr=0.01 --set data.batch_size=16")
+    parser.add_argument("--split", type=int, default=None, help="official split number (sets data.split)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from c3dnet.engine.train import train
+
+    overrides = list(args.overrides)
+    if args.split is not None:
+        overrides.append(f"data.split={args.split}")
+    work_dir = args.work_dir or Path("work_dirs") / (args.config.stem if args.config else "c3d_ucf101_seed")
+    result = train(args.config, args.data, weights=args.weights, work_dir=work_dir, resume=args.resume,
+                   device=args.device, overrides=overrides)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = {
+            "work_dir": str(result.work_dir),
+            "epochs": result.epochs,
+            "iterations": result.iterations,
+            "final_loss": result.final_loss,
+            "best_val_top1": result.best_top1,
+            "best_epoch": result.best_epoch,
+            "last": str(result.last_path),
+            "best": str(result.best_path) if result.best_path.is_file() else None,
+        }
+        print(json.dumps(summary))
+    return 0
