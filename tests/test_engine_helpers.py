@@ -11,9 +11,11 @@ from c3dnet.engine.config import TrainConfig
 
 TINY_OVERRIDES = [
     "model.width_mult=0.125", "model.fc_dim=32", "model.clip_len=8", "model.crop_size=32", "model.dropout=0.2",
-    "preprocess.short_side=36", "preprocess.std=[64, 64, 64]", "data.batch_size=4", "data.val_batch_size=8", "data.workers=0",
+    "preprocess.short_side=36", "preprocess.std=[64, 64, 64]",
+    "data.batch_size=4", "data.val_batch_size=8", "data.workers=0",
     "optim.lr=0.01", "optim.warmup_iters=3", "optim.epochs=3", "optim.head_lr_mult=5.0",
-    "train.checkpoint_every=2", "train.log_every=1", "train.progress=false", "train.tensorboard=false", "train.plots=false",
+    "train.checkpoint_every=2", "train.log_every=1",
+    "train.progress=false", "train.tensorboard=false", "train.plots=false",
 ]
 
 
