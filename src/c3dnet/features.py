@@ -58,6 +58,9 @@ PARTS_DIR = ".parts"
 LOCKS_DIR = ".locks"
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.txt"
+TMP_TAG = "c3dpart-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------------------------------- the model
@@ -351,7 +354,7 @@ class _Job:
         if video_mean:
             self.rows = np.zeros((1, dim), dtype=np.float64)  # running sum
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".npy.tmp", dir=self.out_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.{TMP_TAG}{os.getpid()}-", suffix=".npy.tmp", dir=self.out_dir)
         os.close(fd)
         self.tmp = Path(tmp)
         self.rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(self.starts), dim))
@@ -391,6 +394,7 @@ def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
         job.rows = None
         with open(job.tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(job.tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should be readable as usual
         os.replace(job.tmp, out)
         job.tmp = None
     entry = ManifestEntry(
@@ -461,6 +465,7 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
                 continue
             with held_guard:
                 held.append(job)
+            _remove_leftovers(out_dir, key)
             try:
                 if _is_done(out_dir, key):  # finished by another process between our check and our lock
                     job.lock.release()
@@ -547,8 +552,26 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
                     job.discard()
         bar.close()
         summary.seconds = time.perf_counter() - start
+        _clear_stale_locks(out_dir)
         write_merged_manifest(out_dir)
     return summary
+
+
+def _clear_stale_locks(out_dir: Path) -> None:
+    """Locks of finished videos whose owner died between writing the outputs and releasing the lock."""
+    for path in (out_dir / LOCKS_DIR).glob("*.lock"):
+        if _is_done(out_dir, path.stem):
+            lock = VideoLock(path)
+            if lock.acquire():
+                lock.release()
+
+
+def _remove_leftovers(out_dir: Path, key: str) -> None:
+    """Temporary files of a process that died on this video (only the lock holder writes them)."""
+    for pattern in (f".{key}.{TMP_TAG}*.npy.tmp", f".{key}.npy.*.tmp"):
+        for leftover in out_dir.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
 
 def _start_job(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
