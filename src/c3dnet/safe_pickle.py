@@ -97,7 +97,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"persistent id {pid!r}")
 
 
-def _check_arrays(obj: Any, depth: int = 0) -> None:
+def check_no_object_arrays(obj: Any, depth: int = 0) -> None:
     """Refuse object arrays that slipped in through `__setstate__`, at any nesting level."""
     if depth > 50:
         raise pickle.UnpicklingError("containers nested more than 50 levels deep")
@@ -105,10 +105,10 @@ def _check_arrays(obj: Any, depth: int = 0) -> None:
         raise pickle.UnpicklingError(f"refusing a numpy array of Python objects (dtype {obj.dtype})")
     if isinstance(obj, dict):
         for value in obj.values():
-            _check_arrays(value, depth + 1)
+            check_no_object_arrays(value, depth + 1)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            _check_arrays(value, depth + 1)
+            check_no_object_arrays(value, depth + 1)
 
 
 def loads_safe_pickle(data: bytes, source: str = "<bytes>") -> Any:
@@ -124,7 +124,7 @@ def loads_safe_pickle(data: bytes, source: str = "<bytes>") -> Any:
     try:
         # latin1 reads Python 2 pickles (old Caffe conversions): their str arrays' raw bytes survive intact.
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-        _check_arrays(obj)
+        check_no_object_arrays(obj)
         return obj
     except UnsafePickleError as e:
         raise WeightsError(
@@ -151,4 +151,10 @@ def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
     return loads_safe_pickle(data, str(path))
 
 
-__all__ = ["ALLOWED_GLOBALS", "UnsafePickleError", "load_safe_pickle", "loads_safe_pickle"]
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "UnsafePickleError",
+    "check_no_object_arrays",
+    "load_safe_pickle",
+    "loads_safe_pickle",
+]

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.model import count_parameters
     from c3dnet.preprocess import CAFFE_PREPROCESS, SEED_PREPROCESS, Preprocess
     from c3dnet.weights import model_from_weights, read_weights, save_model
+    from c3dnet.weights.layouts import fit_geometry
 
     class_names = read_class_names(args.class_names) if args.class_names else None
     weights = read_weights(args.src)
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
             f"{len(class_names)}; fix the names, or pass --num-classes {len(class_names)} to re-initialise it"
         )
     config, preprocess = weights.config, weights.preprocess
-    if args.pool5:
-        config = config.replace(pool5=args.pool5)
+    if args.pool5:  # Caffe's ceil mode can shrink the pool5 grid: refit the input size to fc6
+        config = fit_geometry(args.src, config.replace(pool5=args.pool5), weights.state["fc6.weight"].shape[1])
     if args.preprocess:
         base = CAFFE_PREPROCESS if args.preprocess == "caffe" else SEED_PREPROCESS
         preprocess = Preprocess.from_dict({**base.to_dict(), "clip_len": config.clip_len,

@@ -9,6 +9,7 @@ Containers, told apart by their first bytes rather than by the file name:
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ import torch
 
 from c3dnet.errors import WeightsError
 from c3dnet.log import get_logger
-from c3dnet.safe_pickle import load_safe_pickle
+from c3dnet.safe_pickle import check_no_object_arrays, load_safe_pickle
 from c3dnet.weights.native import read_safetensors_header
 
 log = get_logger(__name__)
@@ -88,9 +89,27 @@ def _read_safetensors(path: Path, header: dict[str, Any]) -> RawWeights:
     return RawWeights(tensors, header.get("__metadata__"), "safetensors")
 
 
+def _numpy_safe_globals() -> list[Any]:
+    """numpy's array and scalar reconstruction, for checkpoints whose metadata holds numpy values.
+
+    mmaction2/mmengine checkpoints often store e.g. `np.int64` epochs or `np.ndarray` means beside the
+    weights; these are the same reconstruction functions that `c3dnet.safe_pickle` admits.
+    """
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    dtype_classes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtype_classes]
+
+
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        with safe_globals(_numpy_safe_globals()) if safe_globals else contextlib.nullcontext():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        check_no_object_arrays(obj)
+        return obj
     except pickle.UnpicklingError as e:
         # weights_only refused a global: the checkpoint holds arbitrary objects (or a payload).
         first_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__

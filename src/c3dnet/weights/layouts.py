@@ -120,7 +120,8 @@ def map_layout(source: str, tensors: dict[str, torch.Tensor]) -> Mapped:
                 best = (hits, layout, prefixed)
     if best is None:
         examples = ", ".join(
-            f"{layout.file_key('conv1a', 'weight', bool(layout.backbone_prefix))!r} ({layout.name})"
+            f"'{f'[{layout.backbone_prefix}]' if layout.backbone_prefix else ''}"
+            f"{layout.file_key('conv1a', 'weight', False)}' ({layout.name})"
             for layout in LAYOUTS
         )
         found = ", ".join(repr(k) for k in list(tensors)[:6])
@@ -150,9 +151,9 @@ _CLIP_LENS = (16, 8, 32, 4, 64, 2, 1)
 _CROP_SIZES = (112, *range(16, 513, 16))
 
 
-def _geometry(pool5_dim: int, width: int, pool5: str) -> tuple[int, int] | None:
-    for clip_len in _CLIP_LENS:
-        for crop in _CROP_SIZES:
+def _geometry(pool5_dim: int, width: int, pool5: str, prefer: tuple[int, int] = (16, 112)) -> tuple[int, int] | None:
+    for clip_len in dict.fromkeys((prefer[0], *_CLIP_LENS)):
+        for crop in dict.fromkeys((prefer[1], *_CROP_SIZES)):
             config = C3DConfig(clip_len=clip_len, crop_size=crop, pool5=pool5)  # type: ignore[arg-type]
             try:
                 _, (t, h, w) = _pool_specs(config)
@@ -161,6 +162,22 @@ def _geometry(pool5_dim: int, width: int, pool5: str) -> tuple[int, int] | None:
             if width * t * h * w == pool5_dim:
                 return clip_len, crop
     return None
+
+
+def fit_geometry(source: str, config: C3DConfig, pool5_dim: int) -> C3DConfig:
+    """`config` with a clip length and crop size whose pool5 grid gives fc6's `pool5_dim` inputs.
+
+    The config's own geometry is kept when it fits; otherwise the reference (16, 112) and then small sizes
+    are tried. Needed when pool5's mode changes (Caffe's ceil mode can shrink the grid) or no metadata exists.
+    """
+    geometry = _geometry(pool5_dim, config.widths[-1], config.pool5, (config.clip_len, config.crop_size))
+    if geometry is None:
+        raise WeightsError(
+            f"{source}: fc6 takes {pool5_dim} inputs, which is not {config.widths[-1]} channels times any "
+            f"{config.pool5} pool5 grid of a clip of {'/'.join(map(str, _CLIP_LENS))} frames and a square crop "
+            f"up to 512"
+        )
+    return config.replace(clip_len=geometry[0], crop_size=geometry[1])
 
 
 def _shape(source: str, state: dict[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
@@ -221,24 +238,15 @@ def infer_config(source: str, state: dict[str, torch.Tensor], caffe: bool = Fals
             raise WeightsError(f"{source}: classifier weight has shape {(n_cls, head_in)}; expected (N, {fc_dim})")
     else:
         n_cls = num_classes or C3DConfig().num_classes
-    pool5 = "caffe" if caffe else "padded"
-    geometry = _geometry(pool5_dim, widths[-1], pool5)
-    if geometry is None:
-        raise WeightsError(
-            f"{source}: fc6 takes {pool5_dim} inputs, which is not {widths[-1]} channels times any pool5 grid "
-            f"of a clip of {'/'.join(map(str, _CLIP_LENS))} frames and a square crop up to 512"
-        )
-    clip_len, crop = geometry
-    return C3DConfig(
+    config = C3DConfig(
         num_classes=n_cls,
         width_mult=width_mult,
         fc_dim=fc_dim,
         temporal_depths=tuple(depths),  # type: ignore[arg-type]
-        clip_len=clip_len,
-        crop_size=crop,
-        pool5=pool5,  # type: ignore[arg-type]
+        pool5="caffe" if caffe else "padded",
         in_channels=in_channels,
     )
+    return fit_geometry(source, config, pool5_dim)
 
 
 def pool5_grid(config: C3DConfig) -> tuple[int, int, int]:
@@ -250,4 +258,4 @@ def feature_size(config: C3DConfig) -> int:
     return config.widths[-1] * math.prod(pool5_grid(config))
 
 
-__all__ = ["LAYOUTS", "Layout", "Mapped", "feature_size", "infer_config", "map_layout", "pool5_grid"]
+__all__ = ["LAYOUTS", "Layout", "Mapped", "feature_size", "fit_geometry", "infer_config", "map_layout", "pool5_grid"]
