@@ -1,0 +1,85 @@
+"""Exact resume: a `c3d train` killed with SIGKILL during its second epoch, then resumed, ends with the same
+weights (and the same metrics log) as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from c3dnet.engine import train
+from c3dnet.engine.checkpoint import load_state
+from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# 3 epochs x 4 iterations, a checkpoint every 2; dropout on so the torch RNG state matters.
+OVERRIDES = ("optim.epochs=3", "train.checkpoint_every=2", "model.dropout=0.5")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT / "src") + os.pathsep + str(ROOT))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _kill_in_second_epoch(config: Path, data: Path, work_dir: Path) -> int:
+    """Start `c3d train` and SIGKILL it once its mid-epoch-2 checkpoint (iteration 6 of 4 per epoch) exists."""
+    cmd = [sys.executable, "-m", "c3dnet.cli", "train", "--config", str(config), "--data", str(data),
+           "--work-dir", str(work_dir), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = work_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and any(json.loads(line)["iteration"] >= 6 for line in metrics.read_text().splitlines()):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed: {proc.stderr.read().decode()[-2000:]}"
+    return load_state(work_dir / "last.state.pt")["iteration"]
+
+
+@pytest.mark.slow
+def test_sigkill_in_second_epoch_then_resume_is_exact(tmp_path: Path) -> None:
+    data = make_frame_dataset(tmp_path / "data")
+    cfg = tiny_train_config(*OVERRIDES)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.to_yaml())
+
+    killed_at = _kill_in_second_epoch(config, data, tmp_path / "resumed")
+    assert 4 < killed_at < 12  # a mid- or end-of-epoch checkpoint after epoch 1, before the end
+    resumed = train(config, data, work_dir=tmp_path / "resumed", resume=True, device="cpu")
+    straight = train(config, data, work_dir=tmp_path / "straight", device="cpu")
+
+    assert resumed.iterations == straight.iterations == 12
+    a = load_file(tmp_path / "resumed" / "last.safetensors")
+    b = load_file(tmp_path / "straight" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.best_top1 == straight.best_top1
+
+    def records(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in ("clips_per_s", "data_wait")} for line in lines]
+
+    assert records("resumed") == records("straight")  # no duplicated or missing iterations, same losses
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path: Path) -> None:
+    from c3dnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--resume given but last.state.pt is missing"):
+        train(tiny_train_config(), tmp_path / "data", work_dir=tmp_path / "empty", resume=True, device="cpu")
