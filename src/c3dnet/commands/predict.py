@@ -1,0 +1,75 @@
+"""`c3d predict --weights W VIDEO...`: the most probable classes of each video (10-clip average).
+
+    c3d predict --weights W VIDEO... [--top-k 5] [--clips 10] [--json] [--timeline DIR] [--onnx model.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "classify videos: top-k classes from the average of 10 clips, optional per-clip timeline (JSON + PNG)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders or .txt lists of videos")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="weight file (any format `c3d` loads)")
+    source.add_argument("--onnx", help="run an ONNX file from `c3d export` with ONNX Runtime instead")
+    parser.add_argument("--top-k", type=int, default=5, help="classes to show per video (default: 5)")
+    parser.add_argument("--clips", type=int, default=10, help="evenly spaced clips averaged per video (default: 10)")
+    parser.add_argument("--json", action="store_true",
+                        help='print a JSON list of {"video", "top_k": [{"label", "index", "prob"}]}')
+    parser.add_argument("--timeline", metavar="DIR",
+                        help="also write per-clip predictions over time (<video>.timeline.json and .png) here")
+    parser.add_argument("--stride", type=int, default=16, help="frames between timeline clips (default: 16)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--skip-bad", action="store_true", help="report unreadable videos and go on")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from c3dnet.data.sources import load_video_list
+    from c3dnet.engine.device import select_device
+    from c3dnet.errors import ConfigError, DataError
+    from c3dnet.features import ClipRunner, output_keys
+    from c3dnet.predict import class_labels, predict_timeline, predict_video, save_timeline
+
+    if args.top_k < 1 or args.clips < 1 or args.stride < 1:
+        raise ConfigError(f"--top-k, --clips and --stride must be >= 1, got {args.top_k}, {args.clips}, "
+                          f"{args.stride}")
+    records = load_video_list(args.videos)
+    if args.onnx:
+        from c3dnet.export import OnnxC3D
+
+        model, device = OnnxC3D(args.onnx), "cpu"
+    else:
+        from c3dnet.weights import load_model
+
+        model, device = load_model(args.weights), select_device(args.device)
+    runner = ClipRunner(model, "logits", device, amp=not args.fp32)
+    names = class_labels(model.class_names, model.num_classes)
+    results, failed = [], 0
+    for record, key in zip(records, output_keys(records)):
+        try:
+            prediction = predict_video(runner, record.path, names, args.clips)
+            if args.timeline:
+                timeline = predict_timeline(runner, record.path, names, args.stride)
+                save_timeline(timeline, args.timeline, key, args.top_k)
+        except DataError as e:
+            if not args.skip_bad:
+                raise
+            failed += 1
+            print(f"c3d predict: skipped: {e}", file=sys.stderr)
+            continue
+        results.append(prediction.to_dict(args.top_k))
+        if not args.json:
+            top = ", ".join(f"{c['label']} {100 * c['prob']:.1f}%" for c in results[-1]["top_k"])
+            print(f"{record.path}: {top}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if args.timeline and results:
+        print(f"timelines written to {args.timeline}", file=sys.stderr if args.json else sys.stdout)
+    return 1 if failed and not results else 0

@@ -1,0 +1,180 @@
+"""Classifying videos: the reference's multi-clip test per video, and a per-clip timeline for long videos.
+
+`predict_video` takes `num_clips` evenly spaced clips (the seed's 10-clip test sampling), centre-crops them as
+the weights' preprocessing says, averages the clip logits and applies softmax. `predict_timeline` slides over the
+whole video (stride 16 by default, streaming, bounded memory) and gives every clip's probabilities.
+
+Example:
+    >>> from c3dnet.features import ClipRunner
+    >>> from c3dnet.predict import predict_video
+    >>> runner = ClipRunner(model, "logits", device)                      # doctest: +SKIP
+    >>> p = predict_video(runner, "v_Drumming_g01_c01.avi", class_names)  # doctest: +SKIP
+    >>> p.top_k[0].label, p.top_k[0].prob                                 # doctest: +SKIP
+    ('Drumming', 0.93)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from c3dnet.data import sampling
+from c3dnet.features import ClipRunner, stream_clips
+from c3dnet.fileio import atomic_write, atomic_write_text
+from c3dnet.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    index: int
+    prob: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "index": self.index, "prob": self.prob}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A video's class probabilities (num_classes,) from its averaged clip logits, and the clips used."""
+
+    video: str
+    probs: np.ndarray
+    clip_starts: list[int]
+    num_frames: int
+    class_names: list[str]
+
+    def top_k(self, k: int = 5) -> list[ClassScore]:
+        order = np.argsort(-self.probs, kind="stable")[:k]
+        return [ClassScore(self.class_names[i], int(i), float(self.probs[i])) for i in order]
+
+    def to_dict(self, k: int = 5) -> dict[str, Any]:
+        """The `c3d predict --json` record: {"video": ..., "top_k": [{"label", "index", "prob"}, ...]}."""
+        return {"video": self.video, "top_k": [c.to_dict() for c in self.top_k(k)]}
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def class_labels(model_class_names: list[str] | None, num_classes: int) -> list[str]:
+    """The weights' class names, or "class k" when the file has none."""
+    if model_class_names is not None and len(model_class_names) == num_classes:
+        return list(model_class_names)
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def multi_clip_batch(runner: ClipRunner, path: str | os.PathLike[str], num_clips: int = 10
+                    ) -> tuple[torch.Tensor, np.ndarray, int]:
+    """The `num_clips` evenly spaced test clips of a video as uint8 (K, 3, T, crop, crop), their starts, frames."""
+    from c3dnet.data.decode import read_frames, video_info
+    from c3dnet.data.transforms import eval_transform
+
+    pre = runner.preprocess
+    info = video_info(path)
+    starts = sampling.test_start_frames(info.num_frames, pre.clip_len, num_clips, pre.frame_interval)
+    idx = sampling.clip_indices(starts, info.num_frames, pre.clip_len, pre.frame_interval)  # (K, T)
+    size = pre.resize_target(info.height, info.width)
+    # One read per clip: each seeks to its own keyframe, so a long video is not decoded end to end.
+    clips = torch.stack([eval_transform(read_frames(Path(path), row, size_hw=size), pre) for row in idx])
+    return clips, starts, info.num_frames
+
+
+def predict_video(runner: ClipRunner, path: str | os.PathLike[str], class_names: list[str],
+                  num_clips: int = 10) -> Prediction:
+    """Softmax of the mean clip logits over `num_clips` evenly spaced clips (the reference's test protocol)."""
+    clips, starts, num_frames = multi_clip_batch(runner, path, num_clips)
+    logits = runner(clips)  # (K, C)
+    return Prediction(video=str(path), probs=softmax(logits.mean(axis=0)), clip_starts=starts.tolist(),
+                      num_frames=num_frames, class_names=class_names)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Per-clip class probabilities (num_clips, num_classes) of sliding clips over a whole video."""
+
+    video: str
+    fps: float
+    num_frames: int
+    clip_starts: np.ndarray
+    clip_span: int  # frames covered by one clip
+    probs: np.ndarray
+    class_names: list[str]
+
+    def to_dict(self, k: int = 5) -> dict[str, Any]:
+        clips = []
+        for start, p in zip(self.clip_starts.tolist(), self.probs):
+            order = np.argsort(-p, kind="stable")[:k]
+            clips.append({
+                "start_frame": start,
+                "end_frame": min(start + self.clip_span, self.num_frames) - 1,
+                "time_s": start / self.fps if self.fps > 0 else None,
+                "top_k": [{"label": self.class_names[i], "index": int(i), "prob": float(p[i])} for i in order],
+            })
+        return {"video": self.video, "fps": self.fps, "num_frames": self.num_frames, "clip_span": self.clip_span,
+                "clips": clips}
+
+
+def predict_timeline(runner: ClipRunner, path: str | os.PathLike[str], class_names: list[str], stride: int = 16,
+                     batch_size: int = 32) -> Timeline:
+    """Softmax of every sliding clip (every `stride` frames), decoding the video once in bounded memory."""
+    from c3dnet.data.decode import video_info
+    from c3dnet.features import clip_starts
+
+    pre = runner.preprocess
+    info = video_info(path)
+    size = pre.resize_target(info.height, info.width)
+    starts = clip_starts(info.num_frames, pre, stride)
+    probs, batch = [], []
+    for _, clip in stream_clips(path, pre, stride, info.num_frames, size):
+        batch.append(clip)
+        if len(batch) == batch_size:
+            probs.append(softmax(runner(torch.stack(batch))))
+            batch = []
+    if batch:
+        probs.append(softmax(runner(torch.stack(batch))))
+    span = (pre.clip_len - 1) * pre.frame_interval + 1
+    return Timeline(video=str(path), fps=info.fps, num_frames=info.num_frames, clip_starts=starts, clip_span=span,
+                    probs=np.concatenate(probs), class_names=class_names)
+
+
+def save_timeline(timeline: Timeline, out_dir: str | os.PathLike[str], key: str, k: int = 5,
+                  classes_in_plot: int = 5) -> tuple[Path, Path]:
+    """Write `<key>.timeline.json` and `<key>.timeline.png` (the most probable classes over time)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    json_path, png_path = out_dir / f"{key}.timeline.json", out_dir / f"{key}.timeline.png"
+    atomic_write_text(json_path, json.dumps(timeline.to_dict(k), indent=1) + "\n")
+    centre = timeline.clip_starts + timeline.clip_span / 2.0
+    x, unit = (centre / timeline.fps, "time (s)") if timeline.fps > 0 else (centre, "frame")
+    shown = np.argsort(-timeline.probs.mean(axis=0), kind="stable")[:classes_in_plot]
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    for i in shown:
+        ax.plot(x, timeline.probs[:, i], marker="o" if len(x) < 50 else None, markersize=3,
+                label=timeline.class_names[i])
+    ax.set_xlabel(f"clip centre, {unit}")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(Path(timeline.video).name)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(png_path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return json_path, png_path
