@@ -136,3 +136,20 @@ def test_two_processes_share_one_output_folder(tmp_path, weights):
     for d in manifest:
         np.testing.assert_allclose(np.load(out / d["output"]), ref[d["key"]], rtol=1e-5, atol=1e-5)
     assert not list(out.glob(".*.tmp")) and not list((out / ".locks").glob("*"))
+
+
+def test_extract_with_onnx_matches_pytorch(tmp_path, weights, capsys):
+    from c3dnet.export import export_onnx
+
+    w, model = weights
+    videos = _videos(tmp_path / "videos", [20, 9])
+    export_onnx(model, tmp_path / "m.onnx", verify=False)
+    assert main(["extract", "--onnx", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "out"), "--stride", "4",
+                 "--layer", "fc7", "--no-progress", str(tmp_path / "videos")]) == 0
+    extract([VideoRecord(p, -1) for p in videos], ClipRunner(model, "fc7"), tmp_path / "ref",
+            ExtractOptions(stride=4), progress=False)
+    for p in videos:
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"{p.stem}.npy"),
+                                   np.load(tmp_path / "ref" / f"{p.stem}.npy"), rtol=1e-4, atol=1e-4)
+    (entry,) = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()][:1]
+    assert entry["weights"] == str(tmp_path / "m.onnx") and entry["layer"] == "fc7"
