@@ -196,6 +196,10 @@ def _open(path: Path):  # -> (container, stream)
         container.close()
         raise DataError(f"{path}: has no video stream; remove it from the dataset (or use --skip-bad)")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg found a video stream but has no decoder for its codec
+        container.close()
+        raise DataError(f"{path}: no decoder for this video's codec; re-encode it (e.g. to H.264) or remove it "
+                        "(or use --skip-bad)")
     stream.thread_type = "AUTO"
     return container, stream
 

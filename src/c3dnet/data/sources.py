@@ -341,14 +341,17 @@ def _parse_list(path: Path, root: Path, classes: list[str] | None, problems: _Pr
 
 def _find_video(folder: Path, name: str) -> Path | None:
     """`folder/name`, or a case-insensitive match (UCF-101 spells HandStandPushups two ways)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        return None
     p = folder / name
-    if p.exists():
+    if p.is_file():
         return p
     try:
         lower = {n.lower(): n for n in os.listdir(folder)}
     except OSError:
         return None
-    return folder / lower[name.lower()] if name.lower() in lower else None
+    match = folder / lower[name.lower()] if name.lower() in lower else None
+    return match if match is not None and match.is_file() else None
 
 
 def _load_ucf(data: Path, splits: Path, subset: str, split: int, problems: _Problems) -> Source:
@@ -364,7 +367,7 @@ def _load_ucf(data: Path, splits: Path, subset: str, split: int, problems: _Prob
         where = f"{list_file}:{lineno}"
         parts = line.split()
         rel = parts[0].replace("\\", "/")
-        if len(parts) > 2 or "/" not in rel:
+        if len(parts) > 2 or rel.count("/") != 1 or rel.endswith("/"):
             problems.bad(where, f"expected 'Class/v_Class_gXX_cYY.avi [label]', got {line!r}; fix or remove the line")
             continue
         folder_class = rel.split("/")[0]
