@@ -91,6 +91,12 @@ def test_handwritten_opcodes_are_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_tuple_accepts_only_ready_sequences() -> None:
+    assert loads_safe_pickle(pickle.dumps(_Payload(tuple, [1, 2]), protocol=4)) == (1, 2)
+    with pytest.raises(WeightsError, match="builtins.tuple of a str"):
+        loads_safe_pickle(pickle.dumps(_Payload(tuple, "ab"), protocol=4), "t.pickle")
+
+
 def test_persistent_ids_and_object_arrays_are_refused() -> None:
     with pytest.raises(WeightsError, match="persistent id"):
         loads_safe_pickle(b"\x80\x02X\x03\x00\x00\x00abcQ.", "p.pickle")  # BINPERSID

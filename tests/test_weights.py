@@ -190,6 +190,24 @@ def test_paddle_pdparams_transposes_linears(tmp_path: Path) -> None:
     _same_outputs(model, loaded)
 
 
+class _PaddleTensor:
+    """Pickles like a paddle.Tensor nested in a larger object: tuple((internal name, ndarray))."""
+
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def __reduce__(self):
+        return tuple, ((self.name, self.array),)
+
+
+def test_paddle_training_checkpoint_with_nested_tensors(tmp_path: Path) -> None:
+    model = _model(**FOREIGN)
+    state = {k: _PaddleTensor(f"p{i}", v) for i, (k, v) in enumerate(paddle_state(model).items()) if "@@" not in k}
+    path = tmp_path / "checkpoint.pdparams"
+    path.write_bytes(pickle.dumps({"model": state, "epoch": 12}, protocol=4))
+    _same_outputs(model, load_model(path))
+
+
 def test_real_paddle_file_reproduces_paddle_logits() -> None:
     # Written by PaddlePaddle 3.3.1 itself (tests/data/weights/make_paddle_fixture.py), seed-style key names.
     model = load_model(DATA / "paddle_tiny.pdparams")
@@ -222,6 +240,10 @@ def test_caffe_conversion_implies_caffe_pooling_and_preprocessing(tmp_path: Path
     with torch.no_grad():
         x = _clip(model)
         assert not torch.allclose(padded.forward_pool5(x), loaded.forward_pool5(x))
+    # Asked for explicitly, the padded pooling of the seed and mmaction2 applies instead.
+    as_padded = load_model(path, pool5="padded")
+    assert as_padded.config == padded.config and as_padded.preprocess == loaded.preprocess
+    _same_outputs(padded, as_padded)
 
 
 @pytest.mark.parametrize("head", [True, False])
@@ -232,6 +254,18 @@ def test_sequential_port(tmp_path: Path, head: bool) -> None:
     loaded = load_model(path, num_classes=None if head else 5)
     assert loaded.source_format == "sequential" and loaded.config.fc_dim == 32
     _same_outputs(model, loaded, head=head)
+
+
+def test_pool5_override_refits_the_input_size(tmp_path: Path) -> None:
+    # Caffe weights under Sequential names: the layout implies padded pooling, whose 2x2 pool5 grid comes from
+    # 32x32 inputs; with pool5="caffe" the same grid needs 48x48 inputs, and the input size is refitted.
+    model = _model(clip_len=16, crop_size=48, pool5="caffe")
+    path = tmp_path / "caffe_port.pt"
+    torch.save(sequential_state(model), path)
+    assert load_model(path).config.crop_size == 32  # padded pooling gets a 2x2 grid from 32x32
+    loaded = load_model(path, pool5="caffe")
+    assert loaded.config == model.config and loaded.preprocess.crop_size == 48
+    _same_outputs(model, loaded)
 
 
 def test_dataparallel_prefix_and_float16_file(tmp_path: Path) -> None:

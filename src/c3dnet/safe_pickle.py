@@ -66,12 +66,21 @@ def _encode(text: Any, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _tuple(items: Any = ()) -> tuple[Any, ...]:
+    # paddle.save writes each Tensor nested in a larger object as tuple((name, ndarray)); only a ready
+    # tuple or list is accepted, so no iterator protocol of anything else is ever run.
+    if type(items) not in (tuple, list):
+        raise pickle.UnpicklingError(f"refusing builtins.tuple of a {type(items).__name__}")
+    return tuple(items)
+
+
 # (module, name) -> what it resolves to. Both numpy module spellings appear in files in the wild.
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _encode,
+    ("builtins", "tuple"): _tuple,
 }
 for _module in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_module}.multiarray", "_reconstruct")] = _reconstruct

@@ -53,13 +53,10 @@ def read_class_names(spec: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from c3dnet.errors import WeightsError
     from c3dnet.model import count_parameters
-    from c3dnet.preprocess import CAFFE_PREPROCESS, SEED_PREPROCESS, Preprocess
-    from c3dnet.weights import model_from_weights, read_weights, save_model
-    from c3dnet.weights.layouts import fit_geometry
+    from c3dnet.preprocess import CAFFE_PREPROCESS, SEED_PREPROCESS
+    from c3dnet.weights import model_from_weights, read_weights, save_model, with_geometry_preprocess, with_pool5
 
     class_names = read_class_names(args.class_names) if args.class_names else None
     weights = read_weights(args.src)
@@ -69,14 +66,10 @@ def run(args: argparse.Namespace) -> int:
             f"{args.src}: the classifier has {weights.config.num_classes} classes but --class-names gives "
             f"{len(class_names)}; fix the names, or pass --num-classes {len(class_names)} to re-initialise it"
         )
-    config, preprocess = weights.config, weights.preprocess
-    if args.pool5:  # Caffe's ceil mode can shrink the pool5 grid: refit the input size to fc6
-        config = fit_geometry(args.src, config.replace(pool5=args.pool5), weights.state["fc6.weight"].shape[1])
+    if args.pool5:
+        weights = with_pool5(weights, args.pool5)
     if args.preprocess:
-        base = CAFFE_PREPROCESS if args.preprocess == "caffe" else SEED_PREPROCESS
-        preprocess = Preprocess.from_dict({**base.to_dict(), "clip_len": config.clip_len,
-                                           "crop_size": config.crop_size})
-    weights = dataclasses.replace(weights, config=config, preprocess=preprocess)
+        weights = with_geometry_preprocess(weights, CAFFE_PREPROCESS if args.preprocess == "caffe" else SEED_PREPROCESS)
     model = model_from_weights(weights, num_classes=args.num_classes, class_names=class_names)
     extra = {**weights.extra, "converted_from": Path(args.src).name}
     save_model(model, args.dst, extra=extra)

@@ -13,7 +13,14 @@ restricted pickle), `layouts` (key layouts and config inference), `load` (buildi
 
 from c3dnet.weights.files import RawWeights, read_raw
 from c3dnet.weights.layouts import LAYOUTS, Layout, infer_config, map_layout
-from c3dnet.weights.load import WeightFile, load_model, model_from_weights, read_weights
+from c3dnet.weights.load import (
+    WeightFile,
+    load_model,
+    model_from_weights,
+    read_weights,
+    with_geometry_preprocess,
+    with_pool5,
+)
 from c3dnet.weights.native import read_metadata, save_model, save_native
 
 __all__ = [
@@ -30,4 +37,6 @@ __all__ = [
     "read_weights",
     "save_model",
     "save_native",
+    "with_geometry_preprocess",
+    "with_pool5",
 ]

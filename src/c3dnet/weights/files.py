@@ -126,6 +126,8 @@ def _torch_load(path: Path) -> Any:
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        value = value[1]  # paddle.save of a Tensor inside a larger object: (internal name, ndarray)
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -14,10 +15,11 @@ from c3dnet.log import get_logger
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights.files import read_raw
-from c3dnet.weights.layouts import infer_config, map_layout
+from c3dnet.weights.layouts import fit_geometry, infer_config, map_layout
 from c3dnet.weights.native import NATIVE_FORMAT, parse_metadata
 
 log = get_logger(__name__)
+Pool5Mode = Literal["padded", "caffe"]
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,9 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
         layout = mapped.layout
         config = infer_config(str(path), mapped.state, caffe=layout.caffe)
         # Foreign files carry no preprocessing: use the format's known one, fitted to the inferred geometry.
-        preprocess = layout.preprocess
-        if (preprocess.clip_len, preprocess.crop_size) != (config.clip_len, config.crop_size):
-            preprocess = Preprocess.from_dict(
-                {**preprocess.to_dict(), "clip_len": config.clip_len, "crop_size": config.crop_size}
-            )
+        preprocess = layout.preprocess.from_dict(
+            {**layout.preprocess.to_dict(), "clip_len": config.clip_len, "crop_size": config.crop_size}
+        )
         class_names, source_format, extra = None, layout.name, {}
         log.info(
             "%s: %s layout (%s container), inferred %s; preprocessing %s mean %s",
@@ -94,6 +94,28 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
     unexpected = mapped.unexpected + raw.ignored
     return WeightFile(path, mapped.state, config, preprocess, class_names, source_format, raw.container,
                       unexpected, extra)
+
+
+def with_geometry_preprocess(weights: WeightFile, preprocess: Preprocess) -> WeightFile:
+    """`weights` with `preprocess`, its clip length and crop size set to the model's input geometry."""
+    c = weights.config
+    if (preprocess.clip_len, preprocess.crop_size) != (c.clip_len, c.crop_size):
+        preprocess = Preprocess.from_dict({**preprocess.to_dict(), "clip_len": c.clip_len, "crop_size": c.crop_size})
+    return dataclasses.replace(weights, preprocess=preprocess)
+
+
+def with_pool5(weights: WeightFile, pool5: Pool5Mode) -> WeightFile:
+    """`weights` read with another pool5 mode; the input size is refitted so fc6 still gets its input count.
+
+    For Caffe weights stored under another layout (pool5="caffe"), or to compare Caffe-converted weights
+    with padded pooling (pool5="padded").
+    """
+    if pool5 not in ("padded", "caffe"):
+        raise WeightsError(f"pool5 must be 'padded' or 'caffe', got {pool5!r}")
+    if pool5 == weights.config.pool5:
+        return weights
+    config = fit_geometry(str(weights.path), weights.config.replace(pool5=pool5), weights.state["fc6.weight"].shape[1])
+    return with_geometry_preprocess(dataclasses.replace(weights, config=config), weights.preprocess)
 
 
 def _describe(config: C3DConfig) -> str:
@@ -165,7 +187,7 @@ def model_from_weights(weights: WeightFile, num_classes: int | None = None, clas
 
 
 def load_model(path: str | os.PathLike[str], num_classes: int | None = None, class_names: list[str] | None = None,
-               strict: bool = True) -> C3D:
+               *, strict: bool = True, pool5: Pool5Mode | None = None) -> C3D:
     """Load any supported weight file into a ready C3D (in eval mode).
 
     Formats and key layouts are detected from the file's content: native `.safetensors` with c3dnet metadata;
@@ -180,6 +202,8 @@ def load_model(path: str | os.PathLike[str], num_classes: int | None = None, cla
             the classifier is re-initialised with a warning, for fine-tuning.
         class_names: names for the classes; implies `num_classes=len(class_names)` when that is not given.
         strict: refuse files with missing backbone tensors (default); False keeps those layers random.
+        pool5: override the pool5 mode that the file implies ("caffe" for Caffe weights in another layout);
+            the input size is refitted to fc6 when the pool5 grid changes.
 
     Returns:
         The model with `.config`, `.preprocess`, `.class_names` and `.source_format` set.
@@ -194,6 +218,8 @@ def load_model(path: str | os.PathLike[str], num_classes: int | None = None, cla
         >>> model = load_model("c3d_sports1m.pth", num_classes=51)        # doctest: +SKIP
     """
     weights = read_weights(path)
+    if pool5 is not None:
+        weights = with_pool5(weights, pool5)
     if not weights.has_head and num_classes is None:
         log.warning(
             "%s: the file has no classifier; using a randomly initialised %d-class one (pass num_classes)",
@@ -202,4 +228,4 @@ def load_model(path: str | os.PathLike[str], num_classes: int | None = None, cla
     return model_from_weights(weights, num_classes=num_classes, class_names=class_names, strict=strict)
 
 
-__all__ = ["WeightFile", "load_model", "model_from_weights", "read_weights"]
+__all__ = ["WeightFile", "load_model", "model_from_weights", "read_weights", "with_geometry_preprocess", "with_pool5"]
