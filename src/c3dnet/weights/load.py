@@ -81,7 +81,7 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
         layout = mapped.layout
         config = infer_config(str(path), mapped.state, caffe=layout.caffe)
         # Foreign files carry no preprocessing: use the format's known one, fitted to the inferred geometry.
-        preprocess = layout.preprocess.from_dict(
+        preprocess = Preprocess.from_dict(
             {**layout.preprocess.to_dict(), "clip_len": config.clip_len, "crop_size": config.crop_size}
         )
         class_names, source_format, extra = None, layout.name, {}
@@ -126,8 +126,9 @@ def _describe(config: C3DConfig) -> str:
     )
 
 
-def model_from_weights(weights: WeightFile, num_classes: int | None = None, class_names: list[str] | None = None,
-                strict: bool = True) -> C3D:
+def model_from_weights(
+    weights: WeightFile, num_classes: int | None = None, class_names: list[str] | None = None, strict: bool = True
+) -> C3D:
     """Build a C3D from a `WeightFile` and load its tensors (see `load_model`)."""
     config, names = weights.config, weights.class_names
     if class_names is not None and num_classes is None:
