@@ -1,0 +1,97 @@
+"""Decoding throughput per worker (one process), frames/s: PyAV video vs JPEG frame folders, at 320x240.
+
+Run: `python benchmarks/bench_decode.py [--frames 190] [--repeats 3] [--threads AUTO|NONE]`. Prints a table.
+The test video is MPEG-4 Part 2 in .avi (as UCF-101 ships), GOP 12, with moving textured content so that the
+encoder does real inter-frame work; frame folders are JPEG quality 95, as `c3d prepare` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from c3dnet.data import decode
+from c3dnet.data.decode import iter_frames, read_frames
+from c3dnet.data.encode import write_video
+
+
+def make_frames(n: int, h: int = 240, w: int = 320) -> np.ndarray:
+    """(n, h, w, 3) uint8: a textured scene panning and a bright square moving, plus light noise."""
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 256, (h // 8, (w + 4 * n) // 8, 3), dtype=np.uint8)
+    scene = np.asarray(Image.fromarray(scene).resize(((w + 4 * n), h), Image.BILINEAR))
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        f = scene[:, 4 * i : 4 * i + w].copy()
+        y, x = (i * 3) % (h - 40), (i * 5) % (w - 40)
+        f[y : y + 40, x : x + 40] = 250
+        frames[i] = np.clip(f.astype(np.int16) + rng.integers(-6, 7, f.shape), 0, 255).astype(np.uint8)
+    return frames
+
+
+def timed(fn: Callable[[], int], repeats: int) -> float:
+    """Best frames/s over `repeats` runs of fn (which returns the number of frames it produced)."""
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=190)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clips", type=int, default=20, help="random 16-frame clips per clip measurement")
+    args = ap.parse_args()
+    n = args.frames
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        frames = make_frames(n)
+        video = tmp / "v.avi"
+        write_video(video, frames, quality=5, intra_only=False)
+        h264 = tmp / "v.mp4"
+        write_video(h264, frames, codec="libx264", quality=23, intra_only=False)
+        full, small = tmp / "jpg320", tmp / "jpg171"
+        full.mkdir()
+        small.mkdir()
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(full / f"img_{i + 1:05d}.jpg", quality=95)
+            Image.fromarray(f).resize((171, 128), Image.BILINEAR).save(small / f"img_{i + 1:05d}.jpg", quality=95)
+        decode.count_frames(video), decode.count_frames(h264)  # warm the packet index cache, as a dataset does
+
+        rng = np.random.default_rng(0)
+        starts = rng.integers(0, n - 16, args.clips)
+
+        def all_frames(path: Path, size=None) -> Callable[[], int]:
+            return lambda: sum(len(c) for c in iter_frames(path, size_hw=size))
+
+        def clips(path: Path, size=None) -> Callable[[], int]:
+            return lambda: sum(len(read_frames(path, np.arange(s, s + 16), size)) for s in starts)
+
+        rows = [
+            ("MPEG-4 .avi 320x240, all frames -> RGB 320x240", all_frames(video)),
+            ("MPEG-4 .avi 320x240, all frames -> RGB 171x128 (swscale)", all_frames(video, (128, 171))),
+            ("MPEG-4 .avi, random 16-frame clips -> 171x128 (decode only needed)", clips(video, (128, 171))),
+            ("H.264 .mp4 320x240, all frames -> RGB 320x240", all_frames(h264)),
+            ("H.264 .mp4, random 16-frame clips -> 171x128", clips(h264, (128, 171))),
+            ("JPEG folder 320x240 -> RGB 320x240 (PIL)", all_frames(full)),
+            ("JPEG folder 320x240 -> RGB 171x128 (PIL resize)", all_frames(full, (128, 171))),
+            ("JPEG folder 171x128 (pre-resized by prepare) -> RGB", all_frames(small)),
+            ("JPEG folder 171x128, random 16-frame clips", clips(small)),
+        ]
+        print(f"{'source':<72} {'frames/s':>9} {'clips/s':>8}")
+        for name, fn in rows:
+            fps = timed(fn, args.repeats)
+            print(f"{name:<72} {fps:9.0f} {fps / 16:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
