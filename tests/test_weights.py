@@ -106,7 +106,7 @@ def sequential_state(model: C3D, head: bool = True) -> OrderedDict:
 def test_native_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
     preprocess = Preprocess(mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0), channel_order="BGR", resize_hw=(40, 53),
                             crop_size=32, clip_len=8, frame_interval=2)
-    model = C3D(tiny_config(temporal_depths=(1, 3, 5, 3, 1)), preprocess=preprocess,
+    model = C3D(tiny_config(temporal_depths=(1, 3, 3, 5, 1)), preprocess=preprocess,
                 class_names=["a", "b", "c", "d", "e"]).eval()
     path = tmp_path / "m.safetensors"
     save_model(model, path, extra={"epoch": 7, "top1": 0.5})
@@ -123,6 +123,22 @@ def test_native_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
     assert loaded.config == model.config and loaded.preprocess == preprocess
     assert loaded.class_names == model.class_names and not loaded.training
     _same_outputs(model, loaded)
+
+
+def test_save_model_unwraps_compiled_and_parallel_models(tmp_path: Path) -> None:
+    class Compiled(torch.nn.Module):  # what torch.compile returns keeps the model as `_orig_mod` (importing
+        def __init__(self, inner: torch.nn.Module) -> None:  # torch._dynamo just to wrap costs seconds)
+            super().__init__()
+            self._orig_mod = inner
+
+    model = _model()
+    wrapped = torch.nn.DataParallel(Compiled(model))
+    save_model(wrapped, tmp_path / "w.safetensors")
+    loaded = load_model(tmp_path / "w.safetensors")
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded.conv1a.weight, model.conv1a.weight)
+    with pytest.raises(WeightsError, match="needs a c3dnet C3D model"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
 
 
 def test_read_metadata_refuses_foreign_files(tmp_path: Path) -> None:

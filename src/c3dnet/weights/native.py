@@ -67,14 +67,29 @@ def save_native(
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+def _unwrap(model: torch.nn.Module, path: str | os.PathLike[str]) -> C3D:
+    # DistributedDataParallel keeps the model in `.module`, torch.compile in `._orig_mod`.
+    for _ in range(4):
+        if isinstance(model, C3D):
+            return model
+        inner = getattr(model, "module", None)
+        inner = inner if inner is not None else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    raise WeightsError(f"{path}: save_model needs a c3dnet C3D model, got {type(model).__name__}")
+
+
 def save_model(model: C3D, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
     """Save `model` in the native format with its config, preprocessing and class names.
 
     Args:
-        model: the C3D to save. Its `source_format` attribute (set by `load_model`) is recorded when present.
+        model: the C3D to save, also inside DistributedDataParallel or torch.compile. Its `source_format`
+            attribute (set by `load_model`) is recorded when present.
         path: output file, conventionally `*.safetensors`; written atomically.
         extra: JSON-serialisable dict stored under metadata "extra" (e.g. epoch, metrics).
     """
+    model = _unwrap(model, path)
     save_native(
         path,
         model.state_dict(),
