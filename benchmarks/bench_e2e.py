@@ -1,0 +1,212 @@
+"""End-to-end throughput: training epochs and 10-clip testing with data loading, from videos and from frames.
+
+Generates a dataset shaped like UCF-101 (320x240 MPEG-4 Part 2 `.avi`, ~190 frames, inter-coded like XviD,
+in the official layout with split lists), extracts it to JPEG frame folders with `c3d prepare` (short side
+128), then runs c3dnet's own training loop (`c3dnet.engine.train`) and test path (`ClipDataset` + `evaluate`)
+over both, and prints clips/s, decoded frames/s and the fraction of time the model waited for data.
+
+Usage:
+    python benchmarks/bench_e2e.py                         # CPU: a reduced model and a small set
+    python benchmarks/bench_e2e.py --device cuda --videos 1200 --workers 14 --train-batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from c3dnet.data.dataset import ClipDataset, worker_init_fn  # noqa: E402
+from c3dnet.data.encode import write_video  # noqa: E402
+from c3dnet.data.sources import load_source  # noqa: E402
+from c3dnet.engine.config import load_config  # noqa: E402
+from c3dnet.engine.device import prepare_model, select_device  # noqa: E402
+from c3dnet.engine.evaluate import evaluate  # noqa: E402
+from c3dnet.engine.train import train  # noqa: E402
+from common import environment, markdown_table, write_results  # noqa: E402
+
+
+def _video(args: tuple[Path, int, int, int, int]) -> None:
+    path, seed, frames, height, width = args
+    rng = np.random.default_rng(seed)
+    # A blocky textured background panning across the frame and a bright square moving over it: cheap to
+    # draw, and inter-coded content that an MPEG-4 encoder has to work for, like real footage.
+    tex = rng.integers(0, 256, (height // 8 + frames, width // 8 + frames, 3), dtype=np.uint8)
+    tex = tex.repeat(8, 0).repeat(8, 1)
+    out = np.empty((frames, height, width, 3), np.uint8)
+    vy, vx = rng.integers(-2, 3, 2)
+    for t in range(frames):
+        oy, ox = (t * vy) % (tex.shape[0] - height), (t * vx) % (tex.shape[1] - width)
+        out[t] = tex[oy: oy + height, ox: ox + width]
+        y, x = (20 + 2 * t) % (height - 40), (30 + 3 * t) % (width - 40)
+        out[t, y: y + 40, x: x + 40] = 255
+    write_video(path, out, fps=25.0, codec="mpeg4", quality=4, intra_only=False)
+
+
+def make_ucf_like(root: Path, videos: int, classes: int, frames: int, workers: int) -> Path:
+    """A UCF-101-layout folder: <Class>/v_<Class>_gXX_cYY.avi + ucfTrainTestlist/ (every third group tests)."""
+    data = root / "UCF-101"
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True, exist_ok=True)
+    names = [f"Action{i:03d}" for i in range(classes)]
+    jobs, train_lines, test_lines = [], [], []
+    for v in range(videos):
+        c = v % classes
+        group, clip = 1 + (v // classes) % 25, 1 + v // (classes * 25)
+        rel = f"{names[c]}/v_{names[c]}_g{group:02d}_c{clip:02d}.avi"
+        (data / names[c]).mkdir(parents=True, exist_ok=True)
+        jobs.append((data / rel, v, frames, 240, 320))
+        (test_lines if group % 3 == 0 else train_lines).append(rel)
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_video, jobs, chunksize=4)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
+    (lists / "trainlist01.txt").write_text("".join(f"{r} {names.index(r.split('/')[0]) + 1}\n" for r in train_lines))
+    (lists / "testlist01.txt").write_text("".join(f"{r}\n" for r in test_lines))
+    return data
+
+
+class TimedLoader:
+    """Wraps a DataLoader and adds up the time spent waiting for the next batch."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device) -> None:
+        self.loader, self.device, self.wait = loader, device, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - start
+            yield batch
+
+
+def bench_test(model, records, device, clips: int, batch: int, workers: int) -> dict[str, float]:
+    dataset = ClipDataset(records, "test", model.preprocess, num_clips=clips)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, worker_init_fn=worker_init_fn,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    # Warm-up on one batch: CUDA context, cuDNN algorithm search.
+    warm = torch.utils.data.Subset(dataset, range(min(len(dataset), batch)))
+    evaluate(model, torch.utils.data.DataLoader(warm, batch_size=batch, num_workers=min(workers, 4),
+                                                worker_init_fn=worker_init_fn), device)
+    timed = TimedLoader(loader, device)
+    start = time.perf_counter()
+    result = evaluate(model, timed, device)
+    seconds = time.perf_counter() - start
+    n = result.num_videos
+    return {"videos": n, "seconds": seconds, "videos_per_s": n / seconds, "clips_per_s": n * clips / seconds,
+            "frames_per_s": n * clips * model.config.clip_len / seconds, "data_wait": timed.wait / seconds,
+            "top1": result.top1}
+
+
+def bench_train(data: Path, work: Path, device: str, overrides: list[str], epochs: int) -> dict[str, float]:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "c3d_ucf101_seed.yaml", overrides + [
+        f"optim.epochs={epochs}", "optim.warmup_iters=0", "train.val_every=0", "train.checkpoint_every=0",
+        "train.plots=false", "train.tensorboard=false", "train.progress=false", "train.log_every=1"])
+    start = time.perf_counter()
+    result = train(cfg, data, work_dir=work, device=device)
+    seconds = time.perf_counter() - start
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("kind") == "train" and r["epoch"] > 1] or \
+        [r for r in records if r.get("kind") == "train"]
+    clips = cfg.data.batch_size * len(steps)
+    step_time = sum(cfg.data.batch_size / r["clips_per_s"] for r in steps)
+    wait = sum(r["data_wait"] * cfg.data.batch_size / r["clips_per_s"] for r in steps)
+    return {"iterations": result.iterations, "seconds_total": seconds, "clips_per_s": clips / step_time,
+            "frames_per_s": clips * cfg.model.clip_len / step_time, "data_wait": wait / step_time,
+            "clips_per_s_incl_startup": result.iterations * cfg.data.batch_size / seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--videos", type=int, default=None, help="videos to generate (default 1200 on CUDA, 60 on CPU)")
+    ap.add_argument("--classes", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=190)
+    ap.add_argument("--workers", type=int, default=None, help="loader and generation processes")
+    ap.add_argument("--train-batch", type=int, default=None)
+    ap.add_argument("--test-batch", type=int, default=None, help="videos per test batch (x10 clips)")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs per source (the first is warm-up)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training model")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the generated data in this folder")
+    ap.add_argument("--skip-video", action="store_true", help="only the JPEG frame path")
+    args = ap.parse_args(argv)
+
+    device = select_device(args.device)
+    gpu = device.type == "cuda"
+    videos = args.videos or (1200 if gpu else 60)
+    workers = args.workers if args.workers is not None else max(1, min(14, mp.cpu_count() - 2))
+    train_batch = args.train_batch or (128 if gpu else 4)
+    test_batch = args.test_batch or (32 if gpu else 2)
+    model_set = [] if gpu else ["model.width_mult=0.25", "model.fc_dim=512", "model.crop_size=56",
+                                "preprocess.short_side=64"]
+    overrides = model_set + [f"data.batch_size={train_batch}", f"data.workers={workers}",
+                             f"train.compile={str(args.compile).lower()}"]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="c3dnet-bench-"))
+    rows, data = [], {"videos": videos, "frames_per_video": args.frames, "rows": []}
+
+    def add(name: str, r: dict[str, float]) -> None:
+        rows.append([name, r.get("clips_per_s", float("nan")), r.get("frames_per_s", float("nan")),
+                     r.get("data_wait", float("nan")), r.get("seconds", r.get("seconds_total", float("nan"))),
+                     r.get("note", "")])
+        data["rows"].append({"name": name, **r})
+        print(name, json.dumps(r), flush=True)
+
+    try:
+        start = time.perf_counter()
+        ucf = make_ucf_like(root, videos, args.classes, args.frames, workers)
+        gen = time.perf_counter() - start
+        add("generate .avi (encode)", {"seconds": gen, "frames_per_s": videos * args.frames / gen,
+                                       "note": f"{videos} videos 320x240, {workers} processes"})
+        from c3dnet.cli import main as c3d
+
+        frames_root = root / "frames"
+        start = time.perf_counter()
+        if c3d(["prepare", "--data", str(ucf), "--out", str(frames_root), "--workers", str(workers),
+                "--short-side", "128", "--split", "1"]) != 0:
+            raise SystemExit("c3d prepare failed")
+        prep = time.perf_counter() - start
+        add("c3d prepare (decode + resize + JPEG)", {"seconds": prep, "frames_per_s": videos * args.frames / prep,
+                                                     "note": f"{workers} processes"})
+
+        sources = [("JPEG frames 171x128", frames_root)] + ([] if args.skip_video else [("video .avi", ucf)])
+        for label, path in sources:
+            r = bench_train(path, root / f"work_{label.split()[0]}", args.device, overrides, args.epochs)
+            r["note"] = f"batch {train_batch}, {workers} workers, epochs 2..{args.epochs}"
+            add(f"train, {label}", r)
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "c3d_ucf101_seed.yaml", model_set)
+        from c3dnet.model import C3D
+
+        source_classes = load_source(frames_root, "test").class_names
+        model = prepare_model(C3D(cfg.model_config(len(source_classes)), cfg.preprocess_record()), device).eval()
+        for label, path in sources:
+            records = load_source(path, "test").records
+            r = bench_test(model, records, device, 10, test_batch, workers)
+            r["note"] = f"{r['videos']} videos x 10 clips, {r['videos_per_s']:.0f} videos/s, batch {test_batch} videos"
+            add(f"10-clip test, {label}", r)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    size = "reference C3D" if gpu else "reduced C3D (width 1/4, 56x56 crops)"
+    table = markdown_table(["stage", "clips/s", "clip frames/s", "data wait", "seconds", "note"], rows)
+    write_results(f"e2e_{device.type}", f"End to end, {size}, UCF-101-shaped data", environment(device), table, data,
+                  "python benchmarks/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
