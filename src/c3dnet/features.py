@@ -112,14 +112,18 @@ def clip_starts(num_frames: int, preprocess: Preprocess, stride: int) -> np.ndar
     return sampling.sliding_start_frames(num_frames, preprocess.clip_len, stride, preprocess.frame_interval)
 
 
-def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> torch.Tensor:
-    from c3dnet.data.transforms import center_crop
+def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
+    """Centre crop of decoded frames (n, H, W, 3), offsets rounded down as `transforms.center_crop` does.
 
-    x = torch.from_numpy(chunk).permute(3, 0, 1, 2)  # (n, H, W, 3) -> (3, n, H, W)
-    try:
-        return center_crop(x, crop).contiguous()  # (3, n, crop, crop): a copy, so the decoded chunk is freed
-    except ValueError as e:
-        raise DataError(f"{path}: {e}; the weights' preprocessing resizes below the crop size") from e
+    numpy rather than torch: this runs in decoder threads, where torch's intra-op thread pool would compete
+    with the model's for the same cores.
+    """
+    h, w = chunk.shape[1:3]
+    if h < crop or w < crop:
+        raise DataError(f"{path}: frames of {h}x{w} after resizing are smaller than the {crop}x{crop} crop; "
+                        "the weights' preprocessing does not fit this video")
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return np.ascontiguousarray(chunk[:, top:top + crop, left:left + crop])  # (n, crop, crop, 3), a copy
 
 
 def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
@@ -136,15 +140,17 @@ def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: i
     starts = clip_starts(num_frames, preprocess, stride)
     idx = sampling.clip_indices(starts, num_frames, preprocess.clip_len, preprocess.frame_interval)  # (K, T)
     first_needed, last_needed = idx.min(axis=1), idx.max(axis=1)
-    buffer: dict[int, torch.Tensor] = {}
+    buffer: dict[int, np.ndarray] = {}
     k, j = 0, 0
     for frames in iter_frames(path, size_hw=size_hw, chunk=chunk):
-        cropped = _crop_chunk(frames, preprocess.crop_size, path)  # (3, n, crop, crop)
-        for t in range(cropped.shape[1]):
+        cropped = _crop_chunk(frames, preprocess.crop_size, path)  # (n, crop, crop, 3)
+        del frames
+        for t in range(cropped.shape[0]):
             if k < len(idx) and j >= first_needed[k]:
-                buffer[j] = cropped[:, t]
+                buffer[j] = cropped[t]
             while k < len(idx) and last_needed[k] <= j:
-                yield k, torch.stack([buffer[int(i)] for i in idx[k]], dim=1)  # (3, T, crop, crop)
+                clip = np.stack([buffer[int(i)] for i in idx[k]])  # (T, crop, crop, 3)
+                yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
                 k += 1
                 if k < len(idx):
                     for old in [i for i in buffer if i < first_needed[k]]:
@@ -493,13 +499,12 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     batch: list[tuple[_Job, int, torch.Tensor]] = []
 
     def run_batch() -> None:
-        clips = torch.stack([clip for _, _, clip in batch])  # (B, 3, T, crop, crop)
-        if len(batch) < options.batch_size:
-            # Always the same batch shape: kernels (and so the last float bits) do not change with the batch
-            # size, which makes a resumed extraction bit-identical; static shapes also suit cuDNN autotuning.
-            pad = clips[:1].expand(options.batch_size - len(batch), *clips.shape[1:])
-            clips = torch.cat([clips, pad])
-        rows = runner(clips)[: len(batch)]  # (B, D)
+        # Always the same batch shape (padded with copies of the first clip): kernels, and so the last float bits,
+        # do not change with the batch size, which makes a resumed extraction bit-identical; static shapes also
+        # suit cuDNN autotuning.
+        parts = [clip.numpy() for _, _, clip in batch]
+        parts += parts[:1] * (options.batch_size - len(batch))
+        rows = runner(torch.from_numpy(np.stack(parts)))[: len(batch)]  # (B, 3, T, crop, crop) -> (B, D)
         for (job, k, _), row in zip(batch, rows):
             if options.video_mean:
                 job.rows[0] += row
