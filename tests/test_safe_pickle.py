@@ -46,6 +46,25 @@ def test_arrays_and_containers_round_trip(protocol: int) -> None:
     assert out["nested"] == state["nested"]
 
 
+def test_python2_pickle_of_numpy_arrays() -> None:
+    # Old Caffe conversions were pickled by Python 2: strings, and the arrays' raw data, as SHORT_BINSTRING.
+    values = np.array([1.5, -2.0, 3.25], np.float32)
+
+    def string(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b
+
+    raw = (
+        b"\x80\x02}q\x00" + string(b"fc8.bias")
+        + b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85" + string(b"b")
+        + b"\x87Rq\x03(K\x01K\x03\x85cnumpy\ndtype\nq\x04" + string(b"f4") + b"K\x00K\x01\x87Rq\x05(K\x03"
+        + string(b"<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89" + string(values.tobytes())
+        + b"tbs."
+    )
+    out = loads_safe_pickle(raw)
+    assert list(out) == ["fc8.bias"] and out["fc8.bias"].dtype == np.float32
+    np.testing.assert_array_equal(out["fc8.bias"], values)
+
+
 def _payloads(marker: Path) -> list[object]:
     cmd = f"touch {marker}"
     return [

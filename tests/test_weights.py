@@ -244,8 +244,8 @@ def test_caffe_conversion_implies_caffe_pooling_and_preprocessing(tmp_path: Path
     path = tmp_path / "c3d.pickle"
     if container == "torch":
         torch.save(state, path)
-    else:  # a plain pickle of numpy arrays, as some conversion scripts write
-        path.write_bytes(pickle.dumps({k: v.numpy() for k, v in state.items()}, protocol=2))
+    else:  # a protocol-0 pickle of numpy arrays in an OrderedDict, as old Python 2 conversion scripts wrote
+        path.write_bytes(pickle.dumps(OrderedDict((k, v.numpy()) for k, v in state.items()), protocol=0))
     loaded = load_model(path)
     assert loaded.source_format == "caffe" and loaded.config == model.config
     assert loaded.config.pool5 == "caffe"

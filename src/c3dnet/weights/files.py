@@ -70,7 +70,7 @@ def read_raw(path: str | Path) -> RawWeights:
         return _read_safetensors(path, header)
     if head.startswith(b"PK\x03\x04") or head.startswith(_TORCH_LEGACY_MAGIC):
         return _from_object(path, _torch_load(path), "torch")
-    if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):  # pickle protocol 2+ / protocol 0-1 openings
+    if head[:1] in (b"\x80", b"(", b"}", b"]", b"c"):  # pickle protocol 2+ / protocol 0-1 openings
         return _from_object(path, load_safe_pickle(path), "pickle")
     raise WeightsError(
         f"{path}: unknown file type (starts with {head[:8]!r}); expected a safetensors file, a torch checkpoint "
