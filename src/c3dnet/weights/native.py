@@ -63,7 +63,7 @@ def save_native(
         "extra": extra_json,
     }
     # safetensors wants contiguous CPU tensors that share no storage.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
