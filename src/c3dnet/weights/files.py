@@ -59,13 +59,16 @@ def read_raw(path: str | Path) -> RawWeights:
         raise WeightsError(f"{path}: no such weights file")
     if not path.is_file():
         raise WeightsError(f"{path}: is a directory, not a weights file")
-    size = path.stat().st_size
-    if size == 0:
-        raise WeightsError(f"{path}: the file is empty (0 bytes); the download or copy was interrupted, fetch it again")
-    with open(path, "rb") as f:
-        head = f.read(16)
-
-    header = read_safetensors_header(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head:
+            raise WeightsError(
+                f"{path}: the file is empty (0 bytes); the download or copy was probably interrupted, fetch it again"
+            )
+        header = read_safetensors_header(path)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read the file ({e.strerror or e})") from None
     if header is not None:
         return _read_safetensors(path, header)
     if head.startswith(b"PK\x03\x04") or head.startswith(_TORCH_LEGACY_MAGIC):
