@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from c3dnet.weights import load_model
 
-        local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+        # LOCAL_RANK under torchrun; 0 otherwise, which also gives a plain "cuda" its index.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         model, device, source = load_model(args.weights), select_device(args.device, local_rank), args.weights
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
     options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=args.l2,

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
          final_loss=result.final_loss, val_top1=top1)
 
     t0 = time.perf_counter()
-    device = select_device(args.device)
+    device = select_device(args.device, local_rank=0)  # a plain "cuda" needs its index for set_device
     model = prepare_model(load_model(weights), device).eval()
     loader = torch.utils.data.DataLoader(ClipDataset(test_src.records, "test", model.preprocess, num_clips=10),
                                          batch_size=4, num_workers=0)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from c3dnet.weights import load_model
 
-        model, device = load_model(args.weights), select_device(args.device)
+        model, device = load_model(args.weights), select_device(args.device, local_rank=0)  # "cuda" -> "cuda:0"
     runner = ClipRunner(model, "logits", device, amp=not args.fp32)
     names = class_labels(model.class_names, model.num_classes)
     results, failed = [], 0
