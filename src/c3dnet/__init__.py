@@ -1,8 +1,26 @@
-"""c3dnet: spatiotemporal video features with C3D (Tran et al., ICCV 2015) in PyTorch."""
+"""c3dnet: spatiotemporal video features with C3D (Tran et al., ICCV 2015) in PyTorch.
+
+Example:
+    >>> import c3dnet
+    >>> model = c3dnet.load_model("c3d_ucf101.safetensors")     # doctest: +SKIP  (native, .pth, .pdparams, Caffe)
+    >>> model.preprocess                                         # doctest: +SKIP  (mean, channel order, crop, ...)
+    >>> c3dnet.save_model(model, "copy.safetensors")             # doctest: +SKIP
+"""
 
 from c3dnet.model import C3D, C3DConfig, build_model, count_parameters
 from c3dnet.preprocess import Preprocess
+from c3dnet.weights import load_model, read_metadata, save_model
 
 __version__ = "0.1.0"
 
-__all__ = ["C3D", "C3DConfig", "Preprocess", "build_model", "count_parameters", "__version__"]
+__all__ = [
+    "C3D",
+    "C3DConfig",
+    "Preprocess",
+    "build_model",
+    "count_parameters",
+    "load_model",
+    "read_metadata",
+    "save_model",
+    "__version__",
+]
