@@ -68,13 +68,14 @@ def test_index_out_of_range(index_video):
 
 
 def test_bframes_avi(tmp_path):
-    """MPEG-4 with B-frames in AVI (XviD style): decode order differs from display order."""
+    """MPEG-4 with B-frames in AVI tagged XVID (as UCF-101 ships): decode order differs from display order."""
     import av
 
     path = tmp_path / "bf.avi"
     frames = index_frames(90)
     with av.open(str(path), "w") as c:
         s = c.add_stream("mpeg4", rate=25, options={"bf": "2", "g": "12", "qscale": "4"})
+        s.codec_context.codec_tag = "XVID"
         s.width, s.height, s.pix_fmt = 160, 64, "yuv420p"
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):

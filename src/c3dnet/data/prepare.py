@@ -139,7 +139,6 @@ def prepare_dataset(
     for (n, subset), src in subsets.items():
         lines = [f"{videos[r.path].as_posix()} {counts[r.path]} {r.label}\n" for r in src.records if r.path in counts]
         atomic_write_text(out / f"{subset}_split{n}.txt", "".join(lines))
-    log.info("%s", result.summary())
     return result
 
 
