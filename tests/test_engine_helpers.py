@@ -24,7 +24,7 @@ def tiny_train_config(*extra: str) -> TrainConfig:
 
 
 def make_frame_dataset(root: Path, num_classes: int = 3, train_per_class: int = 6, test_per_class: int = 2,
-                       num_frames: int = 10, seed: int = 0) -> Path:
+                       num_frames: int = 10, seed: int = 0, size_hw: tuple[int, int] = (36, 40)) -> Path:
     """A prepared frame dataset (`classes.txt`, `{train,test}_split1.txt` lines `frame_dir total_frames label`):
     class c is a noisy frame whose colour channel c is bright and that drifts rightwards by c pixels per frame."""
     rng = np.random.default_rng(seed)
@@ -37,8 +37,8 @@ def make_frame_dataset(root: Path, num_classes: int = 3, train_per_class: int = 
                 rel = f"frames/{subset}_c{c}_v{v}"
                 folder = root / rel
                 folder.mkdir(parents=True, exist_ok=True)
-                base = rng.integers(0, 90, size=(36, 40, 3)).astype(np.uint8)
-                base[..., c] += 150
+                base = rng.integers(0, 90, size=(*size_hw, 3)).astype(np.uint8)
+                base[..., c % 3] += 150
                 for t in range(num_frames):
                     frame = np.roll(base, shift=c * t, axis=1)
                     Image.fromarray(frame).save(folder / f"img_{t + 1:05d}.jpg", quality=95)

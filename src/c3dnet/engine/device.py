@@ -39,6 +39,8 @@ def select_device(name: str | None = "auto", local_rank: int | None = None) -> t
         if name == "cuda" and local_rank is not None:
             name = f"cuda:{local_rank}"
         device = torch.device(name)
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         check_torch_version()
