@@ -64,9 +64,26 @@ def read_index(frame: np.ndarray) -> int:
 
 def write_index_video(path: Path, n: int, codec: str = "mpeg4", height: int = 64, width: int = 160,
                       offset: int = 0) -> Path:
-    """A video of `index_frames(n)` with inter-frame coding (GOP of 12 for mpeg4), so seeks are real."""
-    quality = 4 if codec == "mpeg4" else 18
-    write_video(path, index_frames(n, height, width, offset), codec=codec, quality=quality, intra_only=False)
+    """A video of `index_frames(n)` with inter-frame coding and a keyframe every 12 frames, so seeks are real.
+
+    MPEG-4 goes through c3dnet's `write_video` (its GOP is FFmpeg's default 12); H.264 is written with PyAV
+    directly to get a short GOP and B-frames (decode order != display order), which `write_video` does not offer.
+    """
+    frames = index_frames(n, height, width, offset)
+    if codec == "mpeg4":
+        write_video(path, frames, codec=codec, quality=4, intra_only=False)
+        return path
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25, options={"g": "12", "bf": "2", "qp": "18",
+                                                              "sc_threshold": "0", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 

@@ -37,7 +37,18 @@ def test_info_and_count(index_video):
     assert count_frames(VideoRecord(index_video, 0, num_frames=7)) == 7  # a known count is trusted
 
 
-@pytest.mark.parametrize("seek_gap", [0, 48, 10_000], ids=["always-seek", "default", "never-seek"])
+def test_keyframes_and_segments(index_video, monkeypatch):
+    index = decode._video_index(index_video)
+    assert index.keyframes.tolist() == list(range(0, N, 12))  # GOP 12 in both test videos
+    assert index.keyframe_before(30) == 24 and index.keyframe_before(0) == 0
+    monkeypatch.setattr(decode, "SEEK_MIN_GAP", 16)
+    runs = decode._segments(index, np.array([5, 6, 100, 101, 112, 140]))
+    # frame 5: read on from the start; 100: seek to 96 (skips > 16 frames); 112 is 11 frames on: read on; 140: seek
+    assert [(k, r.tolist()) for k, r in runs] == [(None, [5, 6]), (96, [100, 101, 112]), (132, [140])]
+    assert [(k, r.tolist()) for k, r in decode._segments(index, np.array([40, 41]))] == [(36, [40, 41])]
+
+
+@pytest.mark.parametrize("seek_gap", [0, 16, 10_000], ids=["always-seek", "default", "never-seek"])
 def test_frame_accurate(index_video, seek_gap, monkeypatch):
     monkeypatch.setattr(decode, "SEEK_MIN_GAP", seek_gap)
     idx = np.array([120, 5, 149, 60, 61, 62, 5, 0, 97, 13])

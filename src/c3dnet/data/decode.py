@@ -43,9 +43,9 @@ FRAME_TEMPLATE = "img_{:05d}.jpg"
 """File name of frame k (counted from FRAME_START) in a frame folder, as the seed and `c3d prepare` write them."""
 FRAME_START = 1
 
-SEEK_MIN_GAP = 48
-"""Read on from the start (or the current position) rather than seek when the first needed frame is this close:
-a seek lands on the keyframe before it anyway, and for short GOP-less streams reading on is as cheap."""
+SEEK_MIN_GAP = 16
+"""Seek (to the keyframe before the next needed frame) only when that skips more than this many frames:
+decoding a few unneeded frames costs less than a seek and a decoder flush."""
 
 _CACHE_SIZE = 16384  # videos whose frame timing a process remembers: all of UCF-101 (13,320) fits
 
@@ -65,7 +65,13 @@ class _Index:
     """Per-video timing: sorted presentation timestamps of every frame (frame i has pts `pts[i]`)."""
 
     pts: np.ndarray  # (num_frames,) int64, sorted
+    keyframes: np.ndarray  # sorted frame indices of the keyframes, where a seek can land
     info: VideoInfo
+
+    def keyframe_before(self, i: int) -> int:
+        """The last keyframe at or before frame i (0 when none is listed)."""
+        k = int(np.searchsorted(self.keyframes, i, side="right")) - 1
+        return int(self.keyframes[k]) if k >= 0 else 0
 
 
 class _LRU(OrderedDict):
@@ -213,13 +219,15 @@ def _video_index(path: Path) -> _Index:
 
     container, stream = _open(path)
     try:
-        pts = []
+        pts, key_pts = [], []
         for packet in container.demux(stream):
             if packet.is_corrupt:  # the demuxer flags packets cut short by truncation
                 raise DataError(f"{path}: corrupt or truncated video data at packet {len(pts)}; re-download or "
                                 "re-encode the file, or remove it (or use --skip-bad)")
             if packet.size > 0 and packet.pts is not None:
                 pts.append(packet.pts)
+                if packet.is_keyframe:
+                    key_pts.append(packet.pts)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         height, width = stream.codec_context.height, stream.codec_context.width
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
@@ -232,7 +240,8 @@ def _video_index(path: Path) -> _Index:
     pts_arr = np.unique(np.asarray(pts, dtype=np.int64))  # sorted = display order; duplicates are one frame
     if height <= 0 or width <= 0:
         raise DataError(f"{path}: the video stream has no frame size; the file is corrupt (or use --skip-bad)")
-    index = _Index(pts=pts_arr, info=VideoInfo(len(pts_arr), fps, height, width))
+    keyframes = np.searchsorted(pts_arr, np.unique(np.asarray(key_pts, dtype=np.int64)))
+    index = _Index(pts=pts_arr, keyframes=keyframes, info=VideoInfo(len(pts_arr), fps, height, width))
     _index_cache.put(key, index)
     return index
 
@@ -255,58 +264,83 @@ def _read_video(path: Path, indices: np.ndarray, size_hw: tuple[int, int] | None
     return np.stack([got[int(i)] for i in indices])
 
 
-def _decode_indices(
-    path: Path, index: _Index, wanted: np.ndarray, size_hw: tuple[int, int] | None
-) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame index, RGB array) for each frame in sorted `wanted`, decoding from a keyframe up to the last one."""
-    first, last = int(wanted[0]), int(wanted[-1])
-    seek_pts = int(index.pts[first]) if first >= SEEK_MIN_GAP else None
-    pos = {int(p): i for i, p in enumerate(index.pts)}
-    wanted_set = set(wanted.tolist())
-    if seek_pts is not None:
-        frames = _frames_by_pts(path, seek_pts, pos, last, wanted_set, size_hw)
-        try:
-            yield from frames
-            return
-        except _SeekMissed:
-            log.debug("%s: seek to frame %d missed it; decoding from the start", path, first)
-    yield from _frames_by_pts(path, None, pos, last, wanted_set, size_hw)
+def _segments(index: _Index, wanted: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
+    """Split sorted `wanted` into runs decoded in one go; each later run starts with a seek to its keyframe.
+
+    A run begins with a seek when the keyframe before its first frame lies more than SEEK_MIN_GAP frames past
+    the previous run's end (or past the start): reading on would decode at least that many unneeded frames.
+    """
+    segments: list[tuple[int | None, list[int]]] = []
+    prev = -1
+    for i in wanted.tolist():
+        key = index.keyframe_before(i)
+        if key - prev > SEEK_MIN_GAP or (not segments and key >= SEEK_MIN_GAP):
+            segments.append((key, [i]))
+        elif not segments:
+            segments.append((None, [i]))
+        else:
+            segments[-1][1].append(i)
+        prev = i
+    return [(key, np.asarray(run)) for key, run in segments]
 
 
 class _SeekMissed(Exception):
-    """After a seek the decoder began past the first wanted frame (or without timestamps): restart at 0."""
+    """A seek landed past the frame it aimed at (or gave frames without timestamps): decode from the start."""
 
 
-def _frames_by_pts(path, seek_pts, pos, last, wanted_set, size_hw) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_indices(
+    path: Path, index: _Index, wanted: np.ndarray, size_hw: tuple[int, int] | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, RGB array) for each frame in sorted `wanted`, decoding each run from the keyframe before it."""
+    segments = _segments(index, wanted)
+    done: set[int] = set()
+    try:
+        for i, frame in _decode_segments(path, index, segments, size_hw):
+            done.add(i)
+            yield i, frame
+        return
+    except _SeekMissed:
+        log.debug("%s: a seek missed its frame; decoding the rest from the start", path)
+    rest = np.asarray([i for i in wanted.tolist() if i not in done], dtype=np.int64)
+    if rest.size:
+        yield from _decode_segments(path, index, [(None, rest)], size_hw)
+
+
+def _decode_segments(
+    path: Path, index: _Index, segments: list[tuple[int | None, np.ndarray]], size_hw: tuple[int, int] | None
+) -> Iterator[tuple[int, np.ndarray]]:
     import av
     from av.video.reformatter import VideoReformatter
 
+    pos = {int(p): i for i, p in enumerate(index.pts)}
     container, stream = _open(path)
     reformatter = VideoReformatter()
     try:
-        if seek_pts is not None:
-            container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
-        sequential = 0  # fallback position for frames without a pts, valid only when decoding from the start
-        started = False
-        first = min(wanted_set)
-        for frame in container.decode(stream):
-            pts = frame.pts
-            if pts is None:
-                if seek_pts is not None and not started:
+        for key, run in segments:
+            seeked = key is not None
+            if seeked:
+                # backward=True lands on the keyframe at or before this pts; frames are then told apart by pts.
+                container.seek(int(index.pts[key]), stream=stream, backward=True, any_frame=False)
+            wanted, first, last = set(run.tolist()), int(run[0]), int(run[-1])
+            sequential = 0  # position of frames without a pts: valid only when decoding from the start
+            started = False
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    if seeked:
+                        raise _SeekMissed
+                    i = sequential
+                elif frame.pts in pos:
+                    i = pos[frame.pts]
+                else:
+                    continue  # a frame the packet pass did not list (e.g. decoder-inserted): not frame i
+                if seeked and not started and i > first:
                     raise _SeekMissed
-                i = sequential
-            elif pts in pos:
-                i = pos[pts]
-            else:
-                continue  # a frame the packet pass did not list (e.g. a decoder-inserted one): not frame i
-            if seek_pts is not None and not started and i > first:
-                raise _SeekMissed
-            started = True
-            sequential = i + 1
-            if i in wanted_set:
-                yield i, _to_rgb(frame, size_hw, reformatter)
-            if i >= last:
-                return
+                started = True
+                sequential = i + 1
+                if i in wanted:
+                    yield i, _to_rgb(frame, size_hw, reformatter)
+                if i >= last:
+                    break
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: decoding failed ({e}); the file is corrupt or truncated: "
                         "re-encode or remove it (or use --skip-bad)") from e
