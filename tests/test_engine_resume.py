@@ -39,7 +39,8 @@ def _kill_in_second_epoch(config: Path, data: Path, work_dir: Path) -> int:
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if metrics.is_file() and any(json.loads(line)["iteration"] >= 6 for line in metrics.read_text().splitlines()):
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            if any(json.loads(line)["iteration"] >= 6 for line in lines):
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)

@@ -47,10 +47,12 @@ def test_short_run_lowers_loss_and_writes_everything(dataset: Path, tmp_path: Pa
     assert state["iteration"] == 24 and state["best_top1"] == result.best_top1
 
 
-def test_same_seed_same_weights(dataset: Path, tmp_path: Path) -> None:
-    overrides = ("optim.epochs=1", "train.val_every=0", "train.checkpoint_every=0")
+def test_same_seed_same_weights_whatever_the_workers(dataset: Path, tmp_path: Path) -> None:
+    # Two epochs, so persistent workers must see the second epoch's augmentation too.
+    overrides = ("optim.epochs=2", "train.val_every=0", "train.checkpoint_every=0")
     a = train(tiny_train_config(*overrides), dataset, work_dir=tmp_path / "a", device="cpu").model.state_dict()
-    b = train(tiny_train_config(*overrides), dataset, work_dir=tmp_path / "b", device="cpu").model.state_dict()
+    b = train(tiny_train_config(*overrides, "data.workers=2"), dataset, work_dir=tmp_path / "b",
+              device="cpu").model.state_dict()
     c = train(tiny_train_config(*overrides, "train.seed=7"), dataset, work_dir=tmp_path / "c",
               device="cpu").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

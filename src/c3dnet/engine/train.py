@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,12 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
     common = dict(num_workers=d.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
     train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
     sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
-    # Workers are not persistent: each epoch (and each resume) starts them afresh with the dataset's epoch
-    # set, so every sample's augmentation is keyed by (seed, epoch, index) whatever the worker count.
+    # Persistent workers hold their own copies of the dataset, so the epoch travels with each index
+    # (see _EpochTagged): every sample's augmentation stays keyed by (seed, epoch, index) whatever the worker.
     # The private generator keeps the DataLoader from drawing on the global torch RNG (dropout's).
     train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=d.batch_size, sampler=sampler, drop_last=d.drop_last,
-        generator=torch.Generator().manual_seed(cfg.train.seed), **common,
+        _EpochDataset(train_set), batch_size=d.batch_size, sampler=_EpochTagged(sampler), drop_last=d.drop_last,
+        persistent_workers=d.workers > 0, generator=torch.Generator().manual_seed(cfg.train.seed), **common,
     )
     if len(train_loader) == 0:
         raise ConfigError(f"{data}: {len(train_set)} training videos give no full batch of {d.batch_size} per "
@@ -111,6 +112,35 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
             generator=torch.Generator(), **common,
         )
     return _Loaders(train_loader, sampler, val_loader, source.class_names)
+
+
+class _EpochTagged(torch.utils.data.Sampler[tuple[int, int]]):
+    """Yields (epoch, index) pairs from a `ResumableSampler`, for `_EpochDataset`."""
+
+    def __init__(self, sampler: ResumableSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _EpochDataset(torch.utils.data.Dataset):
+    """Wraps a `ClipDataset` so that each item names its epoch: workers need no shared state."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch, i = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[i]
 
 
 def _build_model(cfg: TrainConfig, class_names: list[str], weights: str | Path | None) -> C3D:
@@ -270,7 +300,6 @@ class _Run:
         cfg, loader = self.cfg, self.loaders.train
         done = iteration - epoch * self.iters_per_epoch  # batches of this epoch already trained (resume)
         self.loaders.train_sampler.set_epoch(epoch, skip=done * cfg.data.batch_size)
-        loader.dataset.set_epoch(epoch)
         self.net.train()
         bar = None
         if self.dist.is_main and cfg.train.progress:
