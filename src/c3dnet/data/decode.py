@@ -310,11 +310,10 @@ def _decode_segments(
     path: Path, index: _Index, segments: list[tuple[int | None, np.ndarray]], size_hw: tuple[int, int] | None
 ) -> Iterator[tuple[int, np.ndarray]]:
     import av
-    from av.video.reformatter import VideoReformatter
 
     pos = {int(p): i for i, p in enumerate(index.pts)}
     container, stream = _open(path)
-    reformatter = VideoReformatter()
+    convert = _Converter(size_hw)
     try:
         for key, run in segments:
             seeked = key is not None
@@ -338,7 +337,7 @@ def _decode_segments(
                 started = True
                 sequential = i + 1
                 if i in wanted:
-                    yield i, _to_rgb(frame, size_hw, reformatter)
+                    yield i, convert(frame)
                 if i >= last:
                     break
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
@@ -365,12 +364,33 @@ def _decode_range(path: Path, last: int | None, size_hw: tuple[int, int] | None)
                         "truncated: re-encode or remove it (or use --skip-bad)")
 
 
-def _to_rgb(frame, size_hw: tuple[int, int] | None, reformatter) -> np.ndarray:
-    # FFmpeg's swscale converts to RGB and resizes in one pass, far cheaper than resizing the RGB array later.
-    # One reformatter per decoding run keeps its scaler context: `frame.reformat` builds a new one per frame,
-    # which costs more than decoding (measured 4x fewer frames/s at 320x240).
-    h, w = size_hw if size_hw is not None else (frame.height, frame.width)
-    return reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+_SCALE_IN_PLACE = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12"})
+
+
+class _Converter:
+    """Decoded frames -> RGB arrays, resized by FFmpeg's swscale, keeping scaler contexts across frames.
+
+    A new reformatter per frame (`frame.reformat`) costs more than decoding; and scaling the YUV planes first,
+    then converting at the target size through swscale's unscaled fast path, is about 2.5x faster than one
+    scaled YUV->RGB pass (measured at 320x240 -> 171x128), and is what FFmpeg's own scale filter does.
+    """
+
+    def __init__(self, size_hw: tuple[int, int] | None) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self.size_hw = size_hw
+        self.scale = VideoReformatter()
+        self.to_rgb = VideoReformatter()
+
+    def __call__(self, frame) -> np.ndarray:
+        if self.size_hw is None or (frame.height, frame.width) == tuple(self.size_hw):
+            return self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        h, w = self.size_hw
+        fmt = frame.format.name
+        if fmt in _SCALE_IN_PLACE:
+            frame = self.scale.reformat(frame, width=w, height=h, format=fmt, interpolation="BILINEAR")
+            return self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        return self.to_rgb.reformat(frame, width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
 
 
 # --------------------------------------------------------------------------------------------------- frame folders
