@@ -1,10 +1,12 @@
 """Frames from video files (PyAV) and from frame folders (PIL), frame-accurate, decoding only what is needed.
 
 Frame i of a video is its i-th displayed frame. A video's frames are identified by their presentation
-timestamps: one cheap pass over the container's packets (no decoding) lists every frame's pts; sorted, that
-list maps frame index <-> pts, and gives the frame count. Reading a clip then decodes from the keyframe before the
-first needed frame (a seek when that is cheaper than reading on from the start) up to the last needed frame only,
-and recognises each decoded frame by its pts, so seeking never shifts a clip by a frame.
+timestamps: one cheap pass over the container's packets (no decoding, about 1 ms for a UCF-101 video) lists every
+frame's pts and the keyframes; sorted, the pts map frame index <-> pts and give the frame count (the container's
+own frame count is not trusted: it is often missing or off). Reading frames then decodes only from the keyframe
+before each group of needed frames (seeking when that skips more than SEEK_MIN_GAP frames) up to the group's last
+frame, and recognises each decoded frame by its pts, so a seek never shifts a clip by a frame. Frames are
+converted to RGB (and resized) by FFmpeg's swscale, with threaded decoding.
 
 Frame folders hold `img_00001.jpg`, `img_00002.jpg`, ... (template and start index configurable).
 
@@ -449,7 +451,8 @@ def _read_folder(
         file = path / template.format(i + start_index)
         try:
             with Image.open(file) as im:
-                im = im.convert("RGB")
+                if im.mode != "RGB":
+                    im = im.convert("RGB")
                 if size_hw is not None and (im.height, im.width) != tuple(size_hw):
                     im = im.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
                 loaded[i] = np.asarray(im, dtype=np.uint8)
