@@ -249,12 +249,14 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     net: nn.Module = model
     if dist_info.is_distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eager_net = net
     if device.type == "cuda":
         net = maybe_compile(net, cfg.train.compile)
     elif cfg.train.compile:
         log.info("torch.compile is only used on CUDA; training eagerly on the CPU")
 
     run = _Run(cfg, model, net, optimizer, schedule, loaders, metrics, device, dist_info, work_dir, iters_per_epoch)
+    run.eager_net = eager_net
     run.best_top1, run.best_epoch, run.last_val = best_top1, best_epoch, last_val
     final_loss, last_plot = float("nan"), time.monotonic()
     log.info("training %d epochs x %d iterations (batch %d x %d processes) on %s; work dir %s", epochs,
@@ -295,6 +297,19 @@ class _Run:
         self.best_epoch: int | None = None
         self.last_val: dict[str, Any] | None = None
         self.amp = cfg.train.amp and device.type == "cuda"
+        self.eager_net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward; a torch.compile failure (raised lazily, at the first call) falls back to eager."""
+        with autocast(self.device, self.amp):
+            if self.net is self.eager_net:
+                return self.net(x)
+            try:
+                return self.net(x)
+            except Exception as e:  # noqa: BLE001 - any compiler failure must fall back, not stop training
+                log.warning("torch.compile failed at the first step (%s: %s); training eagerly", type(e).__name__, e)
+                self.net = self.eager_net
+                return self.net(x)
 
     def train_epoch(self, epoch: int, iteration: int) -> tuple[int, float]:
         cfg, loader = self.cfg, self.loaders.train
@@ -317,8 +332,7 @@ class _Run:
             lr = self.schedule.apply(self.optimizer, iteration)
             x = to_input(clips.flatten(0, 1), self.model.preprocess, self.device, cfg.train.channels_last)
             y = labels.to(self.device, non_blocking=True)
-            with autocast(self.device, self.amp):
-                logits = self.net(x)
+            logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y)
             loss_value = all_reduce_mean(float(loss.item()), self.device)
             if not math.isfinite(loss_value):

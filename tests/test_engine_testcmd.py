@@ -1,0 +1,80 @@
+"""`c3d test`: the JSON contract, the report files, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from c3dnet.cli import main
+from c3dnet.model import C3D
+from c3dnet.weights import save_model
+from tests.conftest import tiny_config
+from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+
+NAMES = ["class0", "class1", "class2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("testcmd")
+    data = make_frame_dataset(root / "data", train_per_class=1, test_per_class=2, num_frames=20)
+    torch.manual_seed(5)
+    model = C3D(tiny_config(num_classes=3), preprocess=tiny_train_config().preprocess_record(), class_names=NAMES)
+    save_model(model, root / "tiny.safetensors")
+    return data, root / "tiny.safetensors"
+
+
+def _json(capsys: pytest.CaptureFixture[str], args: list[str]) -> dict:
+    assert main(args) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_json_and_reports(setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, weights = setup
+    base = ["test", "--weights", str(weights), "--data", str(data), "--workers", "0", "--device", "cpu", "--json"]
+    score = _json(capsys, [*base, "--out", str(tmp_path / "score")])
+    assert set(score) == {"top1", "top5", "mean_class_accuracy", "clip_top1", "num_videos", "clips_per_video"}
+    assert score["num_videos"] == 6 and score["clips_per_video"] == 10
+    assert score["top5"] == 1.0  # 3 classes: every label is in the top 5
+    assert all(0.0 <= score[k] <= 1.0 for k in ("top1", "mean_class_accuracy", "clip_top1"))
+
+    out = tmp_path / "score"
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 6
+    assert score["top1"] == pytest.approx(sum(r["label"] == r["pred"] for r in rows) / 6)
+    per_class = list(csv.DictReader((out / "per_class_accuracy.csv").open()))
+    assert [r["name"] for r in per_class] == NAMES and all(r["videos"] == "2" for r in per_class)
+    recalls = [float(r["accuracy"]) for r in per_class]
+    assert score["mean_class_accuracy"] == pytest.approx(sum(recalls) / 3)
+    assert (out / "confusion_matrix.png").stat().st_size > 0
+    assert json.loads((out / "metrics.json").read_text())["average"] == "score"
+
+    prob = _json(capsys, [*base, "--average", "prob", "--clips", "4", "--out", str(tmp_path / "prob")])
+    assert prob["clips_per_video"] == 4 and prob["num_videos"] == 6
+
+
+def test_class_count_mismatch_is_a_clear_error(setup: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = setup
+    save_model(C3D(tiny_config(num_classes=5)), tmp_path / "five.safetensors")
+    code = main(["test", "--weights", str(tmp_path / "five.safetensors"), "--data", str(data), "--workers", "0",
+                 "--device", "cpu"])
+    assert code == 2
+    assert "3 classes, but" in capsys.readouterr().err
+
+
+def test_train_command_prints_summary(setup: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = setup
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_train_config("data.batch_size=3", "optim.epochs=1").to_yaml())
+    summary = _json(capsys, ["train", "--config", str(config), "--data", str(data), "--work-dir", str(tmp_path / "w"),
+                             "--device", "cpu", "--set", "train.val_every=1"])
+    assert summary["iterations"] == 1 and summary["epochs"] == 1
+    assert Path(summary["last"]).is_file() and Path(summary["best"]).is_file()
+    bad = main(["train", "--config", str(config), "--data", str(data), "--set", "optim.lr=fast"])
+    assert bad == 2 and "optim.lr must be a number" in capsys.readouterr().err
