@@ -54,12 +54,21 @@ def test_ucf101(tmp_path):
 def test_ucf101_splits_beside_and_given(tmp_path):
     data, splits = make_ucf(tmp_path, splits_inside=False)
     assert len(load_source(data, "test").records) == 6  # found beside the dataset folder
-    splits.rename(tmp_path / "elsewhere")
+    splits.rename(tmp_path / "lists")
+    assert load_source(data).format == "ucf101"  # a renamed split folder beside the data is still found
+    (tmp_path / "far").mkdir()
+    (tmp_path / "lists").rename(tmp_path / "far" / "lists")
     assert load_source(data).format == "folders"  # without split files, a folder of class folders
-    src = load_source(data, "train", splits_dir=tmp_path / "elsewhere")
+    src = load_source(data, "train", splits_dir=tmp_path / "far" / "lists")
     assert src.format == "ucf101" and len(src.records) == 6
     with pytest.raises(DataError, match=r"testlist02\.txt; UCF-101 has splits 1-3"):
-        load_source(data, "test", split=2, splits_dir=tmp_path / "elsewhere")
+        load_source(data, "test", split=2, splits_dir=tmp_path / "far" / "lists")
+    # class folder spelled with another case in the lists (as UCF-101's HandStandPushups)
+    lst = tmp_path / "far" / "lists" / "testlist01.txt"
+    lst.write_text(lst.read_text().replace("HandstandPushups/", "HandStandPushups/"))
+    test = load_source(data, "test", splits_dir=tmp_path / "far" / "lists")
+    assert [r.path.parent.name for r in test.records][-2:] == ["HandstandPushups"] * 2
+    assert [r.label for r in test.records][-2:] == [2, 2]
 
 
 def test_ucf101_bad_lines(tmp_path):

@@ -147,7 +147,7 @@ def available_splits(data: str | Path, splits_dir: str | Path | None = None) -> 
     if ucf is not None:
         return sorted(int(m.group(1)) for p in ucf.glob("trainlist*.txt")
                       if (m := re.fullmatch(r"trainlist0*(\d+)\.txt", p.name)))
-    hmdb = _find_splits(data, splits_dir, HMDB_SPLITS_DIR, "*_test_split1.txt")
+    hmdb = _find_splits(data, splits_dir, HMDB_SPLITS_DIR, "*_test_split*.txt")
     if hmdb is not None:
         return sorted({int(m.group(1)) for p in hmdb.glob("*_test_split*.txt")
                        if (m := re.fullmatch(r".+_test_split(\d+)\.txt", p.name))})
@@ -255,11 +255,35 @@ def _read_class_names(path: Path) -> list[str]:
 
 
 def _find_splits(data: Path, splits_dir: str | Path | None, name: str, marker: str) -> Path | None:
-    candidates = [Path(splits_dir)] if splits_dir is not None else [data / name, data.parent / name, data]
-    for c in candidates:
+    """The official split folder: `splits_dir`, else `name` inside or beside `data`, `data` itself, or any
+    folder inside or beside `data` holding `marker` (a renamed split folder)."""
+    if splits_dir is not None:
+        c = Path(splits_dir)
+        return c if c.is_dir() and any(c.glob(marker)) else None
+    for c in (data / name, data.parent / name, data):
         if c.is_dir() and any(c.glob(marker)):
             return c
+    for folder in (data, data.parent):
+        try:
+            subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and p != data)
+        except OSError:
+            continue
+        for c in subdirs:
+            if any(c.glob(marker)):
+                return c
     return None
+
+
+def _child(folder: Path, name: str) -> Path:
+    """`folder/name`, matching `name` case-insensitively when it does not exist as spelled."""
+    p = folder / name
+    if p.exists():
+        return p
+    try:
+        lower = {n.lower(): n for n in os.listdir(folder)}
+    except OSError:
+        return p
+    return folder / lower.get(name.lower(), name)
 
 
 def _load_folder(data: Path, subset: str, split: int, splits_dir, problems: _Problems, test_fraction: float) -> Source:
@@ -384,7 +408,7 @@ def _load_ucf(data: Path, splits: Path, subset: str, split: int, problems: _Prob
                 problems.bad(where, f"label {given} ({classes[given - 1]}) disagrees with the folder "
                                     f"{folder_class!r} (class {label + 1}); fix the list")
                 continue
-        video = _find_video(data / rel.rsplit("/", 1)[0], rel.rsplit("/", 1)[1])
+        video = _find_video(_child(data, folder_class), rel.rsplit("/", 1)[1])
         if video is None:
             problems.bad(where, f"{data / rel} does not exist; check --data (the UCF-101 folder) and the download")
             continue
@@ -409,7 +433,7 @@ def _load_hmdb(data: Path, splits: Path, subset: str, split: int, problems: _Pro
                 continue
             if int(parts[1]) != wanted:
                 continue
-            video = _find_video(data / cls, parts[0])
+            video = _find_video(_child(data, cls), parts[0])
             if video is None:
                 problems.bad(where, f"{data / cls / parts[0]} does not exist; check --data (the HMDB-51 folder)")
                 continue
