@@ -198,3 +198,20 @@ def test_streaming_memory_does_not_grow_with_video_length(tmp_path):
         assert count == len(sampling.sliding_start_frames(n, 8, 8))
     # 8x the frames: numpy buffers (tracked by tracemalloc) stay within a clip span plus a chunk.
     assert peaks[800] < 1.5 * peaks[100], peaks
+
+
+def test_frame_folders_are_extracted_like_videos(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "frames" / "v_folder"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(19):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"img_{i + 1:05d}.jpg")
+    model = _model()
+    extract([VideoRecord(folder, -1, 19)], ClipRunner(model, "fc6"), tmp_path / "out", ExtractOptions(stride=5),
+            progress=False)
+    (entry,) = read_manifest(tmp_path / "out")
+    assert entry.key == "v_folder" and entry.fps == 0.0 and entry.clip_starts == [0, 5, 10]
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "v_folder.npy"),
+                               _reference_rows(model, folder, entry.clip_starts), rtol=1e-4, atol=1e-5)

@@ -313,7 +313,8 @@ class ExtractOptions:
         video_mean: store the mean over clips (dim,) instead of every clip's row (num_clips, dim).
         l2: L2-normalise each row, or the video mean after averaging (the paper: mean, then L2).
         batch_size: clips per forward pass; batches mix clips of several videos.
-        workers: decoder threads (each decodes one video at a time).
+        workers: decoder threads (each decodes one video at a time); 1 suits the CPU, where the model needs
+            every core, several a GPU.
         skip_bad: record unreadable videos in failed.txt and go on, instead of stopping with a `DataError`.
         chunk: frames per decoded chunk.
         weights: the weights' path, recorded in the manifest.
@@ -323,7 +324,7 @@ class ExtractOptions:
     video_mean: bool = False
     l2: bool = False
     batch_size: int = 32
-    workers: int = 2
+    workers: int = 1
     skip_bad: bool = False
     chunk: int = 64
     weights: str = ""

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--l2", action="store_true", help="L2-normalise each row (after the mean with --video-mean)")
     parser.add_argument("--video-mean", action="store_true", help="store the mean over a video's clips (dim,)")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass, across videos")
-    parser.add_argument("--workers", type=int, default=2, help="decoder threads (default: 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoder threads (default: 1 on the CPU, where the model needs every core; up to 8 "
+                             "on CUDA)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--skip-bad", action="store_true",
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.errors import ConfigError
     from c3dnet.features import ClipRunner, ExtractOptions, extract, output_keys
 
-    if args.stride < 1 or args.batch_size < 1 or args.workers < 1:
+    if args.stride < 1 or args.batch_size < 1 or (args.workers is not None and args.workers < 1):
         raise ConfigError(f"--stride, --batch-size and --workers must be >= 1, got {args.stride}, "
                           f"{args.batch_size}, {args.workers}")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -60,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         model, device, source = load_model(args.weights), select_device(args.device, local_rank), args.weights
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
+    workers = args.workers or (min(8, os.cpu_count() or 1) if runner.device.type == "cuda" else 1)
     options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=args.l2,
-                             batch_size=args.batch_size, workers=args.workers, skip_bad=args.skip_bad,
+                             batch_size=args.batch_size, workers=workers, skip_bad=args.skip_bad,
                              weights=str(source))
     s = extract(records, runner, args.out, options, keys=keys, progress=not args.no_progress)
     shard = f" (rank {rank} of {world})" if world > 1 else ""
