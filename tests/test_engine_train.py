@@ -47,6 +47,7 @@ def test_short_run_lowers_loss_and_writes_everything(dataset: Path, tmp_path: Pa
     assert state["iteration"] == 24 and state["best_top1"] == result.best_top1
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_whatever_the_workers(dataset: Path, tmp_path: Path) -> None:
     # Two epochs, so persistent workers must see the second epoch's augmentation too.
     overrides = ("optim.epochs=2", "train.val_every=0", "train.checkpoint_every=0")

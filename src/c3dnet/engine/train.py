@@ -217,6 +217,9 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     if resume and not state_path.is_file():
         raise ConfigError(f"{work_dir}: --resume given but {state_path.name} is missing there; check --work-dir "
                           "or start without --resume")
+    if not resume and state_path.is_file():
+        log.warning("%s holds an earlier run; starting afresh and overwriting it (pass --resume to continue it)",
+                    work_dir)
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(work_dir / "config.yaml", cfg.to_yaml())
@@ -261,6 +264,11 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     final_loss, last_plot = float("nan"), time.monotonic()
     log.info("training %d epochs x %d iterations (batch %d x %d processes) on %s; work dir %s", epochs,
              iters_per_epoch, cfg.data.batch_size, dist_info.world_size, device, work_dir)
+    if main and cfg.train.progress:
+        from tqdm import tqdm
+
+        # One bar for the whole run, so its ETA is the run's; the postfix carries loss, lr, clips/s and data wait.
+        run.bar = tqdm(total=epochs * iters_per_epoch, initial=iteration, unit="it", dynamic_ncols=True)
     try:
         while iteration < epochs * iters_per_epoch:
             epoch = iteration // iters_per_epoch
@@ -279,6 +287,8 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
             metrics.plot()
     finally:
         metrics.close()
+        if run.bar is not None:
+            run.bar.close()
     barrier()
     return TrainResult(work_dir, epochs, iteration, run.best_top1, run.best_epoch, run.last_val, final_loss, model)
 
@@ -298,6 +308,7 @@ class _Run:
         self.last_val: dict[str, Any] | None = None
         self.amp = cfg.train.amp and device.type == "cuda"
         self.eager_net = net
+        self.bar: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward; a torch.compile failure (raised lazily, at the first call) falls back to eager."""
@@ -316,12 +327,9 @@ class _Run:
         done = iteration - epoch * self.iters_per_epoch  # batches of this epoch already trained (resume)
         self.loaders.train_sampler.set_epoch(epoch, skip=done * cfg.data.batch_size)
         self.net.train()
-        bar = None
-        if self.dist.is_main and cfg.train.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.iters_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                       unit="it", dynamic_ncols=True, leave=False)
+        bar = self.bar
+        if bar is not None:
+            bar.set_description(f"epoch {epoch + 1}/{cfg.optim.epochs}")
         window = _Window()
         loss_value = float("nan")
         tick = time.perf_counter()
@@ -362,12 +370,10 @@ class _Run:
                 bar.update(1)
             if cfg.train.checkpoint_every and iteration % cfg.train.checkpoint_every == 0 \
                     and done < self.iters_per_epoch:
-                self.save(iteration)
+                self.save(iteration, model_file=False)
                 if self.dist.is_main:
                     self.metrics.flush()
             tick = time.perf_counter()
-        if bar is not None:
-            bar.close()
         if self.dist.is_main:
             log.info("epoch %d/%d: loss %.4f, lr %.3g", epoch + 1, cfg.optim.epochs, loss_value,
                      self.schedule.lr(iteration - 1))
@@ -387,16 +393,18 @@ class _Run:
                                      extra={"epoch": epoch + 1, "iteration": iteration, "val": self.last_val})
         return result
 
-    def save(self, iteration: int) -> None:
-        """`last.safetensors` and `last.state.pt` (rank 0 writes; every rank's RNG state is gathered)."""
+    def save(self, iteration: int, model_file: bool = True) -> None:
+        """`last.state.pt` and (with `model_file`, at epoch ends) `last.safetensors`; rank 0 writes, every rank's
+        RNG state is gathered. Mid-epoch saves skip the native file: the state alone is what a resume needs."""
         from c3dnet.engine.distributed import all_gather_objects
 
         rng = all_gather_objects(ckpt.rng_state())
         if not self.dist.is_main:
             barrier()
             return
-        extra = {"epoch": iteration // self.iters_per_epoch, "iteration": iteration, "val": self.last_val}
-        ckpt.save_model_file(self.model, self.work_dir / "last.safetensors", extra=extra)
+        if model_file:
+            extra = {"epoch": iteration // self.iters_per_epoch, "iteration": iteration, "val": self.last_val}
+            ckpt.save_model_file(self.model, self.work_dir / "last.safetensors", extra=extra)
         ckpt.save_state(self.work_dir / "last.state.pt", {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
