@@ -217,3 +217,14 @@ def test_frame_folders_are_extracted_like_videos(tmp_path):
     assert entry.key == "v_folder" and entry.fps == 0.0 and entry.clip_starts == [0, 5, 10]
     np.testing.assert_allclose(np.load(tmp_path / "out" / "v_folder.npy"),
                                _reference_rows(model, folder, entry.clip_starts), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    path = _video(tmp_path / "v.avi", 20)
+    runner = ClipRunner(_model(), "fc6")
+    extract([VideoRecord(path, -1)], runner, tmp_path / "o", ExtractOptions(stride=8), progress=False)
+    with pytest.raises(DataError, match=r"v.json: .* other settings \(stride 8 there, 4 now\)"):
+        extract([VideoRecord(path, -1)], runner, tmp_path / "o", ExtractOptions(stride=4), progress=False)
+    with pytest.raises(DataError, match=r"layer 'fc6' there, 'fc7' now"):
+        extract([VideoRecord(path, -1)], ClipRunner(_model(), "fc7"), tmp_path / "o", ExtractOptions(stride=8),
+                progress=False)

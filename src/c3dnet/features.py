@@ -433,8 +433,10 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     keys = keys or output_keys(records)
     summary = ExtractSummary()
     todo = []
+    wanted = _settings(runner, options)
     for record, key in zip(records, keys):
         if _is_done(out_dir, key):
+            _check_same_settings(out_dir, key, wanted)
             summary.skipped += 1
         else:
             todo.append((record, key))
@@ -570,6 +572,23 @@ def _clear_stale_locks(out_dir: Path) -> None:
             lock = VideoLock(path)
             if lock.acquire():
                 lock.release()
+
+
+def _settings(runner: ClipRunner, options: ExtractOptions) -> dict[str, Any]:
+    """What makes two extractions of a video give different arrays (all recorded in the manifest)."""
+    pre = runner.preprocess
+    return {"layer": runner.output, "dim": runner.dim, "clip_len": pre.clip_len, "frame_interval": pre.frame_interval,
+            "stride": options.stride, "video_mean": options.video_mean, "l2": options.l2}
+
+
+def _check_same_settings(out_dir: Path, key: str, wanted: dict[str, Any]) -> None:
+    part = out_dir / PARTS_DIR / f"{key}.json"
+    entry = _parse_entry(part.read_text(encoding="utf-8"), str(part)).to_dict()
+    differ = {k: (entry[k], v) for k, v in wanted.items() if entry[k] != v}
+    if differ:
+        what = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in differ.items())
+        raise DataError(f"{part}: {out_dir} already holds features extracted with other settings ({what}); "
+                        "use another --out folder, or the same settings to resume")
 
 
 def _remove_leftovers(out_dir: Path, key: str) -> None:
