@@ -91,6 +91,19 @@ def main() -> None:
         for name, fn in rows:
             fps = timed(fn, args.repeats)
             print(f"{name:<80} {fps:9.0f} {fps / 16:8.1f}")
+        from c3dnet.data.dataset import ClipDataset
+        from c3dnet.data.sources import VideoRecord
+        from c3dnet.preprocess import SEED_PREPROCESS
+
+        print(f"\n{'ClipDataset item (seed preprocessing), one process':<80} {'clips/s':>9}")
+        for name, rec in (("train clip from MPEG-4 .avi (16 frames decoded at 171x128)", VideoRecord(video, 0)),
+                          ("train clip from JPEG 171x128 frame folder", VideoRecord(small, 0, n)),
+                          ("train clip from JPEG 320x240 frame folder (resize in torch)", VideoRecord(full, 0, n))):
+            for mode, k in (("train", 1), ("test", 10)):
+                ds = ClipDataset([rec] * args.clips, mode, SEED_PREPROCESS)
+                cps = timed(lambda ds=ds, k=k: k * sum(1 for i in range(len(ds)) if ds[i][0] is not None), 1)
+                label = name if mode == "train" else name.replace("train clip", "10 test clips")
+                print(f"{label:<80} {cps:9.1f}")
         for name, path in (("MPEG-4 .avi", video), ("H.264 .mp4", h264)):
             t = time.perf_counter()
             for _ in range(20):

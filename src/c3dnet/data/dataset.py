@@ -105,7 +105,8 @@ class ClipDataset(Dataset):
             clips = [train_transform(frames[0], self.preprocess, rng)]
         else:
             clips = [eval_transform(f, self.preprocess) for f in frames]
-        return torch.stack(clips)  # (K, 3, T, crop, crop)
+        # numpy's stack: torch's multi-threaded copy of small uint8 tensors stalls when the cores are busy
+        return torch.from_numpy(np.stack([c.numpy() for c in clips]))  # (K, 3, T, crop, crop)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         if not 0 <= i < len(self.records):

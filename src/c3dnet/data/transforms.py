@@ -90,30 +90,57 @@ def normalize(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _to_cthw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(frames)
-    if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"expected decoded frames (T, H, W, 3), got shape {tuple(t.shape)}")
-    return t.permute(3, 0, 1, 2)  # (T, H, W, C) -> (C, T, H, W)
+def _as_thwc(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    a = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"expected decoded frames (T, H, W, 3), got shape {tuple(a.shape)}")
+    return a
 
 
-def _resize_for(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    # Frames decoded (or extracted) at the target size already pass through untouched.
-    return resize(x, preprocess.resize_target(int(x.shape[-2]), int(x.shape[-1])))
+def _resized(frames: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """Frames at `preprocess.resize_target`; frames decoded (or extracted) at that size pass through untouched."""
+    h, w = frames.shape[1:3]
+    target = preprocess.resize_target(h, w)
+    if (h, w) == tuple(target):
+        return frames
+    x = resize(torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2), target)  # (C, T, h, w)
+    return x.permute(1, 2, 3, 0).numpy()  # back to a (T, h, w, C) view
+
+
+def _crop_to_cthw(frames: np.ndarray, size: int, top: int, left: int, flip: bool) -> torch.Tensor:
+    # Crop and flip as numpy views, then one transposing copy: numpy does this strided uint8 copy about 20x
+    # faster than torch's permute(...).contiguous() (measured on 16x128x171 clips).
+    view = frames[:, top : top + size, left : left + size]  # (T, size, size, 3)
+    if flip:
+        view = view[:, :, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(view.transpose(3, 0, 1, 2)))  # (3, T, size, size)
+
+
+def _check_size(frames: np.ndarray, size: int) -> None:
+    if frames.shape[1] < size or frames.shape[2] < size:
+        raise ValueError(f"cannot crop {size}x{size} from frames of {frames.shape[1]}x{frames.shape[2]}; "
+                         "resize to at least the crop size first")
 
 
 def train_transform(
     frames: np.ndarray | torch.Tensor, preprocess: Preprocess, rng: np.random.Generator
 ) -> torch.Tensor:
-    """Training preset: (T, H, W, 3) uint8 -> resize, random crop, flip with p=0.5 -> uint8 (3, T, crop, crop)."""
-    x = _resize_for(_to_cthw(frames), preprocess)
-    x = random_crop(x, preprocess.crop_size, rng)
-    if rng.random() < 0.5:
-        x = hflip(x)
-    return x.contiguous()
+    """Training preset: (T, H, W, 3) uint8 -> resize, random crop, flip with p=0.5 -> uint8 (3, T, crop, crop).
+
+    Draws from `rng` in the order of `random_crop` (top, left) and then the flip, so it equals
+    `hflip?(random_crop(resize(x)))` on the same generator.
+    """
+    a = _resized(_as_thwc(frames), preprocess)
+    size = preprocess.crop_size
+    _check_size(a, size)
+    top = int(rng.integers(a.shape[1] - size + 1))
+    left = int(rng.integers(a.shape[2] - size + 1))
+    return _crop_to_cthw(a, size, top, left, flip=bool(rng.random() < 0.5))
 
 
 def eval_transform(frames: np.ndarray | torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     """Validation/test preset: (T, H, W, 3) uint8 -> resize, centre crop -> uint8 (3, T, crop, crop)."""
-    x = _resize_for(_to_cthw(frames), preprocess)
-    return center_crop(x, preprocess.crop_size).contiguous()
+    a = _resized(_as_thwc(frames), preprocess)
+    size = preprocess.crop_size
+    _check_size(a, size)
+    return _crop_to_cthw(a, size, (a.shape[1] - size) // 2, (a.shape[2] - size) // 2, flip=False)
