@@ -25,7 +25,9 @@ video score and is right on at most one of the two: chance within pairs, by cons
 
 Example:
     >>> from c3dnet.data.synthetic import SynthParams, generate_synthetic
-    >>> root = generate_synthetic("data/synthetic", SynthParams(num_pairs=5, videos_per_class=24))  # doctest: +SKIP
+    >>> root = generate_synthetic("data/synthetic")  # the demo's: 10 classes, 250 train / 100 test  # doctest: +SKIP
+    >>> tiny = generate_synthetic("data/tiny", SynthParams(num_pairs=1, videos_per_class=4, groups=2,
+    ...                                                     test_groups=1))                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -255,8 +257,8 @@ class SynthParams:
     """
 
     num_pairs: int = 5
-    videos_per_class: int = 24
-    groups: int = 6
+    videos_per_class: int = 35
+    groups: int = 7
     test_groups: int = 2
     frames: int = 25
     height: int = 40
