@@ -1,0 +1,66 @@
+"""Device helpers and the resumable distributed sampler."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from c3dnet.engine import device as device_mod
+from c3dnet.engine.device import inference_context, select_device, to_input
+from c3dnet.engine.distributed import ResumableSampler
+from c3dnet.errors import ConfigError
+from c3dnet.preprocess import Preprocess
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="expected auto, cpu or cuda"):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="use --device cpu"):
+            select_device("cuda")
+
+
+def test_warns_on_torch_2_9_0(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("c3dnet")
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(torch, "__version__", "2.9.0+cu128")
+    with caplog.at_level(logging.WARNING, logger="c3dnet"):
+        device_mod.check_torch_version()
+    assert "PyTorch 2.9.0" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(torch, "__version__", "2.9.1+cu128")
+    device_mod.check_torch_version()
+    assert "PyTorch 2.9.0" not in caplog.text
+
+
+def test_to_input_normalises_on_the_device() -> None:
+    p = Preprocess(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0), channel_order="BGR", clip_len=2, crop_size=16)
+    clips = torch.zeros(1, 3, 2, 2, 2, dtype=torch.uint8)  # (N, C=RGB, T, H, W)
+    clips[:, 0], clips[:, 1], clips[:, 2] = 50, 60, 70
+    x = to_input(clips, p, torch.device("cpu"))
+    assert x.dtype == torch.float32
+    # BGR order: channel 0 is blue (70), minus the first mean (10), over the first std (2)
+    assert x[0, :, 0, 0, 0].tolist() == pytest.approx([(70 - 10) / 2, (60 - 20) / 4, (50 - 30) / 5])
+    with inference_context(torch.device("cpu")):
+        assert torch.is_inference_mode_enabled()
+
+
+def test_sampler_order_padding_and_skip() -> None:
+    order = np.random.default_rng([3, 1]).permutation(5)  # seed 3, epoch 1
+    samplers = [ResumableSampler(5, True, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in samplers:
+        s.set_epoch(1)
+    padded = np.concatenate([order, order[:1]])  # 5 -> 6 by repeating the first
+    assert list(samplers[0]) == padded[0::2].tolist() and list(samplers[1]) == padded[1::2].tolist()
+    assert len(samplers[0]) == len(samplers[1]) == 3
+    samplers[1].set_epoch(1, skip=2)
+    assert list(samplers[1]) == [int(padded[5])] and len(samplers[1]) == 1
+    single = ResumableSampler(5, True, seed=3)
+    single.set_epoch(2)
+    assert list(single) == np.random.default_rng([3, 2]).permutation(5).tolist()
+    assert list(ResumableSampler(4, False)) == [0, 1, 2, 3]
