@@ -93,12 +93,12 @@ class ClipDataset(Dataset):
         """Clips of item i, uint8 (K, 3, T, crop, crop); raises `DataError` for an unreadable video."""
         record = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        info = video_info(record.path) if record.num_frames is None else None
-        num_frames = info.num_frames if info is not None else count_frames(record)
+        info = video_info(record.path)  # cached per process: frame size (and count, for videos)
+        num_frames = count_frames(record) if record.num_frames is not None else info.num_frames
         indices = self.clip_indices(i, num_frames, rng)  # (K, T)
-        size_hw = None
-        if info is not None:  # a video file: let the decoder's scaler resize (frame folders: see transforms)
-            size_hw = self.preprocess.resize_target(info.height, info.width)
+        # Resize while decoding (FFmpeg's scaler for videos, PIL for frame folders); frames already at the
+        # target size, such as those `c3d prepare` extracted at short side 128, are not resized at all.
+        size_hw = self.preprocess.resize_target(info.height, info.width)
         frames = read_frames(record, indices.reshape(-1), size_hw)  # (K * T, H, W, 3)
         frames = frames.reshape(indices.shape[0], indices.shape[1], *frames.shape[1:])  # (K, T, H, W, 3)
         if self.mode == "train":
