@@ -1,9 +1,12 @@
 """Training checkpoints: the model in the native weight format for users, and a resumable training state.
 
-`<work_dir>/last.safetensors` and `best.safetensors` are ordinary native weight files (`c3d test --weights`,
-`c3dnet.weights.load_model`). `<work_dir>/last.state.pt` holds everything `--resume` needs in one file, so
-the pair can never disagree: model and optimiser tensors, epoch and iteration, the best metric, the metrics
-history and the RNG states of python, numpy, torch and CUDA. Every file is written atomically (temporary
+`<work_dir>/last.safetensors` (written at epoch ends) and `best.safetensors` (best validation top-1) are
+ordinary native weight files (`c3d test --weights`, `c3dnet.weights.load_model`). `<work_dir>/last.state.pt`
+(epoch ends and every `train.checkpoint_every` iterations) holds everything `--resume` needs in one file, so
+nothing can disagree: model and optimiser tensors (SGD momentum), the iteration (which fixes the epoch and
+the learning rate), the best metric and the RNG states of python, numpy, torch and CUDA of every rank.
+There is no gradient-scaler state: CUDA runs bf16 autocast, whose range needs no loss scaling.
+Every file is written atomically (temporary
 file, fsync, rename): a crash at any moment leaves the previous complete checkpoint. The state holds only
 tensors, numbers, strings, lists and dicts, so it loads with `torch.load(..., weights_only=True)`.
 """
