@@ -6,9 +6,9 @@ ordinary native weight files (`c3d test --weights`, `c3dnet.weights.load_model`)
 nothing can disagree: model and optimiser tensors (SGD momentum), the iteration (which fixes the epoch and
 the learning rate), the best metric and the RNG states of python, numpy, torch and CUDA of every rank.
 There is no gradient-scaler state: CUDA runs bf16 autocast, whose range needs no loss scaling.
-Every file is written atomically (temporary
-file, fsync, rename): a crash at any moment leaves the previous complete checkpoint. The state holds only
-tensors, numbers, strings, lists and dicts, so it loads with `torch.load(..., weights_only=True)`.
+Every file is written atomically (temporary file, fsync, rename): a crash at any moment leaves the previous
+complete checkpoint. The state holds only tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
