@@ -24,6 +24,7 @@ import numpy as np
 
 from c3dnet.data.synthetic import SynthParams
 from c3dnet.engine.config import TrainConfig
+from c3dnet.engine.evaluate import EvalResult
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
 
@@ -138,7 +139,7 @@ def reverse_pairs(paths: list[Path], labels: np.ndarray, class_names: list[str])
             if label % 2 == 0 and (label + 1, suffix) in by_key]
 
 
-def _test(weights: Path, data: Path, cfg: TrainConfig, device_name: str) -> tuple[object, list[Path], float]:
+def _test(weights: Path, data: Path, cfg: TrainConfig, device_name: str) -> tuple[EvalResult, list[Path], float]:
     """The reference protocol on the test split: (EvalResult, video paths in index order, seconds)."""
     import torch
 
@@ -241,6 +242,10 @@ def _cells(report: DemoReport) -> list[list[str]]:
     return rows
 
 
+LEGEND = ("within-pair: the choice between a class and its time reverse only; a model blind to frame order "
+          "scores a video and its reverse alike, so it is right on exactly one of each reversed pair (50%).")
+
+
 def _verdict(report: DemoReport) -> str:
     held = "reproduced" if report.claim_holds else "NOT reproduced"
     return (f"Claim (3D >= {100 * CLAIM_3D_TOP1:.0f}% top-1, 2D <= {100 * CLAIM_2D_MAX:.0f}% top-1 and within "
@@ -258,6 +263,7 @@ def format_table(report: DemoReport) -> str:
                                enumerate(zip(row, widths))))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines.append(LEGEND)
     lines.append(_verdict(report))
     return "\n".join(lines)
 
@@ -269,5 +275,5 @@ def format_markdown(report: DemoReport) -> str:
              f"training / {report.test_videos} test videos.", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    lines += ["", _verdict(report), ""]
+    lines += ["", LEGEND, "", _verdict(report), ""]
     return "\n".join(lines)
