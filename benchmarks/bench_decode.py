@@ -98,7 +98,7 @@ def main() -> None:
         print(f"\n{'ClipDataset item (seed preprocessing), one process':<80} {'clips/s':>9}")
         for name, rec in (("train clip from MPEG-4 .avi (16 frames decoded at 171x128)", VideoRecord(video, 0)),
                           ("train clip from JPEG 171x128 frame folder", VideoRecord(small, 0, n)),
-                          ("train clip from JPEG 320x240 frame folder (resize in torch)", VideoRecord(full, 0, n))):
+                          ("train clip from JPEG 320x240 folder (PIL resize to 171x128)", VideoRecord(full, 0, n))):
             for mode, k in (("train", 1), ("test", 10)):
                 ds = ClipDataset([rec] * args.clips, mode, SEED_PREPROCESS)
                 cps = timed(lambda ds=ds, k=k: k * sum(1 for i in range(len(ds)) if ds[i][0] is not None), 1)
