@@ -103,6 +103,27 @@ def test_bframes_avi(tmp_path):
             decode.SEEK_MIN_GAP = saved
 
 
+@pytest.mark.parametrize("ext, codec", [(".h264", "libx264"), (".m4v", "mpeg4"), (".mpg", "mpeg2video")])
+def test_raw_and_mpeg_ps_streams(tmp_path, ext, codec, monkeypatch):
+    """Raw H.264 has no timestamps at all: frames are then counted in decode order, without seeking."""
+    import av
+
+    path = tmp_path / f"raw{ext}"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=25, options={"g": "12", "bf": "2"})
+        s.width, s.height, s.pix_fmt = 160, 64, "yuv420p"
+        for f in index_frames(60):
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert count_frames(path) == 60
+    monkeypatch.setattr(decode, "SEEK_MIN_GAP", 0)
+    idx = np.array([59, 2, 30, 31, 45])
+    assert [read_index(f) for f in read_frames(path, idx)] == idx.tolist()
+    assert [read_index(f) for c in iter_frames(path, chunk=25) for f in c] == list(range(60))
+
+
 def test_real_h264_videos():
     videos = real_videos()
     for name, (n, h, w) in REAL_VIDEOS.items():

@@ -69,6 +69,7 @@ class _Index:
     pts: np.ndarray  # (num_frames,) int64, sorted
     keyframes: np.ndarray  # sorted frame indices of the keyframes, where a seek can land
     info: VideoInfo
+    sequential: bool = False  # no timestamps (raw streams): frame i is the i-th decoded frame, never seek
 
     def keyframe_before(self, i: int) -> int:
         """The last keyframe at or before frame i (0 when none is listed)."""
@@ -221,15 +222,22 @@ def _video_index(path: Path) -> _Index:
 
     container, stream = _open(path)
     try:
-        pts, key_pts = [], []
+        pts, key_pts, no_pts = [], [], 0
         for packet in container.demux(stream):
             if packet.is_corrupt:  # the demuxer flags packets cut short by truncation
                 raise DataError(f"{path}: corrupt or truncated video data at packet {len(pts)}; re-download or "
                                 "re-encode the file, or remove it (or use --skip-bad)")
-            if packet.size > 0 and packet.pts is not None:
+            if packet.size > 0 and packet.pts is None:
+                no_pts += 1
+            elif packet.size > 0:
                 pts.append(packet.pts)
                 if packet.is_keyframe:
                     key_pts.append(packet.pts)
+        if no_pts:  # a raw stream (.h264, ...) without timestamps: count decoded frames, read them in order
+            container.close()
+            container, stream = _open(path)  # raw streams cannot seek back
+            pts = list(range(sum(1 for _ in container.decode(stream))))
+            key_pts = [0]
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         height, width = stream.codec_context.height, stream.codec_context.width
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
@@ -243,7 +251,8 @@ def _video_index(path: Path) -> _Index:
     if height <= 0 or width <= 0:
         raise DataError(f"{path}: the video stream has no frame size; the file is corrupt (or use --skip-bad)")
     keyframes = np.searchsorted(pts_arr, np.unique(np.asarray(key_pts, dtype=np.int64)))
-    index = _Index(pts=pts_arr, keyframes=keyframes, info=VideoInfo(len(pts_arr), fps, height, width))
+    info = VideoInfo(len(pts_arr), fps, height, width)
+    index = _Index(pts=pts_arr, keyframes=keyframes, info=info, sequential=bool(no_pts))
     _index_cache.put(key, index)
     return index
 
@@ -272,17 +281,19 @@ def _segments(index: _Index, wanted: np.ndarray) -> list[tuple[int | None, np.nd
     A run begins with a seek when the keyframe before its first frame lies more than SEEK_MIN_GAP frames past
     the previous run's end (or past the start): reading on would decode at least that many unneeded frames.
     """
+    if index.sequential:
+        return [(None, wanted)]
     segments: list[tuple[int | None, list[int]]] = []
-    prev = -1
     for i in wanted.tolist():
         key = index.keyframe_before(i)
-        if key - prev > SEEK_MIN_GAP or (not segments and key >= SEEK_MIN_GAP):
+        # frames a seek would skip: those before the keyframe, or between the previous run's end and it
+        skipped = key if not segments else key - segments[-1][1][-1] - 1
+        if skipped > SEEK_MIN_GAP:
             segments.append((key, [i]))
         elif not segments:
             segments.append((None, [i]))
         else:
             segments[-1][1].append(i)
-        prev = i
     return [(key, np.asarray(run)) for key, run in segments]
 
 
@@ -326,7 +337,9 @@ def _decode_segments(
             sequential = 0  # position of frames without a pts: valid only when decoding from the start
             started = False
             for frame in container.decode(stream):
-                if frame.pts is None:
+                if index.sequential:
+                    i = sequential
+                elif frame.pts is None:
                     if seeked:
                         raise _SeekMissed
                     i = sequential

@@ -34,7 +34,8 @@ from c3dnet.log import get_logger
 log = get_logger(__name__)
 
 VIDEO_EXTENSIONS = frozenset(
-    {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".3gp", ".ogv", ".ts"}
+    {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".3gp", ".ogv", ".ts",
+     ".m2ts", ".mts", ".vob", ".h264", ".264", ".hevc", ".h265"}
 )
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 UCF_SPLITS_DIR = "ucfTrainTestlist"
