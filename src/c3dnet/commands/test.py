@@ -9,7 +9,16 @@ from pathlib import Path
 HELP = "test weights with the reference protocol: video top-1/top-5/mean class accuracy and clip top-1"
 
 
+EPILOG = """examples:
+  c3d test --weights work_dirs/c3d_ucf101_seed/last.safetensors --data data/UCF-101 --split 1
+  c3d test --weights c3d_ucf101.safetensors --data data/UCF-101 --average prob --json
+  torchrun --nproc_per_node 4 -m c3dnet.cli test --weights W --data data/UCF-101 --json
+reports in --out: metrics.json, per_class_accuracy.csv, predictions.csv, confusion_matrix.png"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--weights", type=Path, required=True, help="weights (native or any supported format)")
     parser.add_argument("--data", type=Path, required=True, help="dataset (its test subset is scored)")
     parser.add_argument("--split", type=int, default=1, help="official split number (default 1)")

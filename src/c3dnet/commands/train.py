@@ -9,7 +9,18 @@ from pathlib import Path
 HELP = "train or fine-tune C3D from a YAML recipe (resumable; DDP under torchrun)"
 
 
+EPILOG = """examples:
+  c3d train --config configs/c3d_ucf101_seed.yaml --data data/UCF-101 --weights c3d_sports1m.safetensors
+  c3d train --config configs/c3d_ucf101_seed.yaml --data data/UCF-101 --work-dir work_dirs/c3d_ucf101_seed --resume
+  c3d train --config configs/c3d_ucf101_seed.yaml --data data/UCF-101 --set optim.epochs=20 --set data.batch_size=16
+  torchrun --nproc_per_node 8 -m c3dnet.cli train --config configs/c3d_ucf101_mmaction.yaml --data data/UCF-101
+outputs in the work dir: config.yaml (resolved), last.safetensors, best.safetensors, last.state.pt (for --resume),
+metrics.jsonl, tensorboard/, curves.png"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML recipe, e.g. configs/c3d_ucf101_seed.yaml (default: the seed's recipe)")
     parser.add_argument("--data", type=Path, required=True,
