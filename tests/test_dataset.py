@@ -104,3 +104,19 @@ def test_bad_arguments(videos):
         ClipDataset(videos, "eval", PRE)
     with pytest.raises(IndexError):
         ClipDataset(videos, "val", PRE)[3]
+
+
+def test_distributed_sampler_shards_match_one_process(videos):
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = ClipDataset(videos, "train", PRE, seed=5)
+    ds.set_epoch(2)
+    whole = {i: ds[i][0] for i in range(len(ds))}
+    seen = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=5)
+        sampler.set_epoch(2)
+        for x, _, idx in DataLoader(ds, batch_size=1, sampler=sampler):
+            assert torch.equal(x[0], whole[int(idx)])  # a sample does not depend on the rank that loads it
+            seen.append(int(idx))
+    assert sorted(set(seen)) == [0, 1, 2] and len(seen) == 4  # 3 videos padded to 2 x 2
