@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,15 +79,19 @@ class _Index:
 
 
 class _LRU(OrderedDict):
+    """A bounded cache, safe to share between decoder threads (feature extraction decodes in threads)."""
+
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
+        self.lock = threading.Lock()
 
     def put(self, key: object, value: object) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
+        with self.lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.size:
+                self.popitem(last=False)
 
 
 _index_cache = _LRU(_CACHE_SIZE)
@@ -319,12 +324,17 @@ def _decode_indices(
         yield from _decode_segments(path, index, [(None, rest)], size_hw)
 
 
+def _position(pts: np.ndarray, value: int) -> int | None:
+    """Index of `value` in the sorted `pts`, or None: a binary search, no per-call table for long videos."""
+    i = int(np.searchsorted(pts, value))
+    return i if i < len(pts) and int(pts[i]) == value else None
+
+
 def _decode_segments(
     path: Path, index: _Index, segments: list[tuple[int | None, np.ndarray]], size_hw: tuple[int, int] | None
 ) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
-    pos = {int(p): i for i, p in enumerate(index.pts)}
     container, stream = _open(path)
     convert = _Converter(size_hw)
     try:
@@ -337,16 +347,15 @@ def _decode_segments(
             sequential = 0  # position of frames without a pts: valid only when decoding from the start
             started = False
             for frame in container.decode(stream):
-                if index.sequential:
+                if index.sequential or (frame.pts is None and not seeked):
                     i = sequential
                 elif frame.pts is None:
-                    if seeked:
-                        raise _SeekMissed
-                    i = sequential
-                elif frame.pts in pos:
-                    i = pos[frame.pts]
+                    raise _SeekMissed
                 else:
-                    continue  # a frame the packet pass did not list (e.g. decoder-inserted): not frame i
+                    found = _position(index.pts, frame.pts)
+                    if found is None:
+                        continue  # a frame the packet pass did not list (e.g. decoder-inserted): not frame i
+                    i = found
                 if seeked and not started and i > first:
                     raise _SeekMissed
                 started = True
@@ -366,9 +375,8 @@ def _decode_range(path: Path, last: int | None, size_hw: tuple[int, int] | None)
     """Every frame from the start, in display order, up to frame `last` (all when None)."""
     index = _video_index(path)
     last = index.info.num_frames - 1 if last is None else last
-    wanted = np.arange(last + 1)
     expected = 0
-    for i, frame in _decode_indices(path, index, wanted, size_hw):
+    for i, frame in _decode_segments(path, index, [(None, np.arange(last + 1))], size_hw):  # no seeks needed
         if i != expected:
             raise DataError(f"{path}: frame {expected} could not be decoded; the file is corrupt: "
                             "re-encode or remove it (or use --skip-bad)")
