@@ -206,6 +206,17 @@ def _write_wav(path: Path) -> None:
         w.writeframes(b"\x00\x00" * 800)
 
 
+@pytest.mark.parametrize("codec, ext", [("mpeg4", ".avi"), ("libx264", ".mp4")])
+def test_truncated_video_is_an_error(tmp_path, codec, ext):
+    """Cut anywhere in the frame data (mid-packet or on a packet boundary), a video is reported, not shortened."""
+    data = write_index_video(tmp_path / f"full{ext}", 60, codec=codec).read_bytes()
+    for k, frac in enumerate(np.linspace(0.1, 0.9, 9)):
+        cut = tmp_path / f"cut{k}{ext}"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        with pytest.raises(DataError, match=rf"cut{k}\{ext}: (.*truncated|.*corrupt|not a readable|has no video)"):
+            count_frames(cut)
+
+
 def test_truncated_video_never_lies(tmp_path):
     """A truncated file yields either the right frames or DataError, never frames with the wrong index."""
     full = write_index_video(tmp_path / "full.avi", 60)

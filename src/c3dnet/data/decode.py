@@ -227,17 +227,22 @@ def _video_index(path: Path) -> _Index:
 
     container, stream = _open(path)
     try:
-        pts, key_pts, no_pts = [], [], 0
+        pts, key_pts, no_pts, present = [], [], 0, 0
         for packet in container.demux(stream):
             if packet.is_corrupt:  # the demuxer flags packets cut short by truncation
                 raise DataError(f"{path}: corrupt or truncated video data at packet {len(pts)}; re-download or "
                                 "re-encode the file, or remove it (or use --skip-bad)")
+            present += packet.size > 0 or packet.pts is not None  # not the demuxer's final flush packet
             if packet.size > 0 and packet.pts is None:
                 no_pts += 1
             elif packet.size > 0:
                 pts.append(packet.pts)
                 if packet.is_keyframe:
                     key_pts.append(packet.pts)
+        declared = int(stream.frames or 0)  # AVI and MP4 headers state their frame count; others give 0
+        if present < declared:  # a file cut at a packet boundary: every packet whole, the end missing
+            raise DataError(f"{path}: truncated: the container declares {declared} frames but holds only "
+                            f"{present}; re-download or re-encode the file, or remove it (or use --skip-bad)")
         if no_pts:  # a raw stream (.h264, ...) without timestamps: count decoded frames, read them in order
             container.close()
             container, stream = _open(path)  # raw streams cannot seek back
