@@ -8,17 +8,21 @@ encoder does real inter-frame work; frame folders are JPEG quality 95, as `c3d p
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data import decode
 from c3dnet.data.decode import iter_frames, read_frames
 from c3dnet.data.encode import write_video
+from common import environment, markdown_table, write_results  # noqa: E402
 
 
 def make_frames(n: int, h: int = 240, w: int = 320) -> np.ndarray:
@@ -87,10 +91,12 @@ def main() -> None:
             ("JPEG folder 171x128 (pre-resized by prepare) -> RGB", all_frames(small)),
             ("JPEG folder 171x128, random 16-frame clips", clips(small)),
         ]
-        print(f"{'source':<80} {'frames/s':>9} {'clips/s':>8}")
+        table_rows, data = [], {"frames": n, "rows": []}
         for name, fn in rows:
             fps = timed(fn, args.repeats)
-            print(f"{name:<80} {fps:9.0f} {fps / 16:8.1f}")
+            print(f"{name:<80} {fps:9.0f} {fps / 16:8.1f}", flush=True)
+            table_rows.append([name, fps, fps / 16])
+            data["rows"].append({"source": name, "frames_per_s": fps})
         from c3dnet.data.dataset import ClipDataset
         from c3dnet.data.sources import VideoRecord
         from c3dnet.preprocess import SEED_PREPROCESS
@@ -103,14 +109,20 @@ def main() -> None:
                 ds = ClipDataset([rec] * args.clips, mode, SEED_PREPROCESS)
                 cps = timed(lambda ds=ds, k=k: k * sum(1 for i in range(len(ds)) if ds[i][0] is not None), 1)
                 label = name if mode == "train" else name.replace("train clip", "10 test clips")
-                print(f"{label:<80} {cps:9.1f}")
+                print(f"{label:<80} {cps:9.1f}", flush=True)
+                table_rows.append([f"ClipDataset: {label}", cps * 16, cps])
+                data["rows"].append({"source": f"ClipDataset: {label}", "clips_per_s": cps})
         for name, path in (("MPEG-4 .avi", video), ("H.264 .mp4", h264)):
             t = time.perf_counter()
             for _ in range(20):
                 decode._index_cache.clear()
                 decode.count_frames(path)
-            print(f"frame count + timing index of a {n}-frame {name} (packet pass, no decoding): "
-                  f"{(time.perf_counter() - t) / 20 * 1000:.2f} ms")
+            ms = (time.perf_counter() - t) / 20 * 1000
+            print(f"frame count + timing index of a {n}-frame {name} (packet pass, no decoding): {ms:.2f} ms")
+            data[f"index_ms_{name.split()[0]}"] = ms
+    table = markdown_table(["source (one process)", "frames/s", "clips/s"], table_rows)
+    write_results("decode", f"Decoding per worker, 320x240 input, {n} frames", environment(torch.device("cpu")),
+                  table, data, "python benchmarks/bench_decode.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
