@@ -171,7 +171,7 @@ def run_demo(
     Args:
         work_dir: holds the dataset, one training folder per model and `demo.json` / `demo.md`
             (`demo_quick.*` with `quick`).
-        quick: one class pair and a sixth of the training, for a look in under a minute.
+        quick: one class pair and a sixth of the training clips, for a quick look.
         device: "cpu" (the demo's claim is about a CPU), "auto" or "cuda".
         overrides: `section.key=value` changes to the training recipe for both models.
 

@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default="work_dirs/demo",
                         help="dataset, checkpoints and the report demo.json / demo.md (default: work_dirs/demo)")
     parser.add_argument("--quick", action="store_true",
-                        help="one class pair (MoveDown/MoveUp) and a sixth of the training: under a minute")
+                        help="one class pair (MoveDown/MoveUp) and a sixth of the training clips, for a quick look")
     parser.add_argument("--device", default="cpu", help="cpu (default: the claim is about a CPU), auto or cuda")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change the training recipe of both models, e.g. --set optim.epochs=30")

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair-train", action="store_true",
                         help="make the training videos exact reverse pairs too")
     parser.add_argument("--quality", type=int, default=d.quality, help="MPEG-4 quantiser, 1 (best) .. 31")
-    parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: up to 4)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="encoding processes (default: one per 500 videos, up to 4)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a synthetic dataset with other parameters found in OUT")
 
