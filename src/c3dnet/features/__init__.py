@@ -1,0 +1,65 @@
+"""Feature extraction at scale: streaming decode, clips batched across videos, resumable, concurrent-safe.
+
+Every video is decoded once, front to back, in chunks (`iter_frames`), resized in the decoder and centre-cropped
+as the weights' `Preprocess` says; a small buffer keeps only the frames that the next sliding clips still need,
+so memory stays bounded whatever the video's length. Decoder threads (one video each) put clips on a bounded
+queue; the main thread fills fixed-size batches from it, mixing videos, so the device never waits for one
+video's tail. Rows of long videos go straight to a memory-mapped temporary `.npy`.
+
+Output folder layout (several processes or torchrun ranks may share it):
+    OUT/<key>.npy            (num_clips, dim) float32, or (dim,) with `video_mean`; written to a temporary
+                             file and renamed, so it is either absent or complete
+    OUT/.parts/<key>.json    this video's manifest entry, written (atomically) after its .npy: the mark of done
+    OUT/.parts/<key>.failed  why an unreadable video failed (with skip_bad)
+    OUT/.locks/<key>.lock    "pid host" of the process working on it (O_CREAT|O_EXCL; dead pids are reclaimed)
+    OUT/manifest.jsonl       every finished video's entry, merged from .parts at the end of each run
+    OUT/failed.txt           "path<TAB>reason" per failed video, merged likewise
+
+Example:
+    >>> from c3dnet.features import ClipRunner, ExtractOptions, extract
+    >>> runner = ClipRunner(model, "fc6", device)                                        # doctest: +SKIP
+    >>> summary = extract(records, runner, "feats/", ExtractOptions(video_mean=True, l2=True))  # doctest: +SKIP
+
+Modules: `clips` (videos -> clips -> feature rows: `ClipRunner`, `stream_clips`), `manifest` (the output folder's
+layout and manifest entries), `locks` (per-video lock files), `extract` (the resumable, concurrent extraction).
+"""
+
+from __future__ import annotations
+
+from c3dnet.features.clips import ClipRunner, clip_starts, stream_clips
+from c3dnet.features.extract import ExtractOptions, ExtractSummary, extract
+from c3dnet.features.locks import VideoLock
+from c3dnet.features.manifest import (
+    FAILED,
+    LOCKS_DIR,
+    MANIFEST,
+    OUTPUTS,
+    PARTS_DIR,
+    TMP_TAG,
+    ManifestEntry,
+    load_features,
+    output_keys,
+    read_manifest,
+    write_merged_manifest,
+)
+
+__all__ = [
+    "FAILED",
+    "LOCKS_DIR",
+    "MANIFEST",
+    "OUTPUTS",
+    "PARTS_DIR",
+    "TMP_TAG",
+    "ClipRunner",
+    "ExtractOptions",
+    "ExtractSummary",
+    "ManifestEntry",
+    "VideoLock",
+    "clip_starts",
+    "extract",
+    "load_features",
+    "output_keys",
+    "read_manifest",
+    "stream_clips",
+    "write_merged_manifest",
+]

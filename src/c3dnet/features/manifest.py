@@ -1,0 +1,107 @@
+"""The extraction output folder: its layout, per-video manifest entries and the merged manifest.
+
+The layout is described in `c3dnet.features`; a video is done when both its `.npy` and its `.parts/<key>.json`
+exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from c3dnet.errors import DataError
+from c3dnet.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from c3dnet.data.sources import VideoRecord
+
+OUTPUTS = ("logits", "pool5", "fc6", "fc7")
+PARTS_DIR = ".parts"
+LOCKS_DIR = ".locks"
+MANIFEST = "manifest.jsonl"
+FAILED = "failed.txt"
+TMP_TAG = "c3dpart-"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One extracted video: where its features are and which clips they come from."""
+
+    key: str
+    output: str  # file name inside the output folder
+    video: str  # absolute source path
+    layer: str
+    num_frames: int
+    fps: float
+    clip_starts: list[int]
+    clip_len: int
+    frame_interval: int
+    stride: int
+    video_mean: bool
+    l2: bool
+    dim: int
+    weights: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ManifestEntry:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def read_manifest(out_dir: str | os.PathLike[str]) -> list[ManifestEntry]:
+    """Every finished video's entry in an extraction folder (from its per-video parts, so never stale)."""
+    out_dir = Path(out_dir)
+    parts = sorted((out_dir / PARTS_DIR).glob("*.json"))
+    if not parts and (out_dir / MANIFEST).is_file():  # a folder copied without its hidden parts
+        lines = (out_dir / MANIFEST).read_text(encoding="utf-8").splitlines()
+        return [_parse_entry(line, f"{out_dir / MANIFEST}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+    return [_parse_entry(p.read_text(encoding="utf-8"), str(p)) for p in parts]
+
+
+def _parse_entry(text: str, where: str) -> ManifestEntry:
+    try:
+        return ManifestEntry.from_dict(json.loads(text))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{where}: not a c3d extract manifest entry ({e}); re-run `c3d extract` on that video") from e
+
+
+def load_features(out_dir: str | os.PathLike[str], entry: ManifestEntry) -> np.ndarray:
+    return np.load(Path(out_dir) / entry.output, allow_pickle=False)
+
+
+def output_keys(records: list[VideoRecord]) -> list[str]:
+    """File stem per record: the video's name, plus a hash of its path when two inputs share a name."""
+    stems = [r.path.name if r.path.is_dir() else r.path.stem for r in records]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(str(r.path.resolve()).encode()).hexdigest()[:8]}"
+            for s, r in zip(stems, records)]
+
+
+def _is_done(out_dir: Path, key: str) -> bool:
+    return (out_dir / PARTS_DIR / f"{key}.json").is_file() and (out_dir / f"{key}.npy").is_file()
+
+
+def write_merged_manifest(out_dir: str | os.PathLike[str]) -> int:
+    """(Re)write OUT/manifest.jsonl and OUT/failed.txt from the per-video parts; returns the entry count."""
+    out_dir = Path(out_dir)
+    entries = read_manifest(out_dir)
+    atomic_write_text(out_dir / MANIFEST, "".join(json.dumps(e.to_dict()) + "\n" for e in entries))
+    failed = []
+    for p in sorted((out_dir / PARTS_DIR).glob("*.failed")):
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            d = json.loads(p.read_text(encoding="utf-8"))
+            failed.append(f"{d['video']}\t{d['error']}\n")
+    if failed or (out_dir / FAILED).exists():
+        atomic_write_text(out_dir / FAILED, "".join(failed))
+    return len(entries)
