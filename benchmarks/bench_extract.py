@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.decode import video_info
 from c3dnet.data.sources import VideoRecord
 from c3dnet.engine.device import select_device
 from c3dnet.features import ClipRunner, ExtractOptions, extract, stream_clips
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
+from common import environment, markdown_table, write_results  # noqa: E402
 
 
 def make_videos(folder: Path, count: int, frames: int, height: int, width: int, source: str) -> list[Path]:
@@ -115,16 +117,18 @@ def main() -> None:
         rows.append((f"extract {args.layer}, {name}, {device}", summary.frames_per_s,
                      summary.clips / summary.seconds, summary.seconds))
 
-    torch_threads = torch.get_num_threads()
-    print(f"\n{args.videos} videos x {args.frames} frames ({args.width}x{args.height}, {args.source}), stride "
-          f"{args.stride}, batch {args.batch_size}, {args.workers} decoder threads, torch threads {torch_threads}")
-    print(f"{'measurement':<58} {'frames/s':>10} {'clips/s':>9} {'seconds':>8}")
-    for label, fps, cps, secs in rows:
-        print(f"{label:<58} {fps:>10.0f} {cps:>9.1f} {secs:>8.1f}")
-    print(f"extract / decode-only frames/s: {rows[2][1] / rows[0][1]:.2f}; extract / model-only: "
-          f"{rows[2][1] / rows[1][1]:.2f}; peak RSS {peak_rss_mb():.0f} MB")
-    print("(model-only frames/s = clips/s x stride: the frames a video advances per clip)")
-
+    setting = (f"{args.videos} videos x {args.frames} frames ({args.width}x{args.height}, {args.source}), stride "
+               f"{args.stride}, batch {args.batch_size}, {args.workers} decoder threads")
+    table_rows = [[label, fps, cps, secs] for label, fps, cps, secs in rows]
+    table_rows.append(["extract / decode-only, extract / model-only (frames/s ratios)",
+                       rows[2][1] / rows[0][1], rows[2][1] / rows[1][1], float("nan")])
+    table = markdown_table(["measurement", "frames/s", "clips/s", "seconds"], table_rows)
+    table += (f"\n\npeak RSS {peak_rss_mb():.0f} MB; model-only frames/s = clips/s x stride "
+              "(the frames a video advances per clip)")
+    data = {"setting": setting, "peak_rss_mb": peak_rss_mb(),
+            "rows": [dict(measurement=r[0], frames_per_s=r[1], clips_per_s=r[2], seconds=r[3]) for r in rows]}
+    write_results(f"extract_{device.type}", f"Feature extraction: {setting}", environment(device), table, data,
+                  "python benchmarks/bench_extract.py " + " ".join(sys.argv[1:]))
 
 if __name__ == "__main__":
     main()
