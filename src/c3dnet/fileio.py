@@ -17,23 +17,22 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside `path`, for writers that need a file name (video encoders, `np.save`).
 
-    On any exception (including a full disk) the temporary file is removed and `path` is untouched.
-    The temporary name is unique per process, so several processes may write the same target safely:
-    the last complete write wins and no reader ever sees a partial file.
+    On success the temporary file is fsynced and renamed over `path`; on any exception (including a full
+    disk) it is removed and `path` is untouched. The name is unique per process, so several processes may
+    write the same target: the last complete write wins and no reader ever sees a partial file. Give the
+    target's extension as `suffix` when the writer picks its format by extension.
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write supports modes 'w' and 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -41,6 +40,15 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) 
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path`; on success it replaces `path` whole (see `atomic_path`)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write supports modes 'w' and 'wb', got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -15,15 +15,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from c3dnet.errors import DataError
+from c3dnet.fileio import atomic_path
 
 DEFAULT_QUALITY = 2
 """MPEG-4 quantiser (1 best .. 31 worst); 2 keeps synthetic edges sharp at about 1 KB per 64x80 frame."""
@@ -62,19 +61,9 @@ def write_video(
     if not path.suffix:
         raise DataError(f"{path}: a video file needs an extension (.avi, .mp4, ...) to choose its container")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder (so the rename is atomic) and same extension (so FFmpeg picks the right container).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        _encode(tmp, path, frames, fps, codec, quality, intra_only)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # Same extension as the target, so FFmpeg picks the right container.
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        _encode(str(tmp), path, frames, fps, codec, quality, intra_only)
 
 
 def _encode(tmp: str, path: Path, frames: np.ndarray, fps: float, codec: str, quality: int, intra_only: bool) -> None:
