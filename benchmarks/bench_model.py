@@ -1,8 +1,8 @@
 """Model-only throughput: the naive path against c3dnet's path, in one process, on random data.
 
 Naive: fp32, TF32 off, cudnn.benchmark off, eager, contiguous layout (what the seed ran).
-c3dnet: the engine's own helpers (`c3dnet.engine.device`): bf16 autocast and channels_last_3d on CUDA,
-cudnn.benchmark, inference_mode; optionally torch.compile. On the CPU c3dnet runs fp32 under inference_mode.
+c3dnet: the engine's own helpers (`c3dnet.engine.device`): channels_last_3d, inference_mode, and on CUDA bf16
+autocast and cudnn.benchmark; optionally torch.compile. On the CPU c3dnet runs fp32.
 
 Usage:
     python benchmarks/bench_model.py                      # CPU: a reduced model (width 1/4, 16x56x56)
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,38 +51,30 @@ def make_model(config: C3DConfig, p: Path_, device: torch.device, state: dict) -
     return maybe_compile(model, p.compile)
 
 
-def bench_inference(config, p, device, state, batch, warmup, iters) -> tuple[float, float]:
-    set_backend_flags(p)
+def inference_step(config, p, device, state, batch) -> Callable[[], None]:
     model = make_model(config, p, device, state).eval()
     x = torch.randn(batch, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
     if p.fast:
-        x = x.contiguous(memory_format=torch.channels_last_3d) if device.type == "cuda" else x
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         ctx = lambda: inference_context(device)  # noqa: E731
     else:
         ctx = torch.no_grad
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
         with ctx():
             model(x)
 
-    seconds = time_per_call(step, device, warmup, iters)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return batch / seconds, peak
+    return step
 
 
-def bench_train(config, p, device, state, batch, warmup, iters) -> tuple[float, float]:
-    set_backend_flags(p)
+def train_step(config, p, device, state, batch) -> Callable[[], None]:
     model = make_model(config, p, device, state).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
-    if p.fast and device.type == "cuda":
+    if p.fast:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     y = torch.randint(config.num_classes, (batch,), device=device)
     amp = (lambda: autocast(device)) if p.fast else contextlib.nullcontext
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -90,9 +84,41 @@ def bench_train(config, p, device, state, batch, warmup, iters) -> tuple[float, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 40.0)
         opt.step()
 
-    seconds = time_per_call(step, device, warmup, iters)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return batch / seconds, peak
+    return step
+
+
+def measure(paths, make_step, device, warmup: int, iters: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """Median seconds per step and peak GiB of each path, the paths interleaved round by round.
+
+    Interleaving spreads clock boosts, cache and allocator state evenly over the paths, so the ratio between
+    them is not an artefact of which ran first.
+    """
+    steps = {}
+    for p in paths:
+        set_backend_flags(p)
+        try:
+            steps[p.name] = (p, make_step(p))
+        except torch.OutOfMemoryError:
+            steps[p.name] = None
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    peaks: dict[str, float] = {}
+    for r in range(rounds):
+        for name, entry in steps.items():
+            if entry is None:
+                continue
+            p, step = entry
+            set_backend_flags(p)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                times[name].append(time_per_call(step, device, warmup if r == 0 else 1, iters))
+            except torch.OutOfMemoryError:
+                steps[name] = None
+                continue
+            if device.type == "cuda":
+                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
+    return {name: (statistics.median(times[name]), peaks.get(name, float("nan")))
+            for name in times if times[name]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--infer-batch", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path; the median is reported")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--name", default=None, help="results file name (default model_<device>)")
     args = ap.parse_args(argv)
@@ -125,31 +152,32 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path_("naive fp32", fast=False, tf32=False, benchmark=False, compile=False)]
     if gpu:
         paths.append(Path_("fp32 + TF32", fast=False, tf32=True, benchmark=True, compile=False))
-    paths.append(Path_("c3dnet" + (" (bf16, channels_last_3d)" if gpu else " (fp32)"),
+    paths.append(Path_("c3dnet" + (" (bf16, channels_last_3d)" if gpu else " (fp32, channels_last_3d)"),
                        fast=True, tf32=True, benchmark=True, compile=False))
     if args.compile:
         paths.append(Path_("c3dnet + torch.compile", fast=True, tf32=True, benchmark=True, compile=True))
 
     rows, data = [], {"config": config.to_dict(), "parameters": count_parameters(C3D(config)), "rows": []}
-    for kind, fn, batch, flop_mult in (("inference", bench_inference, infer_batch, 2),
-                                       ("training", bench_train, train_batch, 6)):
+    for kind, make, batch, flop_mult in (("inference", inference_step, infer_batch, 2),
+                                         ("training", train_step, train_batch, 6)):
         if kind == "training" and args.skip_train:
             continue
+        results = measure(paths, lambda p, make=make, batch=batch: make(config, p, device, state, batch), device,
+                          warmup, iters, args.rounds)
         base = None
         for p in paths:
-            try:
-                clips_s, peak = fn(config, p, device, state, batch, warmup, iters)
-            except torch.OutOfMemoryError:
+            if p.name not in results:
                 rows.append([kind, p.name, batch, "OOM", "-", "-", "-"])
                 continue
-            finally:
-                if gpu:
-                    torch.cuda.empty_cache()
+            seconds, peak = results[p.name]
+            clips_s = batch / seconds
             base = base or clips_s
             tflops = clips_s * macs * flop_mult / 1e12
             rows.append([kind, p.name, batch, clips_s, tflops, peak, f"{clips_s / base:.2f}x"])
             data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
                                      peak_gib=peak, ratio=clips_s / base))
+        if gpu:
+            torch.cuda.empty_cache()
     size = "reference C3D 16x112x112" if full else "reduced C3D (width 1/4, fc 1024) 16x56x56"
     table = markdown_table(["pass", "path", "batch", "clips/s", "TFLOP/s", "peak GiB", "vs naive"], rows)
     write_results(args.name or f"model_{device.type}", f"Model-only throughput, {size}", environment(device), table,
