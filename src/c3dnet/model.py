@@ -157,6 +157,11 @@ def _pool_specs(config: C3DConfig) -> tuple[list[_PoolSpec], tuple[int, int, int
     return specs, (t, h, w)
 
 
+def pool5_grid(config: C3DConfig) -> tuple[int, int, int]:
+    """(T, H, W) left after pool5 for a config: what fc6's input size depends on."""
+    return _pool_specs(config)[1]
+
+
 class C3D(nn.Module):
     """C3D with a timm-style API: `forward_features`, `forward_head`, `forward`, `reset_classifier`.
 
@@ -322,4 +327,5 @@ __all__ = [
     "build_model",
     "count_parameters",
     "multiply_adds",
+    "pool5_grid",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from c3dnet.errors import WeightsError
-from c3dnet.model import BASE_WIDTHS, CONV_NAMES, C3DConfig, _pool_specs
+from c3dnet.model import BASE_WIDTHS, CONV_NAMES, C3DConfig, pool5_grid
 from c3dnet.preprocess import CAFFE_PREPROCESS, SEED_PREPROCESS, Preprocess
 
 CONV_MODULES: tuple[str, ...] = tuple(name for group in CONV_NAMES for name in group)
@@ -156,7 +156,7 @@ def _geometry(pool5_dim: int, width: int, pool5: str, prefer: tuple[int, int] = 
         for crop in dict.fromkeys((prefer[1], *_CROP_SIZES)):
             config = C3DConfig(clip_len=clip_len, crop_size=crop, pool5=pool5)  # type: ignore[arg-type]
             try:
-                _, (t, h, w) = _pool_specs(config)
+                t, h, w = pool5_grid(config)
             except ValueError:
                 continue
             if width * t * h * w == pool5_dim:
@@ -249,13 +249,8 @@ def infer_config(source: str, state: dict[str, torch.Tensor], caffe: bool = Fals
     return fit_geometry(source, config, pool5_dim)
 
 
-def pool5_grid(config: C3DConfig) -> tuple[int, int, int]:
-    """(T, H, W) after pool5 for a config: what fc6's input size depends on."""
-    return _pool_specs(config)[1]
-
-
 def feature_size(config: C3DConfig) -> int:
     return config.widths[-1] * math.prod(pool5_grid(config))
 
 
-__all__ = ["LAYOUTS", "Layout", "Mapped", "feature_size", "fit_geometry", "infer_config", "map_layout", "pool5_grid"]
+__all__ = ["LAYOUTS", "Layout", "Mapped", "feature_size", "fit_geometry", "infer_config", "map_layout"]
