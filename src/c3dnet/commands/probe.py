@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="a dataset `c3d train` reads (UCF-101/HMDB-51 folder, prepared frames, ...) "
                                        "instead of the two lists")
     parser.add_argument("--split", type=int, default=1, help="split of --data (default: 1)")
+    parser.add_argument("--splits", metavar="DIR", default=None,
+                        help="folder with the official split files, if not inside or beside --data")
     parser.add_argument("--pca", type=int, default=None, metavar="K", help="reduce to K dimensions with PCA first")
     parser.add_argument("--svm-c", type=float, default=1.0, help="the linear SVM's C (default: 1.0)")
     parser.add_argument("--tsne", metavar="PNG", help="save a t-SNE plot of the test videos coloured by class")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
         splits = []
         for subset in ("train", "test"):
-            source = load_source(args.data, subset=subset, split=args.split)
+            source = load_source(args.data, subset=subset, split=args.split, splits_dir=args.splits)
             splits.append([LabelledVideo(str(r.path), r.label, f"{args.data} ({subset} split {args.split})")
                            for r in source.records])
             class_names = source.class_names

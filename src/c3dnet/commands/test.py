@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="weights (native or any supported format)")
     parser.add_argument("--data", type=Path, required=True, help="dataset (its test subset is scored)")
     parser.add_argument("--split", type=int, default=1, help="official split number (default 1)")
-    parser.add_argument("--splits-dir", type=Path, default=None, help="folder with the official split files")
+    parser.add_argument("--splits", "--splits-dir", dest="splits_dir", type=Path, default=None, metavar="DIR",
+                        help="folder with the official split files, if not inside or beside --data")
     parser.add_argument("--clips", type=int, default=10, help="clips per video (default 10, the reference)")
     parser.add_argument("--average", choices=("score", "prob"), default="score",
                         help="average clip logits (score, the seed) or softmax probabilities (prob, mmaction2)")

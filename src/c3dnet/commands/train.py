@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set optim.lr=0.01 --set data.batch_size=16")
     parser.add_argument("--split", type=int, default=None, help="official split number (sets data.split)")
+    parser.add_argument("--splits", metavar="DIR", default=None,
+                        help="folder with the official split files if not inside or beside --data (data.splits_dir)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.split is not None:
         overrides.append(f"data.split={args.split}")
+    if args.splits is not None:
+        overrides.append(f"data.splits_dir={args.splits}")
     work_dir = args.work_dir or Path("work_dirs") / (args.config.stem if args.config else "c3d_ucf101_seed")
     result = train(args.config, args.data, weights=args.weights, work_dir=work_dir, resume=args.resume,
                    device=args.device, overrides=overrides)
