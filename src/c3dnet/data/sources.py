@@ -127,6 +127,11 @@ def load_source(
     else:
         src = _load_folder(data, subset, split, splits_dir, problems, test_fraction)
     src.skipped = problems.items
+    if src.format == "folders":
+        # Say so: a UCF-101 or HMDB-51 folder whose split files were not found lands here, and a hash split is
+        # not the official one.
+        log.info("%s: no split files found; read as class folders with a deterministic %d%% test split (pass "
+                 "--splits DIR for an official split)", data, round(100 * test_fraction))
     if src.skipped:
         log.warning("%s: skipped %d bad item(s), first: %s: %s", data, len(src.skipped),
                     src.skipped[0].where, src.skipped[0].reason)
