@@ -29,16 +29,13 @@ from c3dnet.features.manifest import (
     output_keys,
     write_merged_manifest,
 )
-from c3dnet.fileio import atomic_write, atomic_write_text
+from c3dnet.fileio import atomic_write, atomic_write_text, publish
 from c3dnet.log import get_logger
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
 
 log = get_logger(__name__)
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------------------------------- extraction
@@ -135,10 +132,7 @@ def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
         job.rows.flush()
         del job.rows
         job.rows = None
-        with open(job.tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(job.tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should be readable as usual
-        os.replace(job.tmp, out)
+        publish(job.tmp, out)
         job.tmp = None
     entry = ManifestEntry(
         key=job.key, output=out.name, video=str(job.record.path.resolve()), layer=runner.output,
