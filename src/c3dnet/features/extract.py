@@ -31,6 +31,7 @@ from c3dnet.features.manifest import (
 )
 from c3dnet.fileio import atomic_write, atomic_write_text, publish
 from c3dnet.log import get_logger
+from c3dnet.probe import l2_normalize
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
@@ -111,10 +112,6 @@ class _Job:
         self.lock.release()
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
     """Write the video's .npy (rename into place), then its manifest part, then release its lock."""
     out = job.out_dir / f"{job.key}.npy"
@@ -122,13 +119,13 @@ def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
     if options.video_mean:
         feats = (job.rows[0] / max(job.received, 1)).astype(np.float32)  # (dim,)
         if options.l2:
-            feats = _l2(feats)
+            feats = l2_normalize(feats).astype(np.float32)
         with atomic_write(out, "wb") as f:
             np.save(f, feats)
     else:
         if options.l2:
             for lo in range(0, len(job.rows), 4096):  # in blocks: the rows live on disk
-                job.rows[lo:lo + 4096] = _l2(np.asarray(job.rows[lo:lo + 4096]))
+                job.rows[lo:lo + 4096] = l2_normalize(job.rows[lo:lo + 4096])  # cast back to float32
         job.rows.flush()
         del job.rows
         job.rows = None
