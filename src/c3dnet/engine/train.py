@@ -342,7 +342,10 @@ class _Run:
             y = labels.to(self.device, non_blocking=True)
             logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y)
-            loss_value = all_reduce_mean(float(loss.item()), self.device)
+            accuracy = (logits.detach().argmax(1) == y).float().mean()
+            # One device-to-host copy for both numbers: each copy waits for the GPU to drain.
+            loss_local, correct = torch.stack([loss.detach(), accuracy]).tolist()
+            loss_value = all_reduce_mean(loss_local, self.device)
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {iteration}; stopped. The last "
@@ -356,7 +359,6 @@ class _Run:
             self.optimizer.step()
             iteration += 1
             done += 1
-            correct = float((logits.detach().argmax(1) == y).float().mean().item())
             window.add(loss_value, correct, len(labels) * self.dist.world_size, data_time, time.perf_counter() - tick)
             if iteration % cfg.train.log_every == 0 or done == self.iters_per_epoch:
                 self.metrics.log({"kind": "train", "epoch": epoch + 1, "iteration": iteration, "lr": lr,
