@@ -5,6 +5,11 @@ in the official layout with split lists), extracts it to JPEG frame folders with
 128), then runs c3dnet's own training loop (`c3dnet.engine.train`) and test path (`ClipDataset` + `evaluate`)
 over both, and prints clips/s, decoded frames/s and the fraction of time the model waited for data.
 
+With --train-videos/--test-videos (on CUDA by default UCF-101 split 1's 9537 and 3783) the measured runs use
+UCF-101-sized copies of both datasets made of symlinks that cycle over the unique videos, so a training epoch and
+the test set are full-sized without generating 13k videos; the table then also says how long UCF-101 split 1
+takes at the measured rates.
+
 Usage:
     python benchmarks/bench_e2e.py                         # CPU: a reduced model and a small set
     python benchmarks/bench_e2e.py --device cuda --videos 1200 --workers 14 --train-batch 128
@@ -19,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +39,8 @@ from c3dnet.engine.device import prepare_model, select_device  # noqa: E402
 from c3dnet.engine.evaluate import evaluate  # noqa: E402
 from c3dnet.engine.train import train  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402
+
+UCF_TRAIN, UCF_TEST = 9537, 3783  # videos in UCF-101 split 1's train and test lists
 
 
 def _video(args: tuple[Path, int, int, int, int]) -> None:
@@ -74,6 +82,55 @@ def make_ucf_like(root: Path, videos: int, classes: int, frames: int, workers: i
     return data
 
 
+def expand(root: Path, ucf: Path, frames_root: Path, train_videos: int,
+           test_videos: int) -> tuple[Path, Path, dict[str, tuple[int, int]]]:
+    """UCF-101-sized copies of the generated set, made of symlinks to its videos and their prepared frames.
+
+    Each subset gets `train_videos` / `test_videos` entries (0: one per unique video) cycling over the unique
+    videos of that subset in `c3d prepare`'s split-1 lists, each entry in its target's class:
+        root/big/UCF-101/<Class>/v_<Class>_gGG_cCC.avi -> ucf/<Class>/<stem>.avi
+        root/big/ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt (beside the folder, where load_source looks)
+        root/big/frames/{classes,train_split1,test_split1}.txt, frames/<Class>/<name> -> the prepared frame folder
+    As in UCF-101's split 1, test entries take groups g01-g07 and train entries g08-g25. Returns the video folder,
+    the frames folder and, per subset, (entries, unique videos), checked against what `load_source` reads.
+    """
+    big = root / "big"
+    shutil.rmtree(big, ignore_errors=True)
+    videos, lists, frames = big / "UCF-101", big / "ucfTrainTestlist", big / "frames"
+    ucf, frames_root = ucf.resolve(), frames_root.resolve()
+    classes = (frames_root / "classes.txt").read_text().split()
+    for cls in classes:
+        (videos / cls).mkdir(parents=True)
+        (frames / "frames" / cls).mkdir(parents=True)
+    lists.mkdir()
+    shutil.copyfile(frames_root / "classes.txt", frames / "classes.txt")
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(classes)))
+    sizes = {}
+    for subset, count, groups in (("train", train_videos, range(8, 26)), ("test", test_videos, range(1, 8))):
+        unique = [line.split() for line in (frames_root / f"{subset}_split1.txt").read_text().splitlines()]
+        seen: Counter[str] = Counter()
+        ucf_lines, frame_lines = [], []
+        for i in range(count or len(unique)):
+            rel, num, label = unique[i % len(unique)]
+            _, cls, stem = rel.split("/")
+            k = seen[cls]
+            seen[cls] += 1
+            name = f"v_{cls}_g{groups[k % len(groups)]:02d}_c{1 + k // len(groups):02d}"
+            (videos / cls / f"{name}.avi").symlink_to(ucf / cls / f"{stem}.avi")
+            (frames / "frames" / cls / name).symlink_to(frames_root / rel)
+            ucf_lines.append(f"{cls}/{name}.avi" + (f" {int(label) + 1}" if subset == "train" else "") + "\n")
+            frame_lines.append(f"frames/{cls}/{name} {num} {label}\n")
+        (lists / f"{subset}list01.txt").write_text("".join(ucf_lines))
+        (frames / f"{subset}_split1.txt").write_text("".join(frame_lines))
+        sizes[subset] = (len(frame_lines), len(unique))
+    for path in (videos, frames):
+        for subset, (n, _) in sizes.items():
+            got = len(load_source(path, subset).records)
+            if got != n:
+                raise SystemExit(f"{path}: load_source read {got} {subset} videos, expected {n}")
+    return videos, frames, sizes
+
+
 class TimedLoader:
     """Wraps a DataLoader and adds up the time spent waiting for the next batch."""
 
@@ -113,6 +170,21 @@ def bench_test(model, records, device, clips: int, batch: int, workers: int) -> 
             "top1": result.top1}
 
 
+def bench_loader(records, preprocess, batch: int, workers: int, pin: bool) -> dict[str, float]:
+    """The training loader alone (decode, random crop and flip, collate; no model): its clips/s ceiling."""
+    dataset = ClipDataset(records, "train", preprocess, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                         worker_init_fn=worker_init_fn, pin_memory=pin, drop_last=True)
+    it = iter(loader)
+    next(it)  # worker start-up outside the timing
+    start, clips = time.perf_counter(), 0
+    for clips_batch, _, _ in it:
+        clips += clips_batch.shape[0]
+    seconds = time.perf_counter() - start
+    return {"clips_per_s": clips / seconds, "frames_per_s": clips * preprocess.clip_len / seconds,
+            "seconds": seconds}
+
+
 def bench_train(data: Path, work: Path, device: str, overrides: list[str], epochs: int) -> dict[str, float]:
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "c3d_ucf101_seed.yaml", overrides + [
         f"optim.epochs={epochs}", "optim.warmup_iters=0", "train.val_every=0", "train.checkpoint_every=0",
@@ -139,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=190)
     ap.add_argument("--workers", type=int, default=None, help="loader and generation processes")
     ap.add_argument("--train-batch", type=int, default=None)
-    ap.add_argument("--test-batch", type=int, default=None, help="videos per test batch (x10 clips)")
-    ap.add_argument("--epochs", type=int, default=3, help="training epochs per source (the first is warm-up)")
+    ap.add_argument("--test-batch", type=int, default=None,
+                    help="videos per test batch (x10 clips; default 16 on CUDA, 2 on CPU)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="training epochs per source, the first is warm-up (default 2 when expanding, else 3)")
+    ap.add_argument("--train-videos", type=int, default=None,
+                    help="train entries of the measured set, cycling over the generated train videos "
+                         "(default 9537 on CUDA, UCF-101 split 1; 0 on CPU: the generated set as is)")
+    ap.add_argument("--test-videos", type=int, default=None,
+                    help="test entries likewise (default 3783 on CUDA; 0 on CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training model")
     ap.add_argument("--keep", type=Path, default=None, help="keep the generated data in this folder")
     ap.add_argument("--skip-video", action="store_true", help="only the JPEG frame path")
@@ -151,13 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     videos = args.videos or (1200 if gpu else 60)
     workers = args.workers if args.workers is not None else max(1, min(14, mp.cpu_count() - 2))
     train_batch = args.train_batch or (128 if gpu else 4)
-    test_batch = args.test_batch or (32 if gpu else 2)
+    test_batch = args.test_batch or (16 if gpu else 2)
+    train_videos = args.train_videos if args.train_videos is not None else (UCF_TRAIN if gpu else 0)
+    test_videos = args.test_videos if args.test_videos is not None else (UCF_TEST if gpu else 0)
+    expanded = train_videos > 0 or test_videos > 0
+    epochs = args.epochs or (2 if expanded else 3)
     model_set = [] if gpu else ["model.width_mult=0.25", "model.fc_dim=512", "model.crop_size=56",
                                 "preprocess.short_side=64"]
     overrides = model_set + [f"data.batch_size={train_batch}", f"data.workers={workers}",
                              f"train.compile={str(args.compile).lower()}"]
     root = args.keep or Path(tempfile.mkdtemp(prefix="c3dnet-bench-"))
-    rows, data = [], {"videos": videos, "frames_per_video": args.frames, "rows": []}
+    rows, data = [], {"videos": videos, "frames_per_video": args.frames, "train_videos": train_videos,
+                      "test_videos": test_videos, "rows": []}
+    headers = ["stage", "clips/s", "clip frames/s", "data wait", "seconds", "note"]
 
     def add(name: str, r: dict[str, float]) -> None:
         rows.append([name, r.get("clips_per_s", float("nan")), r.get("frames_per_s", float("nan")),
@@ -165,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                      r.get("note", "")])
         data["rows"].append({"name": name, **r})
         print(name, json.dumps(r), flush=True)
+        print("row:", markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)
 
     try:
         start = time.perf_counter()
@@ -183,26 +269,52 @@ def main(argv: list[str] | None = None) -> int:
         add("c3d prepare (decode + resize + JPEG)", {"seconds": prep, "frames_per_s": videos * args.frames / prep,
                                                      "note": f"{workers} processes"})
 
-        sources = [("JPEG frames 171x128", frames_root)] + ([] if args.skip_video else [("video .avi", ucf)])
-        for label, path in sources:
-            r = bench_train(path, root / f"work_{label.split()[0]}", args.device, overrides, args.epochs)
-            r["note"] = f"batch {train_batch}, {workers} workers, epochs 2..{args.epochs}"
-            add(f"train, {label}", r)
+        frames_set, video_set, sizes = frames_root, ucf, {}
+        if expanded:
+            start = time.perf_counter()
+            video_set, frames_set, sizes = expand(root, ucf, frames_root, train_videos, test_videos)
+            (n_train, u_train), (n_test, u_test) = sizes["train"], sizes["test"]
+            add("expand by symlinks", {"seconds": time.perf_counter() - start,
+                                       "note": f"{n_train} train + {n_test} test videos over {u_train} + {u_test} "
+                                               "unique ones, as .avi and as frame folders"})
+        sources = [("JPEG frames 171x128", frames_set)] + ([] if args.skip_video else [("video .avi", video_set)])
+        size_note = {s: f", {n} videos ({u} unique)" for s, (n, u) in sizes.items()}
         cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "c3d_ucf101_seed.yaml", model_set)
+        for label, path in sources:
+            r = bench_loader(load_source(path, "train").records, cfg.preprocess_record(), train_batch, workers, gpu)
+            r["note"] = f"batch {train_batch}, {workers} workers, no model{size_note.get('train', '')}"
+            add(f"train loader only, {label}", r)
+        train_rates = {}
+        for label, path in sources:
+            r = bench_train(path, root / f"work_{label.split()[0]}", args.device, overrides, epochs)
+            r["note"] = f"batch {train_batch}, {workers} workers, epochs 2..{epochs}{size_note.get('train', '')}"
+            add(f"train, {label}", r)
+            train_rates[label] = r["clips_per_s"]
         from c3dnet.model import C3D
 
         source_classes = load_source(frames_root, "test").class_names
         model = prepare_model(C3D(cfg.model_config(len(source_classes)), cfg.preprocess_record()), device).eval()
+        test_rates = {}
         for label, path in sources:
             records = load_source(path, "test").records
             r = bench_test(model, records, device, 10, test_batch, workers)
-            r["note"] = f"{r['videos']} videos x 10 clips, {r['videos_per_s']:.0f} videos/s, batch {test_batch} videos"
+            unique = f" ({sizes['test'][1]} unique)" if sizes else ""
+            r["note"] = (f"{r['videos']} videos{unique} x 10 clips, {r['videos_per_s']:.0f} videos/s, "
+                         f"batch {test_batch} videos")
             add(f"10-clip test, {label}", r)
+            test_rates[label] = r["clips_per_s"]
+        if gpu or expanded:
+            for label, _ in sources:
+                train_s, test_s = UCF_TRAIN / train_rates[label], UCF_TEST * 10 / test_rates[label]
+                add(f"UCF-101 split 1 at these rates, {label}",
+                    {"seconds": train_s + test_s, "train_epoch_seconds": train_s, "test_seconds": test_s,
+                     "note": f"computed from the train and test clips/s above, not timed: training epoch of "
+                             f"{UCF_TRAIN} clips {train_s:.0f} s + 10-clip test of {UCF_TEST} videos {test_s:.0f} s"})
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     size = "reference C3D" if gpu else "reduced C3D (width 1/4, 56x56 crops)"
-    table = markdown_table(["stage", "clips/s", "clip frames/s", "data wait", "seconds", "note"], rows)
+    table = markdown_table(headers, rows)
     write_results(f"e2e_{device.type}", f"End to end, {size}, UCF-101-shaped data", environment(device), table, data,
                   "python benchmarks/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0

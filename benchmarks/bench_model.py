@@ -1,13 +1,21 @@
 """Model-only throughput: the naive path against c3dnet's path, in one process, on random data.
 
-Naive: fp32, TF32 off, cudnn.benchmark off, eager, contiguous layout (what the seed ran).
-c3dnet: the engine's own helpers (`c3dnet.engine.device`): channels_last_3d, inference_mode, and on CUDA bf16
-autocast and cudnn.benchmark; optionally torch.compile. On the CPU c3dnet runs fp32.
+Paths (--paths picks them by these names):
+    naive: fp32, TF32 off, cudnn.benchmark off, eager, contiguous layout (what the seed ran).
+    tf32: the same with TF32 and cudnn.benchmark on (CUDA only by default).
+    c3dnet: the engine's own helpers (`c3dnet.engine.device`): channels_last_3d, inference_mode, and on CUDA bf16
+        autocast and cudnn.benchmark. On the CPU c3dnet runs fp32.
+    compile: c3dnet plus torch.compile (default with --compile).
+
+Each path's time per round and each table row are printed as soon as they are measured, so a run cut off by a
+time limit still shows what it finished; a path that fails (a torch.compile error, say) is reported as such and
+the others go on.
 
 Usage:
     python benchmarks/bench_model.py                      # CPU: a reduced model (width 1/4, 16x56x56)
     python benchmarks/bench_model.py --full-size          # the reference C3D (16x112x112, 101 classes)
     python benchmarks/bench_model.py --device cuda --full-size --compile --train-batch 128 --infer-batch 256
+    python benchmarks/bench_model.py --device cuda --paths compile --name model_cuda_compile   # compile alone
 """
 
 from __future__ import annotations
@@ -28,9 +36,13 @@ from c3dnet.engine.device import autocast, inference_context, maybe_compile, pre
 from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
 from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
 
+PATH_KEYS = ("naive", "tf32", "c3dnet", "compile")
+KINDS = ("inference", "training")
+
 
 @dataclass
 class Path_:
+    key: str  # the name --paths selects it by
     name: str
     fast: bool  # c3dnet's helpers (autocast, channels_last) vs plain fp32
     tf32: bool
@@ -87,19 +99,27 @@ def train_step(config, p, device, state, batch) -> Callable[[], None]:
     return step
 
 
-def measure(paths, make_step, device, warmup: int, iters: int, rounds: int) -> dict[str, tuple[float, float]]:
+def _failure(kind: str, p: Path_, e: Exception) -> str:
+    """Print why path `p` stopped and return its table entry: "OOM" or "failed"."""
+    print(f"{kind} {p.name}: failed: {type(e).__name__}: {e}"[:2000], flush=True)
+    return "OOM" if isinstance(e, torch.OutOfMemoryError) else "failed"
+
+
+def measure(kind: str, paths, make_step, device, warmup: int, iters: int, rounds: int,
+            min_seconds: float) -> dict[str, tuple[float, float] | str]:
     """Median seconds per step and peak GiB of each path, the paths interleaved round by round.
 
     Interleaving spreads clock boosts, cache and allocator state evenly over the paths, so the ratio between
-    them is not an artefact of which ran first.
+    them is not an artefact of which ran first. A path that raises (out of memory, a torch.compile error) stops
+    there: it keeps the median of the rounds it finished, or with none gets "OOM" or "failed".
     """
-    steps = {}
+    steps, status = {}, {}
     for p in paths:
         set_backend_flags(p)
         try:
             steps[p.name] = (p, make_step(p))
-        except torch.OutOfMemoryError:
-            steps[p.name] = None
+        except Exception as e:
+            steps[p.name], status[p.name] = None, _failure(kind, p, e)
     times: dict[str, list[float]] = {name: [] for name in steps}
     peaks: dict[str, float] = {}
     for r in range(rounds):
@@ -111,29 +131,42 @@ def measure(paths, make_step, device, warmup: int, iters: int, rounds: int) -> d
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             try:
-                times[name].append(time_per_call(step, device, warmup if r == 0 else 1, iters))
-            except torch.OutOfMemoryError:
-                steps[name] = None
+                times[name].append(time_per_call(step, device, warmup if r == 0 else 1, iters, min_seconds))
+            except Exception as e:
+                steps[name], status[name] = None, _failure(kind, p, e)
                 continue
+            print(f"{kind} round {r + 1}/{rounds} {name}: {times[name][-1] * 1e3:.1f} ms/step", flush=True)
             if device.type == "cuda":
                 peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
-    return {name: (statistics.median(times[name]), peaks.get(name, float("nan")))
-            for name in times if times[name]}
+    return {name: (statistics.median(times[name]), peaks.get(name, float("nan"))) if times[name] else status[name]
+            for name in times}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--full-size", action="store_true", help="the reference C3D (default on CUDA)")
-    ap.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile rows (the compile path)")
+    ap.add_argument("--paths", default=None,
+                    help=f"comma-separated paths among {','.join(PATH_KEYS)} (default naive,tf32,c3dnet on CUDA, "
+                         "naive,c3dnet on the CPU, plus compile with --compile)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated passes among inference,training")
     ap.add_argument("--train-batch", type=int, default=None)
     ap.add_argument("--infer-batch", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path; the median is reported")
+    ap.add_argument("--min-seconds", type=float, default=None,
+                    help="time each path for at least this long per round (default 2 on CUDA, 0 on the CPU)")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--name", default=None, help="results file name (default model_<device>)")
     args = ap.parse_args(argv)
+    keys = args.paths.split(",") if args.paths else None
+    kinds = args.kinds.split(",")
+    if keys is not None and not set(keys) <= set(PATH_KEYS):
+        ap.error(f"--paths: unknown {sorted(set(keys) - set(PATH_KEYS))}; choose among {','.join(PATH_KEYS)}")
+    if not set(kinds) <= set(KINDS):
+        ap.error(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; choose among {','.join(KINDS)}")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -144,42 +177,51 @@ def main(argv: list[str] | None = None) -> int:
     train_batch = args.train_batch or (128 if gpu else 4)
     infer_batch = args.infer_batch or (256 if gpu else 8)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    iters = args.iters or (20 if gpu else 3)
+    iters = args.iters or 3
+    min_seconds = args.min_seconds if args.min_seconds is not None else (2.0 if gpu else 0.0)
     torch.manual_seed(0)
     state = C3D(config).state_dict()
     macs = multiply_adds(config)
 
-    paths = [Path_("naive fp32", fast=False, tf32=False, benchmark=False, compile=False)]
-    if gpu:
-        paths.append(Path_("fp32 + TF32", fast=False, tf32=True, benchmark=True, compile=False))
-    paths.append(Path_("c3dnet" + (" (bf16, channels_last_3d)" if gpu else " (fp32, channels_last_3d)"),
-                       fast=True, tf32=True, benchmark=True, compile=False))
-    if args.compile:
-        paths.append(Path_("c3dnet + torch.compile", fast=True, tf32=True, benchmark=True, compile=True))
+    all_paths = [
+        Path_("naive", "naive fp32", fast=False, tf32=False, benchmark=False, compile=False),
+        Path_("tf32", "fp32 + TF32", fast=False, tf32=True, benchmark=True, compile=False),
+        Path_("c3dnet", "c3dnet" + (" (bf16, channels_last_3d)" if gpu else " (fp32, channels_last_3d)"),
+              fast=True, tf32=True, benchmark=True, compile=False),
+        Path_("compile", "c3dnet + torch.compile", fast=True, tf32=True, benchmark=True, compile=True),
+    ]
+    if keys is None:
+        keys = ["naive", "c3dnet"] + (["tf32"] if gpu else []) + (["compile"] if args.compile else [])
+    paths = [p for p in all_paths if p.key in keys]
 
+    headers = ["pass", "path", "batch", "clips/s", "TFLOP/s", "peak GiB", "vs naive"]
     rows, data = [], {"config": config.to_dict(), "parameters": count_parameters(C3D(config)), "rows": []}
     for kind, make, batch, flop_mult in (("inference", inference_step, infer_batch, 2),
                                          ("training", train_step, train_batch, 6)):
-        if kind == "training" and args.skip_train:
+        if kind not in kinds or (kind == "training" and args.skip_train):
             continue
-        results = measure(paths, lambda p, make=make, batch=batch: make(config, p, device, state, batch), device,
-                          warmup, iters, args.rounds)
-        base = None
+        results = measure(kind, paths, lambda p, make=make, batch=batch: make(config, p, device, state, batch),
+                          device, warmup, iters, args.rounds, min_seconds)
+        naive = results.get(all_paths[0].name)
+        base = batch / naive[0] if isinstance(naive, tuple) else None
         for p in paths:
-            if p.name not in results:
-                rows.append([kind, p.name, batch, "OOM", "-", "-", "-"])
-                continue
-            seconds, peak = results[p.name]
-            clips_s = batch / seconds
-            base = base or clips_s
-            tflops = clips_s * macs * flop_mult / 1e12
-            rows.append([kind, p.name, batch, clips_s, tflops, peak, f"{clips_s / base:.2f}x"])
-            data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
-                                     peak_gib=peak, ratio=clips_s / base))
+            result = results[p.name]
+            if isinstance(result, str):
+                rows.append([kind, p.name, batch, result, "-", "-", "-"])
+                data["rows"].append(dict(kind=kind, path=p.name, batch=batch, error=result))
+            else:
+                seconds, peak = result
+                clips_s = batch / seconds
+                tflops = clips_s * macs * flop_mult / 1e12
+                ratio = clips_s / base if base else None
+                rows.append([kind, p.name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-"])
+                data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
+                                         peak_gib=peak, ratio=ratio))
+            print("row:", markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)
         if gpu:
             torch.cuda.empty_cache()
     size = "reference C3D 16x112x112" if full else "reduced C3D (width 1/4, fc 1024) 16x56x56"
-    table = markdown_table(["pass", "path", "batch", "clips/s", "TFLOP/s", "peak GiB", "vs naive"], rows)
+    table = markdown_table(headers, rows)
     write_results(args.name or f"model_{device.type}", f"Model-only throughput, {size}", environment(device), table,
                   data, "python benchmarks/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0

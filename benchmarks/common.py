@@ -33,16 +33,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
-    """Mean wall-clock seconds of `fn()` after `warmup` untimed calls, synchronising the device."""
+def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, iters: int,
+                  min_seconds: float = 0.0) -> float:
+    """Mean wall-clock seconds of `fn()` after `warmup` untimed calls, synchronising the device.
+
+    Runs at least `iters` calls and, with `min_seconds`, keeps calling until that much time has passed, so a
+    slow path is timed over a few calls and a fast one over many.
+    """
     for _ in range(warmup):
         fn()
     sync(device)
     start = time.perf_counter()
-    for _ in range(iters):
+    n = 0
+    while n < iters or time.perf_counter() - start < min_seconds:
         fn()
+        n += 1
     sync(device)
-    return (time.perf_counter() - start) / iters
+    return (time.perf_counter() - start) / n
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

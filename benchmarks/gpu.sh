@@ -2,7 +2,8 @@
 # Every GPU check and benchmark in one run, for a short slot on a bare CUDA machine without network access.
 # Installs only wheels carried in .whl/ (PyAV), then prints each table; results land in benchmarks/results/
 # and, when $OUT is set (the device tool), are copied there.
-#   bash benchmarks/gpu.sh [quick]
+#   bash benchmarks/gpu.sh                         # extract, e2e, model and compiled model: about 6 minutes
+#   STEPS="model decode" bash benchmarks/gpu.sh    # a subset (steps: extract e2e model compile decode)
 set -u
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -12,23 +13,35 @@ fi
 export PYTHONPATH="$PWD/src:$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 out=${OUT:-benchmarks/results}
 mkdir -p "$out" benchmarks/results
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, av, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', \
 torch.backends.cudnn.version(), 'av', av.__version__, 'cpus', os.cpu_count())"
+collect() {  # results so far to $OUT: a later step that overruns the slot does not lose the earlier ones
+  cat benchmarks/results/*_cuda*.md > "$out/tables.md" 2>/dev/null
+  cat benchmarks/results/*.log > "$out/logs.txt" 2>/dev/null
+  cat benchmarks/results/*_cuda*.json > "$out/results.json" 2>/dev/null
+  true
+}
 step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep the log, never stop the script
   local limit=$1 name=$2; shift 2
   echo "=== $name: $*"
   local t0=$SECONDS
   timeout "$limit" "$@" > "benchmarks/results/$name.log" 2>&1
   echo "--- $name exit $? after $((SECONDS - t0)) s"
-  grep -vE "Warning|warn\(|^\s*$" "benchmarks/results/$name.log" | tail -n 40
+  grep -vE "Warning|warn\(|^\s*$" "benchmarks/results/$name.log" | tail -n 30
+  collect
 }
-step 200 model python3 benchmarks/bench_model.py --device cuda --full-size --compile --warmup 3 --iters 10
-step 60 decode python3 benchmarks/bench_decode.py
-step 120 extract python3 benchmarks/bench_extract.py --device cuda --full-size --videos 96 --frames 190 \
-  --workers 14 --batch-size 128
-step 300 e2e python3 benchmarks/bench_e2e.py --device cuda --videos 1200 --workers 14
-cat benchmarks/results/*.md > "$out/tables.md" 2>/dev/null
-cat benchmarks/results/*.log > "$out/logs.txt" 2>/dev/null
-cp benchmarks/results/*.json "$out/" 2>/dev/null
-true
+# Ordered so that what matters most comes first: a slot that ends early still returns the finished tables.
+for s in ${STEPS:-extract e2e model compile}; do
+  case $s in
+    extract) step 60 extract python3 benchmarks/bench_extract.py --device cuda --full-size --videos 128 \
+      --frames 190 --gen-processes 14 --batch-size 128 --workers ${EXTRACT_WORKERS:-14} ;;
+    e2e) step 200 e2e python3 benchmarks/bench_e2e.py --device cuda --workers 14 --classes 101 ${E2E_ARGS:-} ;;
+    model) step 90 model python3 benchmarks/bench_model.py --device cuda --full-size --paths naive,tf32,c3dnet \
+      --warmup 2 --rounds 2 --min-seconds 1 ;;
+    compile) step 150 model_compile python3 benchmarks/bench_model.py --device cuda --full-size --paths compile \
+      --warmup 2 --rounds 1 --min-seconds 2 --name model_cuda_compile ;;
+    decode) step 60 decode python3 benchmarks/bench_decode.py ;;
+  esac
+done
+collect

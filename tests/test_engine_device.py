@@ -64,3 +64,19 @@ def test_sampler_order_padding_and_skip() -> None:
     single.set_epoch(2)
     assert list(single) == np.random.default_rng([3, 2]).permutation(5).tolist()
     assert list(ResumableSampler(4, False)) == [0, 1, 2, 3]
+
+
+def test_epoch_batches_run_on_across_epochs_without_mixing_them() -> None:
+    from c3dnet.engine.train import _EpochBatches
+
+    def epoch_order(epoch: int) -> list[int]:
+        return np.random.default_rng([3, epoch]).permutation(7).tolist()
+
+    batches = _EpochBatches(ResumableSampler(7, True, seed=3), batch_size=3, drop_last=True, epochs=3)
+    assert len(batches) == 2  # 7 samples -> 2 full batches per epoch; the 7th is dropped, not carried over
+    expected = [[(e, i) for i in epoch_order(e)[lo:lo + 3]] for e in range(3) for lo in (0, 3)]
+    assert list(batches) == expected
+    batches.start(1, skip=3)  # resumed after epoch 1's first batch
+    assert list(batches) == expected[3:]
+    keep_last = _EpochBatches(ResumableSampler(7, False), batch_size=3, drop_last=False, epochs=2)
+    assert len(keep_last) == 3 and [len(b) for b in keep_last] == [3, 3, 1, 3, 3, 1]

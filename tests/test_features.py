@@ -113,7 +113,9 @@ class _CrashAfter:
 
     def __init__(self, runner, n):
         self.runner, self.n = runner, n
-        self.preprocess, self.output, self.dim = runner.preprocess, runner.output, runner.dim
+
+    def __getattr__(self, name):  # preprocess, output, dim, device, ...: the wrapped runner's
+        return getattr(self.runner, name)
 
     def __call__(self, clips):
         if self.n == 0:
@@ -228,3 +230,20 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"layer 'fc6' there, 'fc7' now"):
         extract([VideoRecord(path, -1)], ClipRunner(_model(), "fc7"), tmp_path / "o", ExtractOptions(stride=8),
                 progress=False)
+
+
+def test_several_decoder_processes_extract_each_video_once(tmp_path):
+    paths = [_video(tmp_path / f"v{i}.avi", 9 + 5 * i, seed=i) for i in range(6)]
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"\x00" * 500)
+    records = [VideoRecord(p, -1) for p in paths[:3]] + [VideoRecord(bad, -1)] + [VideoRecord(p, -1) for p in paths[3:]]
+    model = _model()
+    summary = extract(records, ClipRunner(model, "fc6"), tmp_path / "out",
+                      ExtractOptions(stride=4, batch_size=5, workers=2, skip_bad=True), progress=False)
+    assert summary.done == 6 and [f[0] for f in summary.failed] == [str(bad)]
+    assert summary.clips == sum(len(e.clip_starts) for e in read_manifest(tmp_path / "out"))
+    assert not list((tmp_path / "out" / ".locks").glob("*")) and not list((tmp_path / "out").glob(".*.tmp"))
+    for p in paths:
+        (entry,) = [e for e in read_manifest(tmp_path / "out") if e.key == p.stem]
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"{p.stem}.npy"),
+                                   _reference_rows(model, p, entry.clip_starts), rtol=1e-4, atol=1e-5)

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-mean", action="store_true", help="store the mean over a video's clips (dim,)")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass, across videos")
     parser.add_argument("--workers", type=int, default=None,
-                        help="decoder threads (default: 1 on the CPU, where the model needs every core; up to 8 "
-                             "on CUDA)")
+                        help="decoder processes (default: 1 on the CPU, where the model needs every core; on "
+                             "CUDA one per core but two, up to 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--skip-bad", action="store_true",
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         model, device, source = load_model(args.weights), select_device(args.device, local_rank), args.weights
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
-    workers = args.workers or (min(8, os.cpu_count() or 1) if runner.device.type == "cuda" else 1)
+    workers = args.workers or (max(1, min(16, (os.cpu_count() or 1) - 2)) if runner.device.type == "cuda" else 1)
     options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=args.l2,
                              batch_size=args.batch_size, workers=workers, skip_bad=args.skip_bad,
                              weights=str(source))

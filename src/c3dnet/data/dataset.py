@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from c3dnet.data import sampling
-from c3dnet.data.decode import count_frames, read_frames, video_info
+from c3dnet.data.decode import count_frames, read_frames, set_decode_threads, video_info
 from c3dnet.data.sources import VideoRecord
 from c3dnet.data.transforms import eval_transform, train_transform
 from c3dnet.errors import DataError
@@ -126,9 +126,11 @@ class ClipDataset(Dataset):
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker set-up: distinct global seeds per worker and one intra-op thread (workers already
-    run in parallel; more threads would oversubscribe the cores). Clip sampling itself does not depend on it."""
+    """DataLoader worker set-up: distinct global seeds per worker, one intra-op thread and one decoding thread
+    (workers already run in parallel; more threads would oversubscribe the cores). Clip sampling itself does not
+    depend on it."""
     seed = torch.initial_seed() % 2**32  # differs per worker: the DataLoader sets base_seed + worker_id
     # Legacy global numpy state (used by user code, not by c3dnet) would otherwise repeat across forked workers.
     np.random.seed(seed)  # noqa: NPY002
     torch.set_num_threads(1)
+    set_decode_threads(1)  # likewise FFmpeg's own decoding threads

@@ -79,7 +79,7 @@ class _Index:
 
 
 class _LRU(OrderedDict):
-    """A bounded cache, safe to share between decoder threads (feature extraction decodes in threads)."""
+    """A bounded cache, safe to share between threads."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -215,7 +215,24 @@ def _open(path: Path):  # -> (container, stream)
         raise DataError(f"{path}: no decoder for this video's codec; re-encode it (e.g. to H.264) or remove it "
                         "(or use --skip-bad)")
     stream.thread_type = "AUTO"
+    if _decode_threads:
+        stream.codec_context.thread_count = _decode_threads
     return container, stream
+
+
+_decode_threads = 0  # FFmpeg threads per open video; 0 lets FFmpeg choose (one per core)
+
+
+def set_decode_threads(n: int) -> None:
+    """FFmpeg's decoding threads per open video in this process (0: FFmpeg's choice, one per core).
+
+    Where many loader processes or extraction threads each decode a video, one thread apiece avoids
+    oversubscribing the cores; a single decoder is faster with FFmpeg's own threads.
+    """
+    global _decode_threads
+    if n < 0:
+        raise ValueError(f"decode threads must be >= 0, got {n}")
+    _decode_threads = int(n)
 
 
 def _video_index(path: Path) -> _Index:

@@ -77,7 +77,7 @@ class TrainResult:
 @dataclass
 class _Loaders:
     train: torch.utils.data.DataLoader
-    train_sampler: ResumableSampler
+    train_batches: _EpochBatches
     val: torch.utils.data.DataLoader | None
     class_names: list[str]
 
@@ -92,13 +92,12 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
     common = dict(num_workers=d.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
     train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
     sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
-    # Persistent workers hold their own copies of the dataset, so the epoch travels with each index
-    # (see _EpochTagged): every sample's augmentation stays keyed by (seed, epoch, index) whatever the worker.
+    # One loader iterator serves the whole run (see _EpochBatches), and the epoch travels with each index: every
+    # sample's augmentation stays keyed by (seed, epoch, index) whatever the worker.
     # The private generator keeps the DataLoader from drawing on the global torch RNG (dropout's).
-    train_loader = torch.utils.data.DataLoader(
-        _EpochDataset(train_set), batch_size=d.batch_size, sampler=_EpochTagged(sampler), drop_last=d.drop_last,
-        persistent_workers=d.workers > 0, generator=torch.Generator().manual_seed(cfg.train.seed), **common,
-    )
+    batches = _EpochBatches(sampler, d.batch_size, d.drop_last, cfg.optim.epochs)
+    train_loader = torch.utils.data.DataLoader(_EpochDataset(train_set), batch_sampler=batches,
+                                               generator=torch.Generator().manual_seed(cfg.train.seed), **common)
     if len(train_loader) == 0:
         raise ConfigError(f"{data}: {len(train_set)} training videos give no full batch of {d.batch_size} per "
                           f"process; lower data.batch_size or set data.drop_last=false")
@@ -111,21 +110,38 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
             val_set, batch_size=d.val_batch_size, sampler=val_sampler, persistent_workers=d.workers > 0,
             generator=torch.Generator(), **common,
         )
-    return _Loaders(train_loader, sampler, val_loader, source.class_names)
+    return _Loaders(train_loader, batches, val_loader, source.class_names)
 
 
-class _EpochTagged(torch.utils.data.Sampler[tuple[int, int]]):
-    """Yields (epoch, index) pairs from a `ResumableSampler`, for `_EpochDataset`."""
+class _EpochBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Batches of (epoch, index) pairs, epoch after epoch from `start(epoch, skip)` to the last one, in one pass.
 
-    def __init__(self, sampler: ResumableSampler) -> None:
-        self.sampler = sampler
+    One iterator for the whole run means the loader's workers run on into the next epoch (and through
+    validation and checkpoints) instead of starting afresh with an empty pipeline at every epoch, which costs
+    about a batch's decoding time per epoch. Each epoch's order is the `ResumableSampler`'s for that epoch,
+    cut into batches on its own (a short last batch is dropped with `drop_last`, never merged into the next).
+    `len()` is the batches per epoch.
+    """
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.sampler.epoch
-        return ((epoch, i) for i in self.sampler)
+    def __init__(self, sampler: ResumableSampler, batch_size: int, drop_last: bool, epochs: int) -> None:
+        self.sampler, self.batch_size, self.drop_last, self.epochs = sampler, batch_size, drop_last, epochs
+        self.first_epoch, self.skip = 0, 0
+
+    def start(self, epoch: int, skip: int) -> None:
+        """Where the next iteration begins: `epoch`, after its first `skip` samples (a resumed run)."""
+        self.first_epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch in range(self.first_epoch, self.epochs):
+            self.sampler.set_epoch(epoch, self.skip if epoch == self.first_epoch else 0)
+            order = self.sampler.indices()
+            end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+            for lo in range(0, end, self.batch_size):
+                yield [(epoch, int(i)) for i in order[lo:lo + self.batch_size]]
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        n = self.sampler.per_rank
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 class _EpochDataset(torch.utils.data.Dataset):
@@ -286,6 +302,7 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
         if main and cfg.train.plots:
             metrics.plot()
     finally:
+        run.batches = None  # ends the training loader's worker processes
         metrics.close()
         if run.bar is not None:
             run.bar.close()
@@ -309,6 +326,7 @@ class _Run:
         self.amp = cfg.train.amp and device.type == "cuda"
         self.eager_net = net
         self.bar: Any = None
+        self.batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward; a torch.compile failure (raised lazily, at the first call) falls back to eager."""
@@ -325,7 +343,9 @@ class _Run:
     def train_epoch(self, epoch: int, iteration: int) -> tuple[int, float]:
         cfg, loader = self.cfg, self.loaders.train
         done = iteration - epoch * self.iters_per_epoch  # batches of this epoch already trained (resume)
-        self.loaders.train_sampler.set_epoch(epoch, skip=done * cfg.data.batch_size)
+        if self.batches is None:  # the run's one pass over the training data, from where it stands
+            self.loaders.train_batches.start(epoch, skip=done * cfg.data.batch_size)
+            self.batches = iter(loader)
         self.net.train()
         bar = self.bar
         if bar is not None:
@@ -333,9 +353,8 @@ class _Run:
         window = _Window()
         loss_value = float("nan")
         tick = time.perf_counter()
-        for clips, labels, _ in loader:
-            if done >= self.iters_per_epoch:
-                break
+        while done < self.iters_per_epoch:
+            clips, labels, _ = next(self.batches)
             data_time = time.perf_counter() - tick
             lr = self.schedule.apply(self.optimizer, iteration)
             x = to_input(clips.flatten(0, 1), self.model.preprocess, self.device, cfg.train.channels_last)

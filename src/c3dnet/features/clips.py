@@ -72,8 +72,7 @@ def clip_starts(num_frames: int, preprocess: Preprocess, stride: int) -> np.ndar
 def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
     """Centre crop of decoded frames (n, H, W, 3), offsets rounded down as `transforms.center_crop` does.
 
-    numpy rather than torch: this runs in decoder threads, where torch's intra-op thread pool would compete
-    with the model's for the same cores.
+    numpy rather than torch: this runs in decoder processes beside the model's, which need no more threads.
     """
     h, w = chunk.shape[1:3]
     if h < crop or w < crop:

@@ -1,14 +1,13 @@
-"""`extract`: decoder threads feed clips of several videos into fixed-size batches; resumable, concurrent-safe."""
+"""`extract`: decoder processes feed clips of several videos into fixed-size batches; resumable, concurrent-safe."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import queue
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ import torch
 
 from c3dnet.errors import DataError
 from c3dnet.features.clips import ClipRunner, clip_starts, stream_clips
-from c3dnet.features.locks import VideoLock, _clear_stale_locks
+from c3dnet.features.locks import VideoLock, _clear_stale_locks, _release_own_locks
 from c3dnet.features.manifest import (
     LOCKS_DIR,
     PARTS_DIR,
@@ -35,6 +34,7 @@ from c3dnet.probe import l2_normalize
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
+    from c3dnet.preprocess import Preprocess
 
 log = get_logger(__name__)
 
@@ -51,8 +51,8 @@ class ExtractOptions:
         video_mean: store the mean over clips (dim,) instead of every clip's row (num_clips, dim).
         l2: L2-normalise each row, or the video mean after averaging (the paper: mean, then L2).
         batch_size: clips per forward pass; batches mix clips of several videos.
-        workers: decoder threads (each decodes one video at a time); 1 suits the CPU, where the model needs
-            every core, several a GPU.
+        workers: decoder processes (each decodes one video at a time); 1 suits the CPU, where the model needs
+            every core, one per spare core a GPU.
         skip_bad: record unreadable videos in failed.txt and go on, instead of stopping with a `DataError`.
         chunk: frames per decoded chunk.
         weights: the weights' path, recorded in the manifest.
@@ -86,11 +86,10 @@ class ExtractSummary:
 class _Job:
     """One video being extracted: its lock, clip starts and a row sink (memory-mapped temporary .npy)."""
 
-    def __init__(self, record: VideoRecord, key: str, out_dir: Path, lock: VideoLock) -> None:
-        self.record, self.key, self.out_dir, self.lock = record, key, out_dir, lock
+    def __init__(self, record: VideoRecord, key: str, out_dir: Path, lock: VideoLock, index: int) -> None:
+        self.record, self.key, self.out_dir, self.lock, self.index = record, key, out_dir, lock, index
         self.starts = np.zeros(0, dtype=np.int64)
         self.num_frames, self.fps = 0, 0.0
-        self.size_hw: tuple[int, int] | None = None
         self.received = 0
         self.rows: np.ndarray | None = None
         self.tmp: Path | None = None
@@ -143,13 +142,83 @@ def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
     job.lock.release()
 
 
-_END = object()  # a decoder thread has no more videos
+_CLIPS_PER_ITEM = 16  # clips per message from a decoder process: bounded memory, few messages
+
+
+class _Decoder(torch.utils.data.IterableDataset):
+    """Runs in each decoder process: takes the next video to do, locks it, and streams its clips as messages.
+
+    Messages: ("skip"|"busy", i, None, None), ("start", i, meta, None), ("clips", i, first clip number, uint8
+    (n, 3, T, crop, crop)), ("fail", i, message, None). Videos are handed out through a shared counter, so a
+    process that finishes early takes the next one; locks are taken for the writing process (`owner_pid`).
+    """
+
+    def __init__(self, todo: list[tuple[VideoRecord, str]], out_dir: Path, runner: ClipRunner,
+                 options: ExtractOptions, counter: Any) -> None:
+        self.todo, self.out_dir, self.options, self.counter = todo, out_dir, options, counter
+        self.preprocess = runner.preprocess
+        self.owner_pid = os.getpid()
+
+    def _indices(self, info) -> Iterator[int]:
+        if self.counter is None:  # no shared counter (no fork): worker k takes videos k, k + n, ...
+            n, k = (info.num_workers, info.id) if info is not None else (1, 0)
+            yield from range(k, len(self.todo), n)
+            return
+        while True:
+            with self.counter.get_lock():
+                i = self.counter.value
+                self.counter.value += 1
+            if i >= len(self.todo):
+                return
+            yield i
+
+    def __iter__(self) -> Iterator[tuple[str, int, Any, torch.Tensor | None]]:
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            from c3dnet.data.decode import set_decode_threads
+
+            torch.set_num_threads(1)
+            set_decode_threads(1)  # the processes already share the cores out
+        for i in self._indices(info):
+            yield from self._video(i)
+
+    def _video(self, i: int) -> Iterator[tuple[str, int, Any, torch.Tensor | None]]:
+        record, key = self.todo[i]
+        if _is_done(self.out_dir, key):
+            yield ("skip", i, None, None)
+            return
+        lock = VideoLock(self.out_dir / LOCKS_DIR / f"{key}.lock", owner_pid=self.owner_pid)
+        if not lock.acquire():
+            yield ("busy", i, None, None)
+            return
+        _remove_leftovers(self.out_dir, key)
+        if _is_done(self.out_dir, key):  # finished by another process between our check and our lock
+            lock.release()
+            yield ("skip", i, None, None)
+            return
+        try:
+            meta = _video_meta(record, self.preprocess, self.options)
+            yield ("start", i, meta, None)
+            first, clips = 0, []
+            for k, clip in stream_clips(record.path, self.preprocess, self.options.stride, meta["num_frames"],
+                                        meta["size_hw"], self.options.chunk):
+                clips.append(clip)
+                if len(clips) == _CLIPS_PER_ITEM:
+                    yield ("clips", i, first, torch.stack(clips))
+                    first, clips = k + 1, []
+            if clips:
+                yield ("clips", i, first, torch.stack(clips))
+        except DataError as e:
+            yield ("fail", i, str(e), None)
 
 
 def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.PathLike[str],
             options: ExtractOptions | None = None, keys: list[str] | None = None,
             progress: bool = True) -> ExtractSummary:
     """Extract one feature array per video into `out_dir`; finished videos are skipped, so a rerun resumes.
+
+    `options.workers` decoder processes decode whole videos in parallel; this process fills fixed-size batches
+    with their clips, mixing videos, runs the model and writes each video's outputs when its last row is in.
 
     Raises:
         DataError: an unreadable video (unless `options.skip_bad`); finished videos stay finished.
@@ -170,72 +239,32 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     if summary.skipped:
         log.info("%d of %d videos already extracted in %s: skipped", summary.skipped, len(records), out_dir)
 
-    clips_q: queue.Queue = queue.Queue(maxsize=max(2 * options.batch_size, 8))
-    stop = threading.Event()
-    pending = iter(todo)
-    take = threading.Lock()
-    held: list[_Job] = []
-    held_guard = threading.Lock()
+    import multiprocessing
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                clips_q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def decode_worker() -> None:
-        while not stop.is_set():
-            with take:
-                record, key = next(pending, (None, None))
-            if record is None:
-                break
-            if _is_done(out_dir, key):
-                put(("skip", None, None))
-                continue
-            job = _Job(record, key, out_dir, VideoLock(out_dir / LOCKS_DIR / f"{key}.lock"))
-            if not job.lock.acquire():
-                put(("busy", None, None))
-                continue
-            with held_guard:
-                held.append(job)
-            _remove_leftovers(out_dir, key)
-            try:
-                if _is_done(out_dir, key):  # finished by another process between our check and our lock
-                    job.lock.release()
-                    put(("skip", None, None))
-                    continue
-                _start_job(job, runner, options)
-                if not put(("start", job, None)):
-                    return
-                for k, clip in stream_clips(record.path, runner.preprocess, options.stride, job.num_frames,
-                                            job.size_hw, options.chunk):
-                    if not put(("clip", job, (k, clip))):
-                        return
-            except DataError as e:
-                if not put(("fail", job, e)):
-                    return
-            except Exception as e:  # noqa: BLE001 - hand any decoder crash to the main thread, which re-raises
-                put(("error", job, e))
-                return
-        put((_END, None, None))
-
-    threads = [threading.Thread(target=decode_worker, daemon=True, name=f"c3d-decode-{i}")
-               for i in range(max(1, min(options.workers, len(todo))))] if todo else []
+    workers = max(1, min(options.workers, len(todo)))
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if fork else None)
+    counter = context.Value("q", 0) if fork else None  # inherited by the forked decoder processes
+    loader = torch.utils.data.DataLoader(
+        _Decoder(todo, out_dir, runner, options, counter), batch_size=None, num_workers=workers,
+        multiprocessing_context=context, prefetch_factor=4, in_order=False)
+    pinned = runner.device.type == "cuda" and not runner.is_onnx
+    batch_clips = torch.empty((options.batch_size, 3, runner.clip_len, runner.preprocess.crop_size,
+                               runner.preprocess.crop_size), dtype=torch.uint8, pin_memory=pinned)
+    jobs: dict[int, _Job] = {}
     bar = _progress_bar(len(records), summary.skipped, progress)
     start = time.perf_counter()
-    batch: list[tuple[_Job, int, torch.Tensor]] = []
+    batch: list[tuple[_Job | None, int]] = []  # (job, clip number) of each filled row of batch_clips
 
     def run_batch() -> None:
         # Always the same batch shape (padded with copies of the first clip): kernels, and so the last float bits,
         # do not change with the batch size, which makes a resumed extraction bit-identical; static shapes also
-        # suit cuDNN autotuning.
-        parts = [clip.numpy() for _, _, clip in batch]
-        parts += parts[:1] * (options.batch_size - len(batch))
-        rows = runner(torch.from_numpy(np.stack(parts)))[: len(batch)]  # (B, 3, T, crop, crop) -> (B, D)
-        for (job, k, _), row in zip(batch, rows):
+        # suit cuDNN autotuning. The batch is staged in pinned memory, so its copy to the GPU is one fast DMA.
+        batch_clips[len(batch):] = batch_clips[0]
+        rows = runner(batch_clips)[: len(batch)]  # (B, D); returns after the device has finished with the batch
+        for (job, k), row in zip(batch, rows):
+            if job is None:  # a video that failed after some of its clips were staged
+                continue
             if options.video_mean:
                 job.rows[0] += row
             else:
@@ -244,52 +273,59 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             summary.clips += 1
             if job.received == len(job.starts):
                 _finish(job, runner, options)
+                del jobs[job.index]
                 summary.done += 1
                 summary.frames += job.num_frames
                 bar.update(1)
                 _postfix(bar, summary, start)
         batch.clear()
 
+    def add_clips(job: _Job, first: int, clips: torch.Tensor) -> None:
+        for j in range(clips.shape[0]):
+            batch_clips[len(batch)] = clips[j]
+            batch.append((job, first + j))
+            if len(batch) == options.batch_size:
+                run_batch()
+
     try:
-        for t in threads:
-            t.start()
-        running = len(threads)
-        while running:
-            kind, job, payload = clips_q.get()
-            if kind is _END:
-                running -= 1
-            elif kind == "skip":
+        for kind, i, payload, clips in (loader if todo else ()):
+            if kind == "skip":
                 summary.skipped += 1
                 bar.update(1)
             elif kind == "busy":
                 summary.busy += 1
                 bar.update(1)
             elif kind == "start":
+                record, key = todo[i]
+                job = jobs[i] = _Job(record, key, out_dir, _held_lock(out_dir, key), i)
+                job.num_frames, job.fps = payload["num_frames"], payload["fps"]
+                job.starts = np.asarray(payload["starts"], dtype=np.int64)
                 job.open_sink(runner.dim, options.video_mean)
-            elif kind == "clip":
-                batch.append((job, *payload))
-                if len(batch) == options.batch_size:
-                    run_batch()
-            elif kind == "fail":
-                _fail(job, payload, options, summary, batch)
+            elif kind == "clips":
+                add_clips(jobs[i], payload, clips)
+            else:  # "fail"
+                record, key = todo[i]
+                job = jobs.pop(i, None) or _Job(record, key, out_dir, _held_lock(out_dir, key), i)
+                _fail(job, DataError(payload), options, summary, batch)
                 bar.update(1)
-            else:
-                raise payload
         if batch:
             run_batch()
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5)
-        with held_guard:
-            for job in held:
-                if job.lock.held:  # unfinished (an error or an interrupt): drop its partial rows
-                    job.discard()
+        for job in jobs.values():  # unfinished (an error or an interrupt): drop their partial rows
+            job.discard()
+        _release_own_locks(out_dir)  # also those of videos a decoder process had locked but not yet started
         bar.close()
         summary.seconds = time.perf_counter() - start
         _clear_stale_locks(out_dir)
         write_merged_manifest(out_dir)
     return summary
+
+
+def _held_lock(out_dir: Path, key: str) -> VideoLock:
+    """This process's view of a lock that one of its decoder processes took for it."""
+    lock = VideoLock(out_dir / LOCKS_DIR / f"{key}.lock")
+    lock.held = True
+    return lock
 
 
 def _settings(runner: ClipRunner, options: ExtractOptions) -> dict[str, Any]:
@@ -317,18 +353,21 @@ def _remove_leftovers(out_dir: Path, key: str) -> None:
                 leftover.unlink()
 
 
-def _start_job(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
+def _video_meta(record: VideoRecord, preprocess: Preprocess, options: ExtractOptions) -> dict[str, Any]:
     from c3dnet.data.decode import video_info
 
-    info = video_info(job.record.path)
-    job.num_frames, job.fps = info.num_frames, info.fps
-    job.size_hw = runner.preprocess.resize_target(info.height, info.width)
-    job.starts = clip_starts(info.num_frames, runner.preprocess, options.stride)
+    info = video_info(record.path)
+    return {"num_frames": info.num_frames, "fps": info.fps,
+            "size_hw": preprocess.resize_target(info.height, info.width),
+            "starts": clip_starts(info.num_frames, preprocess, options.stride).tolist()}
 
 
 def _fail(job: _Job, error: DataError, options: ExtractOptions, summary: ExtractSummary,
-          batch: list[tuple[_Job, int, torch.Tensor]]) -> None:
-    batch[:] = [item for item in batch if item[0] is not job]
+          batch: list[tuple[_Job | None, int]]) -> None:
+    # Its rows already staged in the batch stay there and are computed, but go nowhere: the job is dropped.
+    for n, (other, _) in enumerate(batch):
+        if other is job:
+            batch[n] = (None, 0)
     job.discard()
     if not options.skip_bad:
         raise error

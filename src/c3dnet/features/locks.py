@@ -20,9 +20,11 @@ class VideoLock:
     both extract a video (a lock race, or a lock on another host that died) still leave one complete file.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, owner_pid: int | None = None) -> None:
+        """`owner_pid`: the process the lock stands for (default this one); a decoder process takes locks for
+        the extraction process that writes the outputs, so the lock lives exactly as long as that writer."""
         self.path = path
-        self.token = f"{os.getpid()} {socket.gethostname()}"
+        self.token = f"{owner_pid or os.getpid()} {socket.gethostname()}"
         self.held = False
 
     def acquire(self) -> bool:
@@ -87,6 +89,15 @@ def _is_dead(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _release_own_locks(out_dir: Path) -> None:
+    """Every lock in OUT/.locks taken for this process (by it or by its decoder processes)."""
+    token = VideoLock(out_dir).token
+    for path in (out_dir / LOCKS_DIR).glob("*.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text().strip() == token:
+                path.unlink()
 
 
 def _clear_stale_locks(out_dir: Path) -> None:
