@@ -1,6 +1,6 @@
 """Decoding throughput per worker (one process), frames/s: PyAV video vs JPEG frame folders, at 320x240.
 
-Run: `python benchmarks/bench_decode.py [--frames 190] [--repeats 3] [--threads AUTO|NONE]`. Prints a table.
+Run: `python benchmarks/bench_decode.py [--frames 190] [--repeats 3] [--clips 20]`. Prints a table.
 The test video is MPEG-4 Part 2 in .avi (as UCF-101 ships), GOP 12, with moving textured content so that the
 encoder does real inter-frame work; frame folders are JPEG quality 95, as `c3d prepare` writes them.
 """
@@ -8,6 +8,7 @@ encoder does real inter-frame work; frame folders are JPEG quality 95, as `c3d p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -73,6 +74,11 @@ def main() -> None:
 
         rng = np.random.default_rng(0)
         starts = rng.integers(0, n - 16, args.clips)
+        decoders = ["OpenCV", "PIL"] if decode._opencv() is not None else ["PIL"]
+
+        def use_jpeg_decoder(name: str) -> None:
+            os.environ["C3DNET_JPEG"] = name.lower()
+            decode._cv2 = None  # look again
 
         def all_frames(path: Path, size=None) -> Callable[[], int]:
             return lambda: sum(len(c) for c in iter_frames(path, size_hw=size))
@@ -86,13 +92,17 @@ def main() -> None:
             ("MPEG-4 .avi, random 16-frame clips -> 171x128 (decode only needed)", clips(video, (128, 171))),
             ("H.264 .mp4 320x240, all frames -> RGB 320x240", all_frames(h264)),
             ("H.264 .mp4 (GOP 250: each clip decodes from frame 0), random clips -> 171x128", clips(h264, (128, 171))),
-            ("JPEG folder 320x240 -> RGB 320x240 (PIL)", all_frames(full)),
-            ("JPEG folder 320x240 -> RGB 171x128 (PIL resize)", all_frames(full, (128, 171))),
-            ("JPEG folder 171x128 (pre-resized by prepare) -> RGB", all_frames(small)),
-            ("JPEG folder 171x128, random 16-frame clips", clips(small)),
         ]
+        for jpeg in decoders:
+            rows += [
+                (f"JPEG folder 320x240 -> RGB 320x240 ({jpeg})", all_frames(full), jpeg),
+                (f"JPEG folder 320x240 -> RGB 171x128 ({jpeg}, PIL resize)", all_frames(full, (128, 171)), jpeg),
+                (f"JPEG folder 171x128 (pre-resized by prepare) -> RGB ({jpeg})", all_frames(small), jpeg),
+                (f"JPEG folder 171x128, random 16-frame clips ({jpeg})", clips(small), jpeg),
+            ]
         table_rows, data = [], {"frames": n, "rows": []}
-        for name, fn in rows:
+        for name, fn, *jpeg in rows:
+            use_jpeg_decoder(jpeg[0] if jpeg else decoders[0])
             fps = timed(fn, args.repeats)
             print(f"{name:<80} {fps:9.0f} {fps / 16:8.1f}", flush=True)
             table_rows.append([name, fps, fps / 16])
@@ -101,10 +111,12 @@ def main() -> None:
         from c3dnet.data.sources import VideoRecord
         from c3dnet.preprocess import SEED_PREPROCESS
 
-        print(f"\n{'ClipDataset item (seed preprocessing), one process':<80} {'clips/s':>9}")
+        use_jpeg_decoder(decoders[0])
+        title = f"ClipDataset item (seed preprocessing, JPEG by {decoders[0]}), one process"
+        print(f"\n{title:<80} {'clips/s':>9}")
         for name, rec in (("train clip from MPEG-4 .avi (16 frames decoded at 171x128)", VideoRecord(video, 0)),
                           ("train clip from JPEG 171x128 frame folder", VideoRecord(small, 0, n)),
-                          ("train clip from JPEG 320x240 folder (PIL resize to 171x128)", VideoRecord(full, 0, n))):
+                          ("train clip from JPEG 320x240 folder (resized to 171x128)", VideoRecord(full, 0, n))):
             for mode, k in (("train", 1), ("test", 10)):
                 ds = ClipDataset([rec] * args.clips, mode, SEED_PREPROCESS)
                 cps = timed(lambda ds=ds, k=k: k * sum(1 for i in range(len(ds)) if ds[i][0] is not None), 1)

@@ -179,6 +179,33 @@ def test_frame_folder_errors(tmp_path):
         read_frames(VideoRecord(folder, 0, 6), np.array([1]))
 
 
+def _use_jpeg_decoder(monkeypatch, name: str) -> None:
+    monkeypatch.setenv("C3DNET_JPEG", name)
+    monkeypatch.setattr(decode, "_cv2", None)  # look again
+
+
+def test_opencv_and_pil_decode_frame_folders_alike(tmp_path, monkeypatch):
+    pytest.importorskip("cv2")
+    folder = tmp_path / "v"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(6):  # noisy blocks, 4:2:0 at quality 90 (what `c3d prepare` writes), and one grayscale frame
+        frame = np.repeat(np.repeat(rng.integers(0, 256, (16, 22, 3), dtype=np.uint8), 8, 0), 8, 1)[:128, :171]
+        image = Image.fromarray(np.ascontiguousarray(frame))
+        (image.convert("L") if i == 3 else image).save(folder / f"img_{i + 1:05d}.jpg", quality=90)
+    idx = np.array([5, 0, 3, 3])
+    results = {}
+    for name in ("pil", "opencv"):
+        _use_jpeg_decoder(monkeypatch, name)
+        assert (decode._opencv() is None) == (name == "pil")
+        results[name] = (read_frames(folder, idx), read_frames(folder, idx, size_hw=(64, 85)))
+    for pil, opencv in zip(results["pil"], results["opencv"], strict=True):
+        assert pil.shape == opencv.shape and np.array_equal(pil, opencv)
+    (folder / "img_00002.jpg").write_bytes((folder / "img_00002.jpg").read_bytes()[:-300])  # truncated
+    with pytest.raises(DataError, match=r"img_00002\.jpg: cannot decode"):
+        read_frames(folder, np.array([1]))  # OpenCV would only warn: PIL takes it, and refuses it
+
+
 def test_video_errors(tmp_path):
     empty = tmp_path / "empty.avi"
     empty.write_bytes(b"")

@@ -15,6 +15,7 @@ same batches, the same masks and the same learning rates, so it ends with the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from c3dnet.errors import C3DError, ConfigError
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
 from c3dnet.model import C3D
+from c3dnet.preprocess import Preprocess
 
 log = get_logger(__name__)
 
@@ -326,7 +328,7 @@ class _Run:
         self.amp = cfg.train.amp and device.type == "cuda"
         self.eager_net = net
         self.bar: Any = None
-        self.batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self.batches: _Prefetcher | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward; a torch.compile failure (raised lazily, at the first call) falls back to eager."""
@@ -341,11 +343,12 @@ class _Run:
                 return self.net(x)
 
     def train_epoch(self, epoch: int, iteration: int) -> tuple[int, float]:
-        cfg, loader = self.cfg, self.loaders.train
+        cfg = self.cfg
         done = iteration - epoch * self.iters_per_epoch  # batches of this epoch already trained (resume)
         if self.batches is None:  # the run's one pass over the training data, from where it stands
             self.loaders.train_batches.start(epoch, skip=done * cfg.data.batch_size)
-            self.batches = iter(loader)
+            self.batches = _Prefetcher(iter(self.loaders.train), self.model.preprocess, self.device,
+                                       cfg.train.channels_last)
         self.net.train()
         bar = self.bar
         if bar is not None:
@@ -354,31 +357,30 @@ class _Run:
         loss_value = float("nan")
         tick = time.perf_counter()
         while done < self.iters_per_epoch:
-            clips, labels, _ = next(self.batches)
-            data_time = time.perf_counter() - tick
+            x, y, data_time = self.batches.next()
             lr = self.schedule.apply(self.optimizer, iteration)
-            x = to_input(clips.flatten(0, 1), self.model.preprocess, self.device, cfg.train.channels_last)
-            y = labels.to(self.device, non_blocking=True)
             logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y)
-            accuracy = (logits.detach().argmax(1) == y).float().mean()
-            # One device-to-host copy for both numbers: each copy waits for the GPU to drain.
-            loss_local, correct = torch.stack([loss.detach(), accuracy]).tolist()
-            loss_value = all_reduce_mean(loss_local, self.device)
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {iteration}; stopped. The last "
-                    f"good checkpoint is {self.work_dir / 'last.state.pt'}: lower optim.lr (or keep "
-                    "optim.clip_grad_norm set) and resume with --resume"
-                )
+            stats = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.clip_grad_norm:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
             self.optimizer.step()
+            # While the GPU runs this step: the next batch's copy and normalisation on a side stream. Only then
+            # wait for the step's loss, so the GPU goes straight on to the next step.
+            data_time += self.batches.prefetch()
+            loss_local, correct = stats.tolist()  # one device-to-host copy for both numbers
+            loss_value = all_reduce_mean(loss_local, self.device)
+            if not math.isfinite(loss_value):  # weights are now bad in memory, never on disk
+                raise NonFiniteLossError(
+                    f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {iteration}; stopped. The last "
+                    f"good checkpoint is {self.work_dir / 'last.state.pt'}: lower optim.lr (or keep "
+                    "optim.clip_grad_norm set) and resume with --resume"
+                )
             iteration += 1
             done += 1
-            window.add(loss_value, correct, len(labels) * self.dist.world_size, data_time, time.perf_counter() - tick)
+            window.add(loss_value, correct, y.shape[0] * self.dist.world_size, data_time, time.perf_counter() - tick)
             if iteration % cfg.train.log_every == 0 or done == self.iters_per_epoch:
                 self.metrics.log({"kind": "train", "epoch": epoch + 1, "iteration": iteration, "lr": lr,
                                   **window.summary()})
@@ -438,6 +440,47 @@ class _Run:
             "config": self.cfg.to_dict(),
         })
         barrier()
+
+
+class _Prefetcher:
+    """Training batches on the device, one step ahead.
+
+    `prefetch()` takes the next batch from the loader and starts its host-to-device copy and normalisation on a
+    side CUDA stream, so they overlap the step the GPU is running; `next()` hands it over once the copy is done
+    (on the CPU everything simply runs in order). Both report the seconds spent waiting for the loader.
+    """
+
+    def __init__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], preprocess: Preprocess,
+                 device: torch.device, channels_last: bool) -> None:
+        self.batches, self.preprocess, self.device, self.channels_last = batches, preprocess, device, channels_last
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.ready: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prefetch(self) -> float:
+        if self.ready is not None:
+            return 0.0
+        tick = time.perf_counter()
+        try:
+            clips, labels, _ = next(self.batches)
+        except StopIteration:  # the run's last batch has been trained on
+            return 0.0
+        wait = time.perf_counter() - tick
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            x = to_input(clips.flatten(0, 1), self.preprocess, self.device, self.channels_last)
+            self.ready = (x, labels.to(self.device, non_blocking=True))
+        return wait
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        wait = self.prefetch()
+        if self.ready is None:
+            raise RuntimeError("the training loader ran out of batches before the last epoch ended")
+        (x, y), self.ready = self.ready, None
+        if self.stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            x.record_stream(current)  # made on the side stream, used (and freed) on this one
+            y.record_stream(current)
+        return x, y, wait
 
 
 class _Window:
