@@ -2,8 +2,8 @@
 # Every GPU check and benchmark in one run, for a short slot on a bare CUDA machine without network access.
 # Installs only wheels carried in .whl/ (PyAV), then prints each table; results land in benchmarks/results/
 # and, when $OUT is set (the device tool), are copied there.
-#   bash benchmarks/gpu.sh                         # extract, e2e, model and compiled model: about 6 minutes
-#   STEPS="model decode" bash benchmarks/gpu.sh    # a subset (steps: extract e2e model compile decode)
+#   bash benchmarks/gpu.sh                         # extract, e2e, model, GPU tests, compiled model: ~6 min
+#   STEPS="model decode" bash benchmarks/gpu.sh    # a subset (steps: extract e2e model tests compile decode)
 set -u
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -32,14 +32,16 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep the log, n
   collect
 }
 # Ordered so that what matters most comes first: a slot that ends early still returns the finished tables.
-for s in ${STEPS:-extract e2e model compile}; do
+for s in ${STEPS:-extract e2e model tests compile}; do
   case $s in
-    extract) step 60 extract python3 benchmarks/bench_extract.py --device cuda --full-size --videos 128 \
+    extract) step 60 extract python3 benchmarks/bench_extract.py --device cuda --full-size --videos 384 \
       --frames 190 --gen-processes 14 --batch-size 128 --workers ${EXTRACT_WORKERS:-14} ;;
     e2e) step 200 e2e python3 benchmarks/bench_e2e.py --device cuda --workers 14 --classes 101 ${E2E_ARGS:-} ;;
-    model) step 90 model python3 benchmarks/bench_model.py --device cuda --full-size --paths naive,tf32,c3dnet \
+    model) step 80 model python3 benchmarks/bench_model.py --device cuda --full-size --paths naive,tf32,c3dnet \
       --warmup 2 --rounds 2 --min-seconds 1 ;;
-    compile) step 150 model_compile python3 benchmarks/bench_model.py --device cuda --full-size --paths compile \
+    tests) step 40 gpu_tests python3 -m pytest -q -p no:cacheprovider tests/test_transforms.py \
+      tests/test_engine_device.py tests/test_features.py -k "gpu or cuda or prefetch" ;;
+    compile) step 120 model_compile python3 benchmarks/bench_model.py --device cuda --full-size --paths compile \
       --warmup 2 --rounds 1 --min-seconds 2 --name model_cuda_compile ;;
     decode) step 60 decode python3 benchmarks/bench_decode.py ;;
   esac

@@ -80,3 +80,25 @@ def test_epoch_batches_run_on_across_epochs_without_mixing_them() -> None:
     assert list(batches) == expected[3:]
     keep_last = _EpochBatches(ResumableSampler(7, False), batch_size=3, drop_last=False, epochs=2)
     assert len(keep_last) == 3 and [len(b) for b in keep_last] == [3, 3, 1, 3, 3, 1]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_prefetcher_hands_over_the_loader_batches_normalised_on_the_device(device: str) -> None:
+    from c3dnet.engine.train import _Prefetcher
+
+    p = Preprocess(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0), clip_len=4, crop_size=8)
+    pin = device == "cuda"
+    batches = [(torch.randint(0, 256, (3, 1, 3, 4, 8, 8), dtype=torch.uint8), torch.tensor([b, 1, 2]),
+                torch.arange(3)) for b in range(3)]
+    feed = iter([(c.pin_memory() if pin else c, y.pin_memory() if pin else y, i) for c, y, i in batches])
+    prefetcher = _Prefetcher(feed, p, torch.device(device), channels_last=True)
+    for clips, labels, _ in batches:
+        x, y, wait = prefetcher.next()
+        assert wait >= 0.0
+        prefetcher.prefetch()  # the next batch's copy starts before this one is used
+        assert x.device.type == device and x.is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(x.cpu(), to_input(clips.flatten(0, 1), p, torch.device("cpu")))
+        assert y.cpu().tolist() == labels.tolist()
+    with pytest.raises(RuntimeError, match="ran out of batches"):
+        prefetcher.next()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -247,3 +248,17 @@ def test_several_decoder_processes_extract_each_video_once(tmp_path):
         (entry,) = [e for e in read_manifest(tmp_path / "out") if e.key == p.stem]
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"{p.stem}.npy"),
                                    _reference_rows(model, p, entry.clip_starts), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_extraction_on_the_gpu_matches_the_cpu(tmp_path):
+    paths = [_video(tmp_path / f"v{i}.avi", 14 + 9 * i, seed=i) for i in range(4)]
+    records = [VideoRecord(p, -1) for p in paths]
+    options = ExtractOptions(stride=4, batch_size=4, workers=2)
+    model = _model()
+    gpu_runner = ClipRunner(copy.deepcopy(model), "fc6", "cuda", amp=False)
+    extract(records, ClipRunner(model, "fc6"), tmp_path / "cpu", options, progress=False)
+    extract(records, gpu_runner, tmp_path / "gpu", options, progress=False)
+    for p in paths:  # fp32 on both: cuDNN and oneDNN differ only in rounding
+        np.testing.assert_allclose(np.load(tmp_path / "gpu" / f"{p.stem}.npy"),
+                                   np.load(tmp_path / "cpu" / f"{p.stem}.npy"), rtol=1e-3, atol=1e-4)
