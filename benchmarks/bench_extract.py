@@ -65,6 +65,19 @@ def make_videos(folder: Path, count: int, frames: int, height: int, width: int, 
         return pool.map(_make_one, jobs)
 
 
+def slow_fsync(seconds: float) -> None:
+    """Make every os.fsync in this process take `seconds` longer: a disk whose syncs cost milliseconds."""
+    import os
+
+    fsync = os.fsync
+
+    def delayed(fd: int) -> None:
+        time.sleep(seconds)
+        fsync(fd)
+
+    os.fsync = delayed
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -88,7 +101,11 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=16)
     parser.add_argument("--layer", default="fc6", choices=("pool5", "fc6", "fc7"))
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--sync-latency-ms", type=float, default=0.0,
+                        help="add this much to every fsync, as a network or virtual disk costs (e.g. 10)")
     args = parser.parse_args()
+    if args.sync_latency_ms > 0:
+        slow_fsync(args.sync_latency_ms / 1000)
 
     device = select_device(args.device)
     if args.full_size:
@@ -139,6 +156,8 @@ def main() -> None:
 
     setting = (f"{args.videos} videos x {args.frames} frames ({args.width}x{args.height}, {args.source}), stride "
                f"{args.stride}, batch {args.batch_size}")
+    if args.sync_latency_ms:
+        setting += f", every fsync {args.sync_latency_ms:g} ms slower"
     table_rows = [[label, fps, cps, secs] for label, fps, cps, secs in rows]
     best = max(rows[2:], key=lambda r: r[1])
     table_rows.append(["best extract / decode-only (1 process), best extract / model-only (frames/s ratios)",

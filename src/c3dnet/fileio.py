@@ -71,9 +71,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read once: setting it to read it (the only portable way) is not thread-safe, so
+    Linux's /proc/self/status is read instead where it says."""
+    global _UMASK
+    if _UMASK is None:
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            with open("/proc/self/status", encoding="ascii") as f:
+                _UMASK = int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+        if _UMASK is None:
+            _UMASK = os.umask(0)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -8,6 +8,8 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,6 +145,7 @@ def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
 
 
 _CLIPS_PER_ITEM = 16  # clips per message from a decoder process: bounded memory, few messages
+_WRITERS = 8  # threads writing finished videos: their fsyncs overlap
 
 
 class _Decoder(torch.utils.data.IterableDataset):
@@ -156,6 +159,7 @@ class _Decoder(torch.utils.data.IterableDataset):
     def __init__(self, todo: list[tuple[VideoRecord, str]], out_dir: Path, runner: ClipRunner,
                  options: ExtractOptions, counter: Any) -> None:
         self.todo, self.out_dir, self.options, self.counter = todo, out_dir, options, counter
+        self.leftovers = _leftovers(out_dir, {key for _, key in todo})
         self.preprocess = runner.preprocess
         self.owner_pid = os.getpid()
 
@@ -191,7 +195,7 @@ class _Decoder(torch.utils.data.IterableDataset):
         if not lock.acquire():
             yield ("busy", i, None, None)
             return
-        _remove_leftovers(self.out_dir, key)
+        _remove_leftovers(self.out_dir, self.leftovers.get(key, []))
         if _is_done(self.out_dir, key):  # finished by another process between our check and our lock
             lock.release()
             yield ("skip", i, None, None)
@@ -251,7 +255,11 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     pinned = runner.device.type == "cuda" and not runner.is_onnx
     batch_clips = torch.empty((options.batch_size, 3, runner.clip_len, runner.preprocess.crop_size,
                                runner.preprocess.crop_size), dtype=torch.uint8, pin_memory=pinned)
-    jobs: dict[int, _Job] = {}
+    jobs: dict[int, _Job] = {}  # started and not yet written (or failed)
+    # Writing a finished video (its rows, manifest part and the fsyncs that make them durable) happens on
+    # writer threads: on a disk whose fsync takes milliseconds, doing it here would stall the model.
+    writer = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="c3d-write")
+    writing: dict[Future, _Job] = {}
     bar = _progress_bar(len(records), summary.skipped, progress)
     start = time.perf_counter()
     batch: list[tuple[_Job | None, int]] = []  # (job, clip number) of each filled row of batch_clips
@@ -272,13 +280,22 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             job.received += 1
             summary.clips += 1
             if job.received == len(job.starts):
-                _finish(job, runner, options)
-                del jobs[job.index]
-                summary.done += 1
-                summary.frames += job.num_frames
-                bar.update(1)
-                _postfix(bar, summary, start)
+                writing[writer.submit(_finish, job, runner, options)] = job
         batch.clear()
+        collect()
+
+    def collect(wait: bool = False) -> None:
+        """Count the videos whose outputs are written; re-raise a writer's error (a full disk, say)."""
+        if wait or len(writing) > 4 * _WRITERS:  # a slow disk: finished rows must not pile up without bound
+            futures.wait(writing, return_when=futures.ALL_COMPLETED if wait else futures.FIRST_COMPLETED)
+        for future in [f for f in writing if f.done()]:
+            job = writing.pop(future)
+            future.result()  # on error the job stays in `jobs`, and is cleaned up below
+            del jobs[job.index]
+            summary.done += 1
+            summary.frames += job.num_frames
+            bar.update(1)
+            _postfix(bar, summary, start)
 
     def add_clips(job: _Job, first: int, clips: torch.Tensor) -> None:
         for j in range(clips.shape[0]):
@@ -310,9 +327,11 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
                 bar.update(1)
         if batch:
             run_batch()
+        collect(wait=True)
     finally:
+        writer.shutdown(wait=True)  # no writer may still be using a job dropped below
         for job in jobs.values():  # unfinished (an error or an interrupt): drop their partial rows
-            job.discard()
+            job.discard()  # (harmless for one whose writer finished after the error)
         _release_own_locks(out_dir)  # also those of videos a decoder process had locked but not yet started
         bar.close()
         summary.seconds = time.perf_counter() - start
@@ -345,12 +364,35 @@ def _check_same_settings(out_dir: Path, key: str, wanted: dict[str, Any]) -> Non
                         "use another --out folder, or the same settings to resume")
 
 
-def _remove_leftovers(out_dir: Path, key: str) -> None:
+def _leftovers(out_dir: Path, keys: set[str]) -> dict[str, list[str]]:
+    """Temporary files in `out_dir` of the videos `keys` (`.<key>.c3dpart-<pid>-*.npy.tmp`, `.<key>.npy.*.tmp`).
+
+    Listed once for the whole run: a search per video would read the whole folder each time, which grows
+    quadratically with the number of videos. Each is removed only by the process that then locks its video.
+    """
+    found: dict[str, list[str]] = {}
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            candidates = []  # every key the name could start with; the longest is the most specific
+            for marker in (f".{TMP_TAG}", ".npy."):
+                cut = name.find(marker, 1)
+                while cut > 1:
+                    if name[1:cut] in keys:
+                        candidates.append(name[1:cut])
+                    cut = name.find(marker, cut + 1)
+            if candidates:
+                found.setdefault(max(candidates, key=len), []).append(name)
+    return found
+
+
+def _remove_leftovers(out_dir: Path, names: list[str]) -> None:
     """Temporary files of a process that died on this video (only the lock holder writes them)."""
-    for pattern in (f".{key}.{TMP_TAG}*.npy.tmp", f".{key}.npy.*.tmp"):
-        for leftover in out_dir.glob(pattern):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
 
 
 def _video_meta(record: VideoRecord, preprocess: Preprocess, options: ExtractOptions) -> dict[str, Any]:
