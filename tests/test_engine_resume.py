@@ -35,12 +35,13 @@ def _kill_in_second_epoch(config: Path, data: Path, work_dir: Path) -> int:
     cmd = [sys.executable, "-m", "c3dnet.cli", "train", "--config", str(config), "--data", str(data),
            "--work-dir", str(work_dir), "--device", "cpu"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = work_dir / "metrics.jsonl"
+    state = work_dir / "last.state.pt"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            lines = metrics.read_text().splitlines() if metrics.is_file() else []
-            if any(json.loads(line)["iteration"] >= 6 for line in lines):
+            # Checkpoints are written on a thread while training goes on, and replaced atomically: read the
+            # iteration of the one on disk.
+            if state.is_file() and load_state(state)["iteration"] >= 6:
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)

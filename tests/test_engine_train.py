@@ -69,3 +69,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset: Path, tmp_path: 
     assert 1 <= state["iteration"] < 12
     assert f"iteration {state['iteration']}" in str(info.value)  # the failing step was never taken
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_checkpoints_are_snapshots_and_a_failed_write_stops_the_run(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from c3dnet.engine import checkpoint
+    from c3dnet.engine.train import _host_copy
+
+    live = {"w": torch.zeros(3), "groups": [{"m": torch.ones(2)}], "lr": 0.1}
+    snap = _host_copy(live)
+    live["w"] += 1
+    live["groups"][0]["m"].zero_()
+    assert snap["w"].tolist() == [0, 0, 0] and snap["groups"][0]["m"].tolist() == [1, 1] and snap["lr"] == 0.1
+
+    # Checkpoints are written on a thread: a full disk there must still stop training with its own error,
+    # leaving the last checkpoint that was written whole.
+    save_state, calls = checkpoint.save_state, []
+
+    def full_disk_on_second(path, state):
+        calls.append(state["iteration"])
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save_state(path, state)
+
+    monkeypatch.setattr(checkpoint, "save_state", full_disk_on_second)
+    cfg = tiny_train_config("train.checkpoint_every=0", "train.val_every=0")
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, dataset, work_dir=tmp_path, device="cpu")
+    assert load_state(tmp_path / "last.state.pt")["iteration"] == calls[0]

@@ -7,7 +7,8 @@ nothing can disagree: model and optimiser tensors (SGD momentum), the iteration 
 the learning rate), the best metric and the RNG states of python, numpy, torch and CUDA of every rank.
 There is no gradient-scaler state: CUDA runs bf16 autocast, whose range needs no loss scaling.
 Every file is written atomically (temporary file, fsync, rename): a crash at any moment leaves the previous
-complete checkpoint. The state holds only tensors, numbers, strings, lists and dicts, so it loads with
+complete checkpoint. The training loop copies the tensors to the host and leaves the writing to a thread, so
+the disk does not hold up training. The state holds only tensors, numbers, strings, lists and dicts, so it loads with
 `torch.load(..., weights_only=True)`.
 """
 

@@ -19,6 +19,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,8 +304,11 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
                     last_plot = time.monotonic()
         if main and cfg.train.plots:
             metrics.plot()
+        run.wait_saved()
     finally:
         run.batches = None  # ends the training loader's worker processes
+        if run.writer is not None:
+            run.writer.shutdown(wait=True)  # the last checkpoint is on disk when train() returns (or raises)
         metrics.close()
         if run.bar is not None:
             run.bar.close()
@@ -329,6 +333,8 @@ class _Run:
         self.eager_net = net
         self.bar: Any = None
         self.batches: _Prefetcher | None = None
+        self.writer: ThreadPoolExecutor | None = None  # writes checkpoints while training goes on
+        self.saving: Future | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward; a torch.compile failure (raised lazily, at the first call) falls back to eager."""
@@ -357,6 +363,7 @@ class _Run:
         loss_value = float("nan")
         tick = time.perf_counter()
         while done < self.iters_per_epoch:
+            self.check_saved()
             x, y, data_time = self.batches.next()
             lr = self.schedule.apply(self.optimizer, iteration)
             logits = self.forward(x)
@@ -418,19 +425,31 @@ class _Run:
 
     def save(self, iteration: int, model_file: bool = True) -> None:
         """`last.state.pt` and (with `model_file`, at epoch ends) `last.safetensors`; rank 0 writes, every rank's
-        RNG state is gathered. Mid-epoch saves skip the native file: the state alone is what a resume needs."""
+        RNG state is gathered. Mid-epoch saves skip the native file: the state alone is what a resume needs.
+
+        The tensors are copied to the host here; the files are written (and fsynced) on a writer thread while
+        training goes on, one checkpoint at a time, so a save costs the copy, not the disk (seconds a checkpoint
+        on a virtual disk). Files are replaced atomically: until a write is complete the previous one stands.
+        """
         from c3dnet.engine.distributed import all_gather_objects
 
         rng = all_gather_objects(ckpt.rng_state())
         if not self.dist.is_main:
             barrier()
             return
+        self.wait_saved()
+        model_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        native = None
         if model_file:
+            from c3dnet.weights.native import NATIVE_FORMAT
+
+            m = self.model
             extra = {"epoch": iteration // self.iters_per_epoch, "iteration": iteration, "val": self.last_val}
-            ckpt.save_model_file(self.model, self.work_dir / "last.safetensors", extra=extra)
-        ckpt.save_state(self.work_dir / "last.state.pt", {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            native = (model_state, m.config, m.preprocess, m.class_names,
+                      getattr(m, "source_format", NATIVE_FORMAT), extra)
+        state = {
+            "model": model_state,
+            "optimizer": _host_copy(self.optimizer.state_dict()),
             "iteration": iteration,
             "iters_per_epoch": self.iters_per_epoch,
             "best_top1": self.best_top1,
@@ -438,8 +457,44 @@ class _Run:
             "last_val": self.last_val,
             "rng": rng,
             "config": self.cfg.to_dict(),
-        })
+        }
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="c3d-checkpoint")
+        self.saving = self.writer.submit(_write_checkpoint, self.work_dir, native, state)
         barrier()
+
+    def check_saved(self) -> None:
+        """Re-raise the error of a checkpoint write that has failed (a full disk, say), without waiting."""
+        if self.saving is not None and self.saving.done():
+            self.wait_saved()
+
+    def wait_saved(self) -> None:
+        """Wait for the checkpoint being written; re-raise its error."""
+        saving, self.saving = self.saving, None
+        if saving is not None:
+            saving.result()
+
+
+def _host_copy(obj: Any) -> Any:
+    """`obj` with every tensor copied to the host (never aliased, even on the CPU): a snapshot training may not
+    change while it is being written."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+def _write_checkpoint(work_dir: Path, native: tuple | None, state: dict[str, Any]) -> None:
+    if native is not None:
+        from c3dnet.weights.native import save_native
+
+        model_state, config, preprocess, class_names, source_format, extra = native
+        save_native(work_dir / "last.safetensors", model_state, config, preprocess, class_names,
+                    source_format=source_format, extra=extra)
+    ckpt.save_state(work_dir / "last.state.pt", state)
 
 
 class _Prefetcher:
