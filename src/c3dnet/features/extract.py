@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import tempfile
@@ -249,9 +250,11 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     fork = "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if fork else None)
     counter = context.Value("q", 0) if fork else None  # inherited by the forked decoder processes
+    # Messages as they come, not round-robin over the processes (PyTorch >= 2.6; older ones keep the order).
+    as_ready = {"in_order": False} if "in_order" in inspect.signature(torch.utils.data.DataLoader).parameters else {}
     loader = torch.utils.data.DataLoader(
         _Decoder(todo, out_dir, runner, options, counter), batch_size=None, num_workers=workers,
-        multiprocessing_context=context, prefetch_factor=4, in_order=False)
+        multiprocessing_context=context, prefetch_factor=4, **as_ready)
     pinned = runner.device.type == "cuda" and not runner.is_onnx
     batch_clips = torch.empty((options.batch_size, 3, runner.clip_len, runner.preprocess.crop_size,
                                runner.preprocess.crop_size), dtype=torch.uint8, pin_memory=pinned)
@@ -304,8 +307,9 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             if len(batch) == options.batch_size:
                 run_batch()
 
+    messages = iter(loader) if todo else iter(())
     try:
-        for kind, i, payload, clips in (loader if todo else ()):
+        for kind, i, payload, clips in messages:
             if kind == "skip":
                 summary.skipped += 1
                 bar.update(1)
@@ -329,6 +333,9 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             run_batch()
         collect(wait=True)
     finally:
+        # Stop the decoder processes now, not whenever the iterator is collected: none may still take a lock
+        # after ours are released below.
+        del messages
         writer.shutdown(wait=True)  # no writer may still be using a job dropped below
         for job in jobs.values():  # unfinished (an error or an interrupt): drop their partial rows
             job.discard()  # (harmless for one whose writer finished after the error)
