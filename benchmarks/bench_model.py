@@ -6,6 +6,8 @@ Paths (--paths picks them by these names):
     c3dnet: the engine's own helpers (`c3dnet.engine.device`): channels_last_3d, inference_mode, and on CUDA bf16
         autocast and cudnn.benchmark. On the CPU c3dnet runs fp32.
     compile: c3dnet plus torch.compile (default with --compile).
+    compile-max: the same in mode "max-autotune-no-cudagraphs" (Inductor benchmarks its kernel choices; minutes
+        of compiling; only when named).
 
 Each path's time per round and each table row are printed as soon as they are measured, so a run cut off by a
 time limit still shows what it finished; a path that fails (a torch.compile error, say) is reported as such and
@@ -36,7 +38,7 @@ from c3dnet.engine.device import autocast, inference_context, maybe_compile, pre
 from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
 from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
 
-PATH_KEYS = ("naive", "tf32", "c3dnet", "compile")
+PATH_KEYS = ("naive", "tf32", "c3dnet", "compile", "compile-max")
 KINDS = ("inference", "training")
 
 
@@ -48,6 +50,7 @@ class Path_:
     tf32: bool
     benchmark: bool
     compile: bool
+    mode: str | None = None  # torch.compile's mode
 
 
 def set_backend_flags(p: Path_) -> None:
@@ -60,7 +63,7 @@ def make_model(config: C3DConfig, p: Path_, device: torch.device, state: dict) -
     model = C3D(config)
     model.load_state_dict(state)
     model = prepare_model(model, device) if p.fast else model.to(device)
-    return maybe_compile(model, p.compile)
+    return maybe_compile(model, p.compile, p.mode)
 
 
 def inference_step(config, p, device, state, batch) -> Callable[[], None]:
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         Path_("c3dnet", "c3dnet" + (" (bf16, channels_last_3d)" if gpu else " (fp32, channels_last_3d)"),
               fast=True, tf32=True, benchmark=True, compile=False),
         Path_("compile", "c3dnet + torch.compile", fast=True, tf32=True, benchmark=True, compile=True),
+        Path_("compile-max", "c3dnet + torch.compile max-autotune", fast=True, tf32=True, benchmark=True,
+              compile=True, mode="max-autotune-no-cudagraphs"),
     ]
     if keys is None:
         keys = ["naive", "c3dnet"] + (["tf32"] if gpu else []) + (["compile"] if args.compile else [])

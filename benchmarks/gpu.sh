@@ -4,7 +4,8 @@
 # and, when $OUT is set (the device tool), are copied there.
 #   bash benchmarks/gpu.sh                         # extract, e2e, model, GPU tests, compiled model: ~7 min
 #                                                  (the limits below add up to 580 s)
-#   STEPS="model decode" bash benchmarks/gpu.sh    # a subset (steps: extract e2e model tests compile decode)
+#   STEPS="model decode" bash benchmarks/gpu.sh    # a subset (steps: extract e2e model tests compile decode
+#                                                  max-autotune)
 set -u
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -45,6 +46,8 @@ for s in ${STEPS:-extract e2e model tests compile}; do
     compile) step 100 model_compile python3 benchmarks/bench_model.py --device cuda --full-size --paths compile \
       --warmup 2 --rounds 1 --min-seconds 2 --name model_cuda_compile ;;
     decode) step 60 decode python3 benchmarks/bench_decode.py ;;
+    max-autotune) step 240 model_max python3 benchmarks/bench_model.py --device cuda --full-size \
+      --paths compile-max --kinds inference --warmup 2 --rounds 1 --min-seconds 2 --name model_cuda_max ;;
   esac
 done
 collect

@@ -100,12 +100,13 @@ def to_input(
     return x
 
 
-def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
-    """`torch.compile(model)` when asked, falling back to eager mode with a warning when compilation fails."""
+def maybe_compile(model: nn.Module, enabled: bool, mode: str | None = None) -> nn.Module:
+    """`torch.compile(model, mode=mode)` when asked, falling back to eager mode with a warning when compilation
+    fails."""
     if not enabled:
         return model
     try:
-        return torch.compile(model)
+        return torch.compile(model, mode=mode)
     except Exception as e:  # noqa: BLE001 - any compiler failure must fall back, not stop training
         log.warning("torch.compile failed (%s: %s); running eagerly", type(e).__name__, e)
         return model
