@@ -58,6 +58,9 @@ def test_overrides_are_typed() -> None:
         ("optim.lr", "expected section.key=value"),
         ("lr=0.1", "must be section.key"),
         ("data.batch_size=0", "batch_size"),
+        ("data.workers=many", "data.workers must be an integer or 'auto', got 'many'"),
+        ("data.workers=-1", "data.workers must be >= 0 or auto"),
+        ("optim.clip_grad_norm=big", "optim.clip_grad_norm must be a number or null"),
     ],
 )
 def test_bad_overrides(override: str, message: str) -> None:

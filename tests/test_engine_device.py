@@ -102,3 +102,17 @@ def test_prefetcher_hands_over_the_loader_batches_normalised_on_the_device(devic
         assert y.cpu().tolist() == labels.tolist()
     with pytest.raises(RuntimeError, match="ran out of batches"):
         prefetcher.next()
+
+
+def test_loader_workers_auto(monkeypatch) -> None:
+    from c3dnet.engine.device import loader_workers
+
+    assert loader_workers(3, torch.device("cpu")) == 3 and loader_workers(0, torch.device("cuda")) == 0
+    assert loader_workers("auto", torch.device("cpu")) == 1  # the model needs the cores
+    monkeypatch.setattr(device_mod.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers("auto", torch.device("cuda")) == 14
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four processes share the 16 cores
+    assert loader_workers(None, torch.device("cuda")) == 2
+    monkeypatch.setattr(device_mod.os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers("auto", torch.device("cuda")) == 16

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import load_video_list
-    from c3dnet.engine.device import select_device
+    from c3dnet.engine.device import loader_workers, select_device
     from c3dnet.errors import ConfigError
     from c3dnet.features import ClipRunner, ExtractOptions, extract, output_keys
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         model, device, source = load_model(args.weights), select_device(args.device, local_rank), args.weights
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
-    workers = args.workers or (max(1, min(16, (os.cpu_count() or 1) - 2)) if runner.device.type == "cuda" else 1)
+    workers = loader_workers(args.workers, runner.device)
     options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=args.l2,
                              batch_size=args.batch_size, workers=workers, skip_bad=args.skip_bad,
                              weights=str(source))

@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: test_<weights name>_split<N> beside the weights)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per batch (each has --clips clips)")
-    parser.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data loader worker processes (default: on a GPU one per core but two, up to 16; "
+                             "1 on the CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--skip-bad", action="store_true", help="log and skip unreadable videos instead of failing")
     parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
     from c3dnet.data.sources import load_source
-    from c3dnet.engine.device import prepare_model, select_device
+    from c3dnet.engine.device import loader_workers, prepare_model, select_device
     from c3dnet.engine.distributed import DistInfo, ResumableSampler, cleanup_distributed, init_distributed
     from c3dnet.engine.evaluate import evaluate
     from c3dnet.engine.reports import write_test_reports
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.weights import load_model
 
     log = get_logger("c3dnet.test")
-    if args.clips < 1 or args.batch_size < 1 or args.workers < 0:
+    if args.clips < 1 or args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ConfigError("--clips and --batch-size must be >= 1 and --workers >= 0")
     dist_info: DistInfo = init_distributed(args.device)
     try:
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=args.clips, skip_bad=args.skip_bad)
         sampler = ResumableSampler(len(dataset), False, 0, dist_info.rank, dist_info.world_size)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+            dataset, batch_size=args.batch_size, sampler=sampler, num_workers=loader_workers(args.workers, device),
             pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
         )
         log.info("testing %s on %d videos x %d clips (%s averaged) on %s", args.weights, len(dataset), args.clips,

@@ -56,13 +56,14 @@ class PreprocessSection:
 
 @dataclass
 class DataSection:
-    """Loading. `batch_size` is per process (per GPU under torchrun); `drop_last` drops each epoch's last
-    partial training batch (as the seed's loader does); `num_clips` is the test protocol's clips per video."""
+    """Loading. `batch_size` is per process (per GPU under torchrun); `workers` per process too ("auto": see
+    `c3dnet.engine.device.loader_workers`); `drop_last` drops each epoch's last partial training batch (as the
+    seed's loader does); `num_clips` is the test protocol's clips per video."""
 
     split: int = 1
     batch_size: int = 32
     val_batch_size: int = 32
-    workers: int = 4
+    workers: int | Literal["auto"] = "auto"
     drop_last: bool = True
     num_clips: int = 10
     skip_bad: bool = False
@@ -171,7 +172,7 @@ class TrainConfig:
             (o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm must be > 0 or null"),
             (sorted(o.milestones) == list(o.milestones), "optim.milestones must be increasing epochs"),
             (d.batch_size >= 1 and d.val_batch_size >= 1, "data.batch_size and data.val_batch_size must be >= 1"),
-            (d.workers >= 0, "data.workers must be >= 0"),
+            (d.workers == "auto" or d.workers >= 0, "data.workers must be >= 0 or auto"),
             (d.num_clips >= 1, "data.num_clips must be >= 1"),
             (t.val_every >= 0, "train.val_every must be >= 0 (0: no validation)"),
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: epoch ends only)"),
@@ -237,6 +238,15 @@ def _set_field(section: Any, full_key: str, key: str, value: Any, source: str) -
     setattr(section, key, _coerce(value, hints[key], full_key, source))
 
 
+def _describe(hint: Any) -> str:
+    """What a value of type `hint` looks like, for error messages."""
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, repr(hint))
+
+
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check `value` against the type hint `hint`, converting only int -> float; raise `ConfigError` otherwise."""
     origin = typing.get_origin(hint)
@@ -245,13 +255,13 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        errors = []
         for option in options:
             try:
                 return _coerce(value, option, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
+            except ConfigError:
+                continue
+        wanted = " or ".join(_describe(o) for o in options) + (" or null" if type(None) in args else "")
+        raise ConfigError(f"{source}: {key} must be {wanted}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -98,6 +99,19 @@ def to_input(
     if x.ndim == 5:
         x = x.contiguous(memory_format=memory_format(device, channels_last))
     return x
+
+
+def loader_workers(setting: int | str | None, device: torch.device) -> int:
+    """Data-loader worker processes: `setting` itself, or for "auto" (and None) one per CPU core this process
+    may use, less two for the training loop and the pinning thread, at most 16, on a GPU (torchrun's
+    LOCAL_WORLD_SIZE processes share the cores); on the CPU, 1, since the model needs the cores."""
+    if setting not in ("auto", None):
+        return int(setting)
+    if device.type != "cuda":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(16, share - 2))
 
 
 def maybe_compile(model: nn.Module, enabled: bool, mode: str | None = None) -> nn.Module:

@@ -30,7 +30,7 @@ from torch import nn
 
 from c3dnet.engine import checkpoint as ckpt
 from c3dnet.engine.config import TrainConfig, load_config
-from c3dnet.engine.device import autocast, maybe_compile, prepare_model, select_device, to_input
+from c3dnet.engine.device import autocast, loader_workers, maybe_compile, prepare_model, select_device, to_input
 from c3dnet.engine.distributed import (
     DistInfo,
     ResumableSampler,
@@ -92,7 +92,8 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
     d = cfg.data
     source = load_source(data, "train", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
     preprocess = cfg.preprocess_record()
-    common = dict(num_workers=d.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+    workers = loader_workers(d.workers, device)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
     train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
     sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
     # One loader iterator serves the whole run (see _EpochBatches), and the epoch travels with each index: every
@@ -110,7 +111,7 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
         val_set = ClipDataset(val_source.records, "val", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
         val_sampler = ResumableSampler(len(val_set), False, 0, dist_info.rank, dist_info.world_size)
         val_loader = torch.utils.data.DataLoader(
-            val_set, batch_size=d.val_batch_size, sampler=val_sampler, persistent_workers=d.workers > 0,
+            val_set, batch_size=d.val_batch_size, sampler=val_sampler, persistent_workers=workers > 0,
             generator=torch.Generator(), **common,
         )
     return _Loaders(train_loader, batches, val_loader, source.class_names)
