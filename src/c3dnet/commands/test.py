@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: test_<weights name>_split<N> beside the weights)")
-    parser.add_argument("--batch-size", type=int, default=4, help="videos per batch (each has --clips clips)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="videos per batch, each of --clips clips (default: 16 on a GPU, 4 on the CPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="data loader worker processes (default: on a GPU one per core but two, up to 16; "
                              "1 on the CPU)")
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.weights import load_model
 
     log = get_logger("c3dnet.test")
-    if args.clips < 1 or args.batch_size < 1 or (args.workers is not None and args.workers < 0):
+    if args.clips < 1 or (args.batch_size is not None and args.batch_size < 1) or \
+            (args.workers is not None and args.workers < 0):
         raise ConfigError("--clips and --batch-size must be >= 1 and --workers >= 0")
     dist_info: DistInfo = init_distributed(args.device)
     try:
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=args.clips, skip_bad=args.skip_bad)
         sampler = ResumableSampler(len(dataset), False, 0, dist_info.rank, dist_info.world_size)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size, sampler=sampler, num_workers=loader_workers(args.workers, device),
+            dataset, batch_size=args.batch_size or (16 if device.type == "cuda" else 4), sampler=sampler,
+            num_workers=loader_workers(args.workers, device),
             pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
         )
         log.info("testing %s on %d videos x %d clips (%s averaged) on %s", args.weights, len(dataset), args.clips,
