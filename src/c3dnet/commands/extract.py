@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=16, help="frames between clip starts (default: 16)")
     parser.add_argument("--l2", action="store_true", help="L2-normalise each row (after the mean with --video-mean)")
     parser.add_argument("--video-mean", action="store_true", help="store the mean over a video's clips (dim,)")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass, across videos")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="clips per forward pass, across videos (default: 64 on a GPU, 32 on the CPU; a resumed "
+                             "run is bit-identical with the same value)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoder processes (default: 1 on the CPU, where the model needs every core; on "
                              "CUDA one per core but two, up to 16)")
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.errors import ConfigError
     from c3dnet.features import ClipRunner, ExtractOptions, extract, output_keys
 
-    if args.stride < 1 or args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+    if args.stride < 1 or (args.batch_size is not None and args.batch_size < 1) or \
+            (args.workers is not None and args.workers < 1):
         raise ConfigError(f"--stride, --batch-size and --workers must be >= 1, got {args.stride}, "
                           f"{args.batch_size}, {args.workers}")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
     workers = loader_workers(args.workers, runner.device)
     options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=args.l2,
-                             batch_size=args.batch_size, workers=workers, skip_bad=args.skip_bad,
+                             batch_size=args.batch_size or (64 if runner.device.type == "cuda" else 32),
+                             workers=workers, skip_bad=args.skip_bad,
                              weights=str(source))
     s = extract(records, runner, args.out, options, keys=keys, progress=not args.no_progress)
     shard = f" (rank {rank} of {world})" if world > 1 else ""
