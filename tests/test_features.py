@@ -278,3 +278,31 @@ def test_leftovers_are_found_by_exact_key(tmp_path):
     assert sorted(found["a"]) == [".a.c3dpart-123-x1.npy.tmp", ".a.npy.abc.tmp"]
     assert found["a.npy.b"] == [".a.npy.b.c3dpart-9-y.npy.tmp"] and found["v[1]"] == [".v[1].npy.zz.tmp"]
     assert "other" not in found
+
+
+def test_a_full_disk_while_writing_stops_extraction_and_loses_nothing(tmp_path, monkeypatch):
+    import errno
+    import importlib
+
+    extract_module = importlib.import_module("c3dnet.features.extract")  # the module, not the function
+
+    paths = [_video(tmp_path / f"v{i}.avi", 10, seed=i) for i in range(5)]
+    records = [VideoRecord(p, -1) for p in paths]
+    runner = ClipRunner(_model(), "fc6")
+    publish, calls = extract_module.publish, []
+
+    def full_disk_on_third(tmp, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        publish(tmp, path)
+
+    monkeypatch.setattr(extract_module, "publish", full_disk_on_third)
+    options = ExtractOptions(stride=4, batch_size=2, workers=1)
+    with pytest.raises(OSError, match="No space left"):  # raised on a writer thread, reported here
+        extract(records, runner, tmp_path / "out", options, progress=False)
+    out = tmp_path / "out"
+    assert not list(out.glob(".*.tmp")) and not list((out / ".locks").glob("*"))
+    monkeypatch.setattr(extract_module, "publish", publish)
+    summary = extract(records, runner, out, options, progress=False)  # the rerun finishes the rest
+    assert summary.done + summary.skipped == 5 and len(read_manifest(out)) == 5
