@@ -50,6 +50,9 @@ def test_prediction_equals_the_test_protocol(tmp_path, model, num_frames):
         logits = model(normalize(clips, PRE)).numpy()  # (10, 5)
     np.testing.assert_allclose(p.probs, softmax(logits.mean(0)), rtol=1e-5, atol=1e-6)
     assert p.probs.sum() == pytest.approx(1.0) and p.num_frames == num_frames and len(p.clip_starts) == 10
+    by_prob = predict_video(ClipRunner(model, "logits"), path, NAMES, num_clips=10, average="prob")
+    np.testing.assert_allclose(by_prob.probs, softmax(logits, axis=1).mean(0), rtol=1e-5, atol=1e-6)
+    assert by_prob.probs.sum() == pytest.approx(1.0)
     top = p.top_k(3)
     assert [c.prob for c in top] == sorted(p.probs, reverse=True)[:3]
     assert [c.label for c in top] == [NAMES[c.index] for c in top]

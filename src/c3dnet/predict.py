@@ -90,12 +90,17 @@ def multi_clip_batch(runner: ClipRunner, path: str | os.PathLike[str], num_clips
 
 
 def predict_video(runner: ClipRunner, path: str | os.PathLike[str], class_names: list[str],
-                  num_clips: int = 10) -> Prediction:
-    """Softmax of the mean clip logits over `num_clips` evenly spaced clips (the reference's test protocol)."""
+                  num_clips: int = 10, average: str = "score") -> Prediction:
+    """Class probabilities of a video from `num_clips` evenly spaced clips: the softmax of the mean clip logits
+    ("score", the reference's test protocol, as `c3d test`), or the mean of the clips' softmax ("prob",
+    mmaction2's)."""
+    if average not in ("score", "prob"):
+        raise ValueError(f"average must be 'score' or 'prob', got {average!r}")
     clips, starts, num_frames = multi_clip_batch(runner, path, num_clips)
     logits = runner(clips)  # (K, C)
-    return Prediction(video=str(path), probs=softmax(logits.mean(axis=0)), clip_starts=starts.tolist(),
-                      num_frames=num_frames, class_names=class_names)
+    probs = softmax(logits.mean(axis=0)) if average == "score" else softmax(logits).mean(axis=0)
+    return Prediction(video=str(path), probs=probs, clip_starts=starts.tolist(), num_frames=num_frames,
+                      class_names=class_names)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--onnx", help="run an ONNX file from `c3d export` with ONNX Runtime instead")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per video (default: 5)")
     parser.add_argument("--clips", type=int, default=10, help="evenly spaced clips averaged per video (default: 10)")
+    parser.add_argument("--average", choices=("score", "prob"), default="score",
+                        help="softmax of the mean clip logits (score, the reference's; default) or mean of the clip "
+                             "probabilities (prob, mmaction2's), as in `c3d test`")
     parser.add_argument("--json", action="store_true",
                         help='print a JSON list of {"video", "top_k": [{"label", "index", "prob"}]}')
     parser.add_argument("--timeline", metavar="DIR",
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     results, failed = [], 0
     for record, key in zip(records, output_keys(records)):
         try:
-            prediction = predict_video(runner, record.path, names, args.clips)
+            prediction = predict_video(runner, record.path, names, args.clips, args.average)
             if args.timeline:
                 timeline = predict_timeline(runner, record.path, names, args.stride)
                 save_timeline(timeline, args.timeline, key, args.top_k)
