@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from c3dnet.data import sampling
+from c3dnet.engine.evaluate import softmax
 from c3dnet.features import ClipRunner, stream_clips
 from c3dnet.fileio import atomic_write, atomic_write_text
 from c3dnet.log import get_logger
@@ -58,12 +59,6 @@ class Prediction:
     def to_dict(self, k: int = 5) -> dict[str, Any]:
         """The `c3d predict --json` record: {"video": ..., "top_k": [{"label", "index", "prob"}, ...]}."""
         return {"video": self.video, "top_k": [c.to_dict() for c in self.top_k(k)]}
-
-
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 def class_labels(model_class_names: list[str] | None, num_classes: int) -> list[str]:

@@ -535,23 +535,18 @@ def _read_folder(
     for i in np.unique(indices).tolist():
         file = path / template.format(i + start_index)
         frame = _read_frame_opencv(cv2, file) if cv2 is not None else None
-        if frame is not None:
-            if size_hw is not None and frame.shape[:2] != tuple(size_hw):
-                frame = np.asarray(Image.fromarray(frame).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
-            loaded[i] = frame
-            continue
-        try:
-            with Image.open(file) as im:
-                if im.mode != "RGB":
-                    im = im.convert("RGB")
-                if size_hw is not None and (im.height, im.width) != tuple(size_hw):
-                    im = im.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
-                loaded[i] = np.asarray(im, dtype=np.uint8)
-        except FileNotFoundError as e:
-            raise DataError(f"{file}: missing frame file (frame {i} of {path}); the annotation's frame count "
-                            "may be wrong or the extraction incomplete: re-extract this video") from e
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            raise DataError(f"{file}: cannot decode this frame image ({e}); re-extract this video") from e
+        if frame is None:
+            try:
+                with Image.open(file) as im:
+                    frame = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+            except FileNotFoundError as e:
+                raise DataError(f"{file}: missing frame file (frame {i} of {path}); the annotation's frame count "
+                                "may be wrong or the extraction incomplete: re-extract this video") from e
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+                raise DataError(f"{file}: cannot decode this frame image ({e}); re-extract this video") from e
+        if size_hw is not None and frame.shape[:2] != tuple(size_hw):
+            frame = np.asarray(Image.fromarray(frame).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
+        loaded[i] = frame
     shapes = {a.shape for a in loaded.values()}
     if len(shapes) > 1:
         raise DataError(f"{path}: frames have different sizes {sorted(shapes)}; re-extract this video")

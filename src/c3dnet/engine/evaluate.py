@@ -37,6 +37,13 @@ def _ranks_of_labels(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ((scores > true) | ((scores == true) & lower_index)).sum(axis=1)
 
 
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along `axis`, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
 def topk_accuracy(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, k: int = 1) -> float:
     """Fraction of rows (N, C) whose label (N,) is among the top `k` scores; `k` is capped at C."""
     scores, labels = _numpy(scores), _numpy(labels)
@@ -119,8 +126,7 @@ class ClipAggregator:
         labels = np.array([self.labels[i] for i in order], dtype=np.int64)
         num_classes = num_classes or clips.shape[2]
         if average == "prob":
-            e = np.exp(clips - clips.max(axis=2, keepdims=True))
-            video_scores = (e / e.sum(axis=2, keepdims=True)).mean(axis=1)
+            video_scores = softmax(clips, axis=2).mean(axis=1)
         else:
             video_scores = clips.mean(axis=1)  # (V, C)
         preds = video_scores.argmax(axis=1)

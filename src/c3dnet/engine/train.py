@@ -439,7 +439,7 @@ class _Run:
             barrier()
             return
         self.wait_saved()
-        model_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        model_state = _host_copy(self.model.state_dict())
         native = None
         if model_file:
             from c3dnet.weights.native import NATIVE_FORMAT

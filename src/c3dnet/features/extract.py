@@ -301,9 +301,12 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             _postfix(bar, summary, start)
 
     def add_clips(job: _Job, first: int, clips: torch.Tensor) -> None:
-        for j in range(clips.shape[0]):
-            batch_clips[len(batch)] = clips[j]
-            batch.append((job, first + j))
+        j = 0
+        while j < clips.shape[0]:  # as many rows at a time as the batch has room for
+            n = min(clips.shape[0] - j, options.batch_size - len(batch))
+            batch_clips[len(batch):len(batch) + n] = clips[j:j + n]
+            batch.extend((job, first + j + m) for m in range(n))
+            j += n
             if len(batch) == options.batch_size:
                 run_batch()
 
