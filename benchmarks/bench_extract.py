@@ -3,9 +3,11 @@
     python benchmarks/bench_extract.py                          # tiny model, CPU
     python benchmarks/bench_extract.py --full-size --device cuda --videos 32 --frames 300 --batch-size 64
 
-Prints one table row per measurement: frames/s and clips/s of (a) streaming decode + resize + crop alone
-(the ceiling set by PyAV) and (b) `c3dnet.features.extract` end to end (decoder processes feeding batches
-that mix videos), plus the process's peak resident memory.
+Prints one table row per measurement: frames/s and clips/s of (a) what one decoder process does alone (decode,
+resize, crop, stack into clips: the ceiling set by PyAV per process), (b) the model alone on random clips,
+(c) `c3dnet.features.extract` with the model replaced by zeros (decoder processes, batching and writing: the
+ceiling of the data side) and (d) `extract` end to end (decoder processes feeding batches that mix videos),
+plus the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.decode import video_info
 from c3dnet.data.sources import VideoRecord
 from c3dnet.engine.device import select_device
-from c3dnet.features import ClipRunner, ExtractOptions, extract, stream_clips
+from c3dnet.features import ClipRunner, ExtractOptions, PendingRows, clip_frames, extract
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
 from common import environment, markdown_table, write_results  # noqa: E402
@@ -78,6 +80,13 @@ def slow_fsync(seconds: float) -> None:
     os.fsync = delayed
 
 
+class NoModel(ClipRunner):
+    """Rows of zeros at once: `extract` run with it measures decoding, batching and writing, the model left out."""
+
+    def submit(self, clips: torch.Tensor) -> PendingRows:
+        return PendingRows(np.zeros((clips.shape[0], self.dim), dtype=np.float32))
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -101,6 +110,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=16)
     parser.add_argument("--layer", default="fc6", choices=("pool5", "fc6", "fc7"))
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--skip-no-model", action="store_true",
+                        help="leave out the row that runs the pipeline with the model replaced by zeros")
     parser.add_argument("--sync-latency-ms", type=float, default=0.0,
                         help="add this much to every fsync, as a network or virtual disk costs (e.g. 10)")
     args = parser.parse_args()
@@ -130,10 +141,12 @@ def main() -> None:
         for p in sample:
             info = video_info(p)
             size = pre.resize_target(info.height, info.width)
-            clips += sum(1 for _ in stream_clips(p, pre, args.stride, info.num_frames, size))
+            for _, frames in clip_frames(p, pre, args.stride, info.num_frames, size):
+                np.stack(frames)  # the clip's one copy, as a decoder process makes it
+                clips += 1
         dt = time.perf_counter() - t0
         frames = len(sample) * args.frames
-        rows.append((f"decode+resize+crop only (1 process, {len(sample)} videos)", frames / dt, clips / dt, dt))
+        rows.append((f"decode+resize+crop+stack only (1 process, {len(sample)} videos)", frames / dt, clips / dt, dt))
 
         runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
         batch = torch.randint(0, 256, (args.batch_size, 3, pre.clip_len, pre.crop_size, pre.crop_size),
@@ -146,20 +159,25 @@ def main() -> None:
         dt = time.perf_counter() - t0
         model_cps = n * args.batch_size / dt
         rows.append((f"model only, random clips ({name}, {device})", model_cps * args.stride, model_cps, dt))
-        for workers in [int(w) for w in args.workers.split(",")]:
+        counts = [int(w) for w in args.workers.split(",")]
+        runs = [(runner, w, f"extract {args.layer}, {name}, {device}, {w} decoder processes") for w in counts]
+        if not args.skip_no_model:
+            runs.insert(0, (NoModel(model, args.layer, device), max(counts),
+                            f"extract with no model (decode, batch, write), {max(counts)} decoder processes"))
+        for run, workers, label in runs:
             options = ExtractOptions(stride=args.stride, batch_size=args.batch_size, workers=workers)
             out = tmp / f"out_{workers}"
-            summary = extract([VideoRecord(p, -1) for p in paths], runner, out, options, progress=False)
+            summary = extract([VideoRecord(p, -1) for p in paths], run, out, options, progress=False)
             shutil.rmtree(out)
-            rows.append((f"extract {args.layer}, {name}, {device}, {workers} decoder processes", summary.frames_per_s,
-                         summary.clips / summary.seconds, summary.seconds))
+            rows.append((label, summary.frames_per_s, summary.clips / summary.seconds, summary.seconds))
+            print("row:", label, f"{summary.frames_per_s:.0f} frames/s", flush=True)
 
     setting = (f"{args.videos} videos x {args.frames} frames ({args.width}x{args.height}, {args.source}), stride "
                f"{args.stride}, batch {args.batch_size}")
     if args.sync_latency_ms:
         setting += f", every fsync {args.sync_latency_ms:g} ms slower"
     table_rows = [[label, fps, cps, secs] for label, fps, cps, secs in rows]
-    best = max(rows[2:], key=lambda r: r[1])
+    best = max((r for r in rows[2:] if not r[0].startswith("extract with no model")), key=lambda r: r[1])
     table_rows.append(["best extract / decode-only (1 process), best extract / model-only (frames/s ratios)",
                        best[1] / rows[0][1], best[1] / rows[1][1], float("nan")])
     table = markdown_table(["measurement", "frames/s", "clips/s", "seconds"], table_rows)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,11 +120,11 @@ class _CrashAfter:
     def __getattr__(self, name):  # preprocess, output, dim, device, ...: the wrapped runner's
         return getattr(self.runner, name)
 
-    def __call__(self, clips):
+    def submit(self, clips):
         if self.n == 0:
             raise RuntimeError("injected crash")
         self.n -= 1
-        return self.runner(clips)
+        return self.runner.submit(clips)
 
 
 def test_crash_then_resume_gives_identical_outputs(tmp_path):
@@ -245,6 +247,81 @@ def test_several_decoder_processes_extract_each_video_once(tmp_path):
     assert summary.clips == sum(len(e.clip_starts) for e in read_manifest(tmp_path / "out"))
     assert not list((tmp_path / "out" / ".locks").glob("*")) and not list((tmp_path / "out").glob(".*.tmp"))
     for p in paths:
+        (entry,) = [e for e in read_manifest(tmp_path / "out") if e.key == p.stem]
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"{p.stem}.npy"),
+                                   _reference_rows(model, p, entry.clip_starts), rtol=1e-4, atol=1e-5)
+
+
+class _Queued:
+    """A runner that returns before computing, as on CUDA: the rows come at `.result()`, from clips that must still
+    be what they were at `submit` (extraction may not refill a batch buffer that the model is still reading)."""
+
+    asynchronous = True
+
+    def __init__(self, runner):
+        self.runner, self.pending, self.most = runner, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def submit(self, clips):
+        snapshot = clips.clone()
+        self.pending += 1
+        self.most = max(self.most, self.pending)
+        queued = self
+
+        class Rows:
+            def result(self):
+                assert torch.equal(clips, snapshot), "a batch buffer was refilled while its batch was in flight"
+                queued.pending -= 1
+                return queued.runner(snapshot)
+
+        return Rows()
+
+
+def test_queued_batches_ring_slots_and_a_video_failing_midway(tmp_path, monkeypatch):
+    """Two batches in flight, rings of 3 clip slots (so messages wrap around them), and a video whose decoding
+    fails after one clip: every other video's rows are right, and every slot is free at the end."""
+    import importlib
+
+    module = importlib.import_module("c3dnet.features.extract")
+    paths = [_video(tmp_path / f"v{i}.avi", 14 + 5 * i, seed=i) for i in range(5)]
+    real = module.clip_frames
+
+    def failing(path, *args, **kwargs):
+        for n, item in enumerate(real(path, *args, **kwargs)):
+            if Path(path).stem == "v2" and n == 1:  # its first clip is out, in a slot not at the ring's end
+                raise DataError(f"{path}: injected decoding failure")
+            yield item
+
+    free_at_end = []
+    close = module._Rings.close
+
+    def checked_close(rings):
+        free_at_end.append([s.get_value() for s in rings.free])
+        close(rings)
+
+    monkeypatch.setattr(module, "clip_frames", failing)
+    monkeypatch.setattr(module, "_RING_SLOTS", 3)
+    monkeypatch.setattr(module._Rings, "close", checked_close)
+    model = _model()
+    runner = _Queued(ClipRunner(model, "fc6"))
+
+    def stalled(*_):
+        raise TimeoutError("extraction stalled: a decoder process waits for ring slots that are never freed")
+
+    previous = signal.signal(signal.SIGALRM, stalled)
+    signal.alarm(60)
+    try:
+        summary = extract([VideoRecord(p, -1) for p in paths], runner, tmp_path / "out",
+                          ExtractOptions(stride=2, batch_size=4, workers=2, skip_bad=True), progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert runner.most == 2 and runner.pending == 0
+    assert free_at_end == [[3, 3]]
+    assert summary.done == 4 and [f[0] for f in summary.failed] == [str(paths[2])]
+    for p in paths[:2] + paths[3:]:
         (entry,) = [e for e in read_manifest(tmp_path / "out") if e.key == p.stem]
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"{p.stem}.npy"),
                                    _reference_rows(model, p, entry.clip_starts), rtol=1e-4, atol=1e-5)

@@ -27,7 +27,7 @@ layout and manifest entries), `locks` (per-video lock files), `extract` (the res
 
 from __future__ import annotations
 
-from c3dnet.features.clips import ClipRunner, clip_starts, stream_clips
+from c3dnet.features.clips import ClipRunner, PendingRows, clip_frames, clip_starts, stream_clips
 from c3dnet.features.extract import ExtractOptions, ExtractSummary, extract
 from c3dnet.features.locks import VideoLock
 from c3dnet.features.manifest import (
@@ -55,7 +55,9 @@ __all__ = [
     "ExtractOptions",
     "ExtractSummary",
     "ManifestEntry",
+    "PendingRows",
     "VideoLock",
+    "clip_frames",
     "clip_starts",
     "extract",
     "load_features",

@@ -48,17 +48,55 @@ class ClipRunner:
     def clip_len(self) -> int:
         return self.preprocess.clip_len
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether `submit` returns before the rows are computed (a PyTorch model on CUDA)."""
+        return self.device.type == "cuda" and not self.is_onnx
+
     def __call__(self, clips: torch.Tensor) -> np.ndarray:
+        return self.submit(clips).result()
+
+    def submit(self, clips: torch.Tensor) -> PendingRows:
+        """Queue a batch on the device and return at once; `.result()` waits for its rows.
+
+        On CUDA the copy in, the model and the copy of the rows into pinned memory are queued on the current
+        stream, so the caller can prepare the next batch meanwhile; `clips` (pinned, for a truly asynchronous
+        copy) must stay untouched until `.result()` has returned. Elsewhere the rows are computed here.
+        Any memory layout of `clips` is accepted: (B, 3, T, H, W) viewed from a (B, T, H, W, 3) buffer is
+        already channels_last_3d, so it is copied as it is.
+        """
         from c3dnet.data.transforms import normalize
 
         if self.is_onnx:
-            return self.model.run(normalize(clips, self.preprocess), [self.output])[0].astype(np.float32)
+            return PendingRows(self.model.run(normalize(clips, self.preprocess), [self.output])[0]
+                               .astype(np.float32))
         from c3dnet.engine.device import inference_context, to_input
 
         with inference_context(self.device, self.amp):
             x = to_input(clips, self.preprocess, self.device)  # (B, 3, T, H, W) float32 on the device
             out = self.model(x) if self.output == "logits" else self.model.forward_features(x, self.output)
-        return out.float().cpu().numpy()
+            out = out.float()
+        if self.device.type != "cuda":
+            return PendingRows(out.numpy())
+        host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return PendingRows(host, done, keep=(x, out))
+
+
+class PendingRows:
+    """The rows of a batch that `ClipRunner.submit` queued: `.result()` waits for them (at most once)."""
+
+    def __init__(self, rows: np.ndarray | torch.Tensor, done: torch.cuda.Event | None = None,
+                 keep: tuple[torch.Tensor, ...] = ()) -> None:
+        self._rows, self._done, self._keep = rows, done, keep  # `keep`: device memory in use until done
+
+    def result(self) -> np.ndarray:
+        if self._done is not None:
+            self._done.synchronize()
+            self._done, self._keep = None, ()
+        return self._rows.numpy() if isinstance(self._rows, torch.Tensor) else self._rows
 
 
 # --------------------------------------------------------------------------------------------------- clips
@@ -72,23 +110,25 @@ def clip_starts(num_frames: int, preprocess: Preprocess, stride: int) -> np.ndar
 def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
     """Centre crop of decoded frames (n, H, W, 3), offsets rounded down as `transforms.center_crop` does.
 
-    numpy rather than torch: this runs in decoder processes beside the model's, which need no more threads.
+    A view, not a copy: the frames are copied once, when they are stacked into clips. numpy rather than torch:
+    this runs in decoder processes beside the model's, which need no more threads.
     """
     h, w = chunk.shape[1:3]
     if h < crop or w < crop:
         raise DataError(f"{path}: frames of {h}x{w} after resizing are smaller than the {crop}x{crop} crop; "
                         "the weights' preprocessing does not fit this video")
     top, left = (h - crop) // 2, (w - crop) // 2
-    return np.ascontiguousarray(chunk[:, top:top + crop, left:left + crop])  # (n, crop, crop, 3), a copy
+    return chunk[:, top:top + crop, left:left + crop]  # (n, crop, crop, 3)
 
 
-def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
-                 size_hw: tuple[int, int] | None, chunk: int = 64) -> Iterator[tuple[int, torch.Tensor]]:
-    """(clip number, uint8 clip (3, T, crop, crop)) for each sliding clip, decoding the video once, in order.
+def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
+                size_hw: tuple[int, int] | None, chunk: int = 64) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(clip number, its T centre-cropped frames (crop, crop, 3)) for each sliding clip, decoding the video once.
 
-    Only frames that a pending clip still needs are kept (at most about one clip span plus one chunk), so
-    memory does not grow with the video's length. Short videos (fewer frames than a clip) wrap around, as
-    `sampling.clip_indices` does.
+    The frames are views into decoded chunks, valid until the next clip is asked for: stack them (into a
+    buffer of your own, say) before going on. Only frames that a pending clip still needs are kept (at most
+    about one clip span plus one chunk), so memory does not grow with the video's length. Short videos (fewer
+    frames than a clip) wrap around, as `sampling.clip_indices` does.
     """
     from c3dnet.data.decode import iter_frames
 
@@ -100,13 +140,11 @@ def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: i
     k, j = 0, 0
     for frames in iter_frames(path, size_hw=size_hw, chunk=chunk):
         cropped = _crop_chunk(frames, preprocess.crop_size, path)  # (n, crop, crop, 3)
-        del frames
         for t in range(cropped.shape[0]):
             if k < len(idx) and j >= first_needed[k]:
                 buffer[j] = cropped[t]
             while k < len(idx) and last_needed[k] <= j:
-                clip = np.stack([buffer[int(i)] for i in idx[k]])  # (T, crop, crop, 3)
-                yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
+                yield k, [buffer[int(i)] for i in idx[k]]
                 k += 1
                 if k < len(idx):
                     for old in [i for i in buffer if i < first_needed[k]]:
@@ -116,3 +154,13 @@ def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: i
         raise DataError(f"{path}: decoded {j} frames but the container lists {num_frames}; the file is corrupt "
                         "or truncated: re-encode or remove it (or use --skip-bad)")
 
+
+def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
+                 size_hw: tuple[int, int] | None, chunk: int = 64) -> Iterator[tuple[int, torch.Tensor]]:
+    """(clip number, uint8 clip (3, T, crop, crop)) for each sliding clip, decoding the video once, in order.
+
+    `clip_frames` stacked into channel-first tensors; memory stays bounded as there.
+    """
+    for k, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk):
+        clip = np.stack(frames)  # (T, crop, crop, 3)
+        yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import mmap
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from c3dnet.errors import DataError
-from c3dnet.features.clips import ClipRunner, clip_starts, stream_clips
+from c3dnet.features.clips import ClipRunner, PendingRows, clip_frames, clip_starts
 from c3dnet.features.locks import VideoLock, _clear_stale_locks, _release_own_locks
 from c3dnet.features.manifest import (
     LOCKS_DIR,
@@ -146,20 +148,60 @@ def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
 
 
 _CLIPS_PER_ITEM = 16  # clips per message from a decoder process: bounded memory, few messages
+_RING_SLOTS = 4 * _CLIPS_PER_ITEM  # clip slots per decoder process in the shared rings
 _WRITERS = 8  # threads writing finished videos: their fsyncs overlap
+
+
+class _Stopped(Exception):
+    """The extraction ended (an error, an interrupt, or its process died) while a decoder process waited."""
+
+
+class _Rings:
+    """A ring of clip slots (T, crop, crop, 3) per decoder process, in memory shared with this process.
+
+    One anonymous shared mapping made before the fork: nothing goes through /dev/shm, and no memory is mapped
+    per message (a fresh shared-memory tensor per message costs this process page faults on every page it
+    reads: about 0.4 ms a clip against 0.06 ms for a copy from memory already mapped). A decoder process takes
+    its slots in order, waiting on its semaphore when all are in use; messages then carry only slot numbers,
+    and this process frees the slots, in the same order, once it has copied the clips out.
+    """
+
+    def __init__(self, context: Any, workers: int, clip_shape: tuple[int, ...]) -> None:
+        self.slots = _RING_SLOTS
+        size = workers * self.slots * int(np.prod(clip_shape))
+        self._map = mmap.mmap(-1, size)  # MAP_SHARED | MAP_ANONYMOUS, inherited by the forked processes
+        self.array = np.frombuffer(self._map, dtype=np.uint8).reshape(workers, self.slots, *clip_shape)
+        self.free = [context.Semaphore(self.slots) for _ in range(workers)]
+        self.stop = context.Event()
+        self.owner_pid = os.getpid()
+        self.next = 0  # in a decoder process: its next slot
+
+    def take(self, worker: int) -> int:
+        """In decoder process `worker`: its next slot, once free; `_Stopped` if the extraction ended."""
+        while not self.free[worker].acquire(timeout=0.5):
+            if self.stop.is_set() or os.getppid() != self.owner_pid:
+                raise _Stopped
+        slot, self.next = self.next, (self.next + 1) % self.slots
+        return slot
+
+    def close(self) -> None:
+        del self.array
+        with contextlib.suppress(BufferError):  # a view still held (by a traceback, say): freed when collected
+            self._map.close()
 
 
 class _Decoder(torch.utils.data.IterableDataset):
     """Runs in each decoder process: takes the next video to do, locks it, and streams its clips as messages.
 
-    Messages: ("skip"|"busy", i, None, None), ("start", i, meta, None), ("clips", i, first clip number, uint8
-    (n, 3, T, crop, crop)), ("fail", i, message, None). Videos are handed out through a shared counter, so a
-    process that finishes early takes the next one; locks are taken for the writing process (`owner_pid`).
+    Messages: ("skip"|"busy", i, None, None), ("start", i, meta, None), ("clips", i, first clip number, clips),
+    ("fail", i, message, None). `clips` is (worker, first slot, count) in the shared rings when there are
+    rings (a fork), else a uint8 tensor (n, T, crop, crop, 3). Videos are handed out through a shared counter,
+    so a process that finishes early takes the next one; locks are taken for the writing process (`owner_pid`).
     """
 
     def __init__(self, todo: list[tuple[VideoRecord, str]], out_dir: Path, runner: ClipRunner,
-                 options: ExtractOptions, counter: Any) -> None:
-        self.todo, self.out_dir, self.options, self.counter = todo, out_dir, options, counter
+                 options: ExtractOptions, counter: Any, rings: _Rings | None) -> None:
+        self.todo, self.out_dir, self.options, self.counter, self.rings = todo, out_dir, options, counter, rings
         self.leftovers = _leftovers(out_dir, {key for _, key in todo})
         self.preprocess = runner.preprocess
         self.owner_pid = os.getpid()
@@ -177,17 +219,19 @@ class _Decoder(torch.utils.data.IterableDataset):
                 return
             yield i
 
-    def __iter__(self) -> Iterator[tuple[str, int, Any, torch.Tensor | None]]:
+    def __iter__(self) -> Iterator[tuple[str, int, Any, Any]]:
         info = torch.utils.data.get_worker_info()
         if info is not None:
             from c3dnet.data.decode import set_decode_threads
 
             torch.set_num_threads(1)
             set_decode_threads(1)  # the processes already share the cores out
-        for i in self._indices(info):
-            yield from self._video(i)
+        worker = info.id if info is not None else 0
+        with contextlib.suppress(_Stopped):
+            for i in self._indices(info):
+                yield from self._video(i, worker)
 
-    def _video(self, i: int) -> Iterator[tuple[str, int, Any, torch.Tensor | None]]:
+    def _video(self, i: int, worker: int) -> Iterator[tuple[str, int, Any, Any]]:
         record, key = self.todo[i]
         if _is_done(self.out_dir, key):
             yield ("skip", i, None, None)
@@ -201,20 +245,36 @@ class _Decoder(torch.utils.data.IterableDataset):
             lock.release()
             yield ("skip", i, None, None)
             return
+        rings = self.rings
+        first, slot0, clips = 0, 0, []  # the message being filled: its first clip and slot, unshared clips
+        count = 0
         try:
             meta = _video_meta(record, self.preprocess, self.options)
             yield ("start", i, meta, None)
-            first, clips = 0, []
-            for k, clip in stream_clips(record.path, self.preprocess, self.options.stride, meta["num_frames"],
-                                        meta["size_hw"], self.options.chunk):
-                clips.append(clip)
-                if len(clips) == _CLIPS_PER_ITEM:
-                    yield ("clips", i, first, torch.stack(clips))
-                    first, clips = k + 1, []
-            if clips:
-                yield ("clips", i, first, torch.stack(clips))
+            for k, frames in clip_frames(record.path, self.preprocess, self.options.stride, meta["num_frames"],
+                                         meta["size_hw"], self.options.chunk):
+                if rings is not None:
+                    slot = rings.take(worker)
+                    if count == 0:
+                        slot0 = slot
+                    np.stack(frames, out=rings.array[worker, slot])  # the clip's one copy
+                else:
+                    clips.append(np.stack(frames))
+                count += 1
+                # A message's slots are consecutive: it ends at the ring's end as well.
+                if count == _CLIPS_PER_ITEM or (rings is not None and slot == rings.slots - 1):
+                    yield ("clips", i, first, (worker, slot0, count) if rings is not None else _tensor(clips))
+                    first, count, clips = k + 1, 0, []
+            if count:
+                yield ("clips", i, first, (worker, slot0, count) if rings is not None else _tensor(clips))
         except DataError as e:
+            if count:  # slots taken must reach the other side to be freed; the rows are then dropped there
+                yield ("clips", i, first, (worker, slot0, count) if rings is not None else _tensor(clips))
             yield ("fail", i, str(e), None)
+
+
+def _tensor(clips: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(clips))  # (n, T, crop, crop, 3)
 
 
 def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.PathLike[str],
@@ -250,14 +310,25 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     fork = "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if fork else None)
     counter = context.Value("q", 0) if fork else None  # inherited by the forked decoder processes
+    pre = runner.preprocess
+    clip_shape = (runner.clip_len, pre.crop_size, pre.crop_size, 3)  # channels last: as decoded, no transpose
+    rings = _Rings(context, workers, clip_shape) if fork and todo else None
     # Messages as they come, not round-robin over the processes (PyTorch >= 2.6; older ones keep the order).
     as_ready = {"in_order": False} if "in_order" in inspect.signature(torch.utils.data.DataLoader).parameters else {}
     loader = torch.utils.data.DataLoader(
-        _Decoder(todo, out_dir, runner, options, counter), batch_size=None, num_workers=workers,
+        _Decoder(todo, out_dir, runner, options, counter, rings), batch_size=None, num_workers=workers,
         multiprocessing_context=context, prefetch_factor=4, **as_ready)
+    # On a GPU two batch buffers, pinned: the model runs on one while the next is filled (`ClipRunner.submit`).
+    depth = 2 if runner.asynchronous else 1
     pinned = runner.device.type == "cuda" and not runner.is_onnx
-    batch_clips = torch.empty((options.batch_size, 3, runner.clip_len, runner.preprocess.crop_size,
-                               runner.preprocess.crop_size), dtype=torch.uint8, pin_memory=pinned)
+    buffers = [torch.empty((options.batch_size, *clip_shape), dtype=torch.uint8, pin_memory=pinned)
+               for _ in range(depth)]
+    # Clips are copied with numpy, on this thread alone: a torch copy this large would wake every intra-op
+    # thread, whose spinning takes cores from the decoder processes (measured: twice the CPU time).
+    staging = [b.numpy() for b in buffers]
+    filling = 0  # the buffer being filled; `batch` lists (job, clip number) of its filled rows
+    batch: list[tuple[_Job | None, int]] = []
+    in_flight: deque[tuple[PendingRows, list[tuple[_Job | None, int]]]] = deque()
     jobs: dict[int, _Job] = {}  # started and not yet written (or failed)
     # Writing a finished video (its rows, manifest part and the fsyncs that make them durable) happens on
     # writer threads: on a disk whose fsync takes milliseconds, doing it here would stall the model.
@@ -265,15 +336,24 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     writing: dict[Future, _Job] = {}
     bar = _progress_bar(len(records), summary.skipped, progress)
     start = time.perf_counter()
-    batch: list[tuple[_Job | None, int]] = []  # (job, clip number) of each filled row of batch_clips
 
     def run_batch() -> None:
         # Always the same batch shape (padded with copies of the first clip): kernels, and so the last float bits,
         # do not change with the batch size, which makes a resumed extraction bit-identical; static shapes also
-        # suit cuDNN autotuning. The batch is staged in pinned memory, so its copy to the GPU is one fast DMA.
-        batch_clips[len(batch):] = batch_clips[0]
-        rows = runner(batch_clips)[: len(batch)]  # (B, D); returns after the device has finished with the batch
-        for (job, k), row in zip(batch, rows):
+        # suit cuDNN autotuning. The batch is staged in pinned memory, so its copy to the GPU is one fast DMA;
+        # (B, T, H, W, 3) viewed as (B, 3, T, H, W) is the model's channels_last_3d layout already.
+        nonlocal filling
+        staging[filling][len(batch):] = staging[filling][0]
+        in_flight.append((runner.submit(buffers[filling].permute(0, 4, 1, 2, 3)), batch.copy()))
+        batch.clear()
+        filling = (filling + 1) % depth
+        while len(in_flight) >= depth:  # the buffer filled next is free once its last batch is done
+            finish_batch()
+
+    def finish_batch() -> None:
+        pending, entries = in_flight.popleft()
+        rows = pending.result()  # (B, D)
+        for (job, k), row in zip(entries, rows):
             if job is None:  # a video that failed after some of its clips were staged
                 continue
             if options.video_mean:
@@ -284,7 +364,6 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             summary.clips += 1
             if job.received == len(job.starts):
                 writing[writer.submit(_finish, job, runner, options)] = job
-        batch.clear()
         collect()
 
     def collect(wait: bool = False) -> None:
@@ -300,11 +379,11 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             bar.update(1)
             _postfix(bar, summary, start)
 
-    def add_clips(job: _Job, first: int, clips: torch.Tensor) -> None:
+    def add_clips(job: _Job, first: int, clips: np.ndarray) -> None:
         j = 0
         while j < clips.shape[0]:  # as many rows at a time as the batch has room for
             n = min(clips.shape[0] - j, options.batch_size - len(batch))
-            batch_clips[len(batch):len(batch) + n] = clips[j:j + n]
+            staging[filling][len(batch):len(batch) + n] = clips[j:j + n]
             batch.extend((job, first + j + m) for m in range(n))
             j += n
             if len(batch) == options.batch_size:
@@ -326,19 +405,30 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
                 job.starts = np.asarray(payload["starts"], dtype=np.int64)
                 job.open_sink(runner.dim, options.video_mean)
             elif kind == "clips":
-                add_clips(jobs[i], payload, clips)
+                if not isinstance(clips, torch.Tensor):  # slots of a decoder process's ring: copy, then free
+                    w, slot, n = clips  # (a list: the loader turns tuples into lists)
+                    add_clips(jobs[i], payload, rings.array[w, slot:slot + n])
+                    for _ in range(n):
+                        rings.free[w].release()
+                else:
+                    add_clips(jobs[i], payload, clips.numpy())
             else:  # "fail"
                 record, key = todo[i]
                 job = jobs.pop(i, None) or _Job(record, key, out_dir, _held_lock(out_dir, key), i)
-                _fail(job, DataError(payload), options, summary, batch)
+                _fail(job, DataError(payload), options, summary, [batch, *(entries for _, entries in in_flight)])
                 bar.update(1)
         if batch:
             run_batch()
+        while in_flight:
+            finish_batch()
         collect(wait=True)
     finally:
         # Stop the decoder processes now, not whenever the iterator is collected: none may still take a lock
         # after ours are released below.
+        if rings is not None:
+            rings.stop.set()  # wakes any waiting for a ring slot
         del messages
+        in_flight.clear()
         writer.shutdown(wait=True)  # no writer may still be using a job dropped below
         for job in jobs.values():  # unfinished (an error or an interrupt): drop their partial rows
             job.discard()  # (harmless for one whose writer finished after the error)
@@ -347,6 +437,8 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
         summary.seconds = time.perf_counter() - start
         _clear_stale_locks(out_dir)
         write_merged_manifest(out_dir)
+        if rings is not None:
+            rings.close()
     return summary
 
 
@@ -415,11 +507,13 @@ def _video_meta(record: VideoRecord, preprocess: Preprocess, options: ExtractOpt
 
 
 def _fail(job: _Job, error: DataError, options: ExtractOptions, summary: ExtractSummary,
-          batch: list[tuple[_Job | None, int]]) -> None:
-    # Its rows already staged in the batch stay there and are computed, but go nowhere: the job is dropped.
-    for n, (other, _) in enumerate(batch):
-        if other is job:
-            batch[n] = (None, 0)
+          staged: list[list[tuple[_Job | None, int]]]) -> None:
+    # Its rows already staged (in the batch being filled or in one the model is running) stay there and are
+    # computed, but go nowhere: the job is dropped.
+    for entries in staged:
+        for n, (other, _) in enumerate(entries):
+            if other is job:
+                entries[n] = (None, 0)
     job.discard()
     if not options.skip_bad:
         raise error
