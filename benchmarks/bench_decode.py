@@ -3,6 +3,8 @@
 Run: `python benchmarks/bench_decode.py [--frames 190] [--repeats 3] [--clips 20]`. Prints a table.
 The test video is MPEG-4 Part 2 in .avi (as UCF-101 ships), GOP 12, with moving textured content so that the
 encoder does real inter-frame work; frame folders are JPEG quality 95, as `c3d prepare` writes them.
+With CUDA and torchvision present it adds batched GPU JPEG decoding (`torchvision.io.decode_jpeg` on the GPU,
+file reading included), to weigh against the CPU rows times the cores a machine has per GPU.
 """
 
 from __future__ import annotations
@@ -48,6 +50,27 @@ def timed(fn: Callable[[], int], repeats: int) -> float:
         n = fn()
         best = max(best, n / (time.perf_counter() - t))
     return best
+
+
+def gpu_jpeg(folder: Path, batch: int, passes: int = 4) -> Callable[[], int] | None:
+    """Batched GPU decoding of a JPEG folder through torchvision (None without CUDA or torchvision)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except Exception:  # noqa: BLE001 - torchvision is optional, and may not import beside this torch
+        return None
+    files = sorted(folder.glob("*.jpg")) * passes
+
+    def run() -> int:
+        for lo in range(0, len(files), batch):
+            data = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files[lo:lo + batch]]
+            decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
+        torch.cuda.synchronize()
+        return len(files)
+
+    run()  # CUDA and nvJPEG start-up outside the timing
+    return run
 
 
 def main() -> None:
@@ -100,6 +123,10 @@ def main() -> None:
                 (f"JPEG folder 171x128 (pre-resized by prepare) -> RGB ({jpeg})", all_frames(small), jpeg),
                 (f"JPEG folder 171x128, random 16-frame clips ({jpeg})", clips(small), jpeg),
             ]
+        gpu_rows = [(f"JPEG folder {size} -> RGB on the GPU (torchvision, batches of 128 files)", fn)
+                    for size, folder in (("320x240", full), ("171x128", small))
+                    if (fn := gpu_jpeg(folder, 128)) is not None]
+        rows += gpu_rows
         table_rows, data = [], {"frames": n, "rows": []}
         for name, fn, *jpeg in rows:
             use_jpeg_decoder(jpeg[0] if jpeg else decoders[0])
@@ -133,7 +160,9 @@ def main() -> None:
             print(f"frame count + timing index of a {n}-frame {name} (packet pass, no decoding): {ms:.2f} ms")
             data[f"index_ms_{name.split()[0]}"] = ms
     table = markdown_table(["source (one process)", "frames/s", "clips/s"], table_rows)
-    write_results("decode", f"Decoding per worker, 320x240 input, {n} frames", environment(torch.device("cpu")),
+    device = torch.device("cuda" if gpu_rows else "cpu")
+    write_results("decode" if not gpu_rows else "decode_cuda", f"Decoding per worker, 320x240 input, {n} frames",
+                  environment(device),
                   table, data, "python benchmarks/bench_decode.py " + " ".join(sys.argv[1:]))
 
 

@@ -8,6 +8,9 @@ Paths (--paths picks them by these names):
     compile: c3dnet plus torch.compile (default with --compile).
     compile-max: the same in mode "max-autotune-no-cudagraphs" (Inductor benchmarks its kernel choices; minutes
         of compiling; only when named).
+    compile-bf16, compile-freeze (inference only, only when named): the compile path with the weights stored in
+        bf16 instead of autocast's per-call casts, or with Inductor's `freezing` (weights folded in as constants,
+        their casts and layouts done once). They tell where the compiled inference loses to the ceiling.
 
 Each path's time per round and each table row are printed as soon as they are measured, so a run cut off by a
 time limit still shows what it finished; a path that fails (a torch.compile error, say) is reported as such and
@@ -38,7 +41,7 @@ from c3dnet.engine.device import autocast, inference_context, maybe_compile, pre
 from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
 from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
 
-PATH_KEYS = ("naive", "tf32", "c3dnet", "compile", "compile-max")
+PATH_KEYS = ("naive", "tf32", "c3dnet", "compile", "compile-max", "compile-bf16", "compile-freeze")
 KINDS = ("inference", "training")
 
 
@@ -51,6 +54,12 @@ class Path_:
     benchmark: bool
     compile: bool
     mode: str | None = None  # torch.compile's mode
+    bf16_weights: bool = False  # weights stored in bf16, no autocast (inference only)
+    freezing: bool = False  # torch._inductor.config.freezing (inference only)
+
+    @property
+    def inference_only(self) -> bool:
+        return self.bf16_weights or self.freezing
 
 
 def set_backend_flags(p: Path_) -> None:
@@ -63,20 +72,30 @@ def make_model(config: C3DConfig, p: Path_, device: torch.device, state: dict) -
     model = C3D(config)
     model.load_state_dict(state)
     model = prepare_model(model, device) if p.fast else model.to(device)
+    if p.bf16_weights:
+        model = model.to(torch.bfloat16)
     return maybe_compile(model, p.compile, p.mode)
 
 
 def inference_step(config, p, device, state, batch) -> Callable[[], None]:
     model = make_model(config, p, device, state).eval()
     x = torch.randn(batch, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
+    if p.bf16_weights:
+        x = x.to(torch.bfloat16)
     if p.fast:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        ctx = lambda: inference_context(device)  # noqa: E731
+        ctx = lambda: inference_context(device, amp=not p.bf16_weights)  # noqa: E731
     else:
         ctx = torch.no_grad
 
+    freeze = contextlib.nullcontext
+    if p.freezing:  # scoped to this path's calls: the model is compiled at its first call
+        import torch._inductor.config as inductor_config
+
+        freeze = lambda: inductor_config.patch(freezing=True)  # noqa: E731
+
     def step() -> None:
-        with ctx():
+        with ctx(), freeze():
             model(x)
 
     return step
@@ -194,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         Path_("compile", "c3dnet + torch.compile", fast=True, tf32=True, benchmark=True, compile=True),
         Path_("compile-max", "c3dnet + torch.compile max-autotune", fast=True, tf32=True, benchmark=True,
               compile=True, mode="max-autotune-no-cudagraphs"),
+        Path_("compile-bf16", "c3dnet + torch.compile, bf16 weights", fast=True, tf32=True, benchmark=True,
+              compile=True, bf16_weights=True),
+        Path_("compile-freeze", "c3dnet + torch.compile, freezing", fast=True, tf32=True, benchmark=True,
+              compile=True, freezing=True),
     ]
     if keys is None:
         keys = ["naive", "c3dnet"] + (["tf32"] if gpu else []) + (["compile"] if args.compile else [])
@@ -205,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
                                          ("training", train_step, train_batch, 6)):
         if kind not in kinds or (kind == "training" and args.skip_train):
             continue
-        results = measure(kind, paths, lambda p, make=make, batch=batch: make(config, p, device, state, batch),
+        kind_paths = [p for p in paths if kind == "inference" or not p.inference_only]
+        if not kind_paths:
+            continue
+        results = measure(kind, kind_paths, lambda p, make=make, batch=batch: make(config, p, device, state, batch),
                           device, warmup, iters, args.rounds, min_seconds)
         naive = results.get(all_paths[0].name)
         base = batch / naive[0] if isinstance(naive, tuple) else None
-        for p in paths:
+        for p in kind_paths:
             result = results[p.name]
             if isinstance(result, str):
                 rows.append([kind, p.name, batch, result, "-", "-", "-"])

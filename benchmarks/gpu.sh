@@ -2,9 +2,9 @@
 # Every GPU check and benchmark in one run, for a short slot on a bare CUDA machine without network access.
 # Installs only wheels carried in .whl/ (PyAV), then prints each table; results land in benchmarks/results/
 # and, when $OUT is set (the device tool), are copied there.
-#   bash benchmarks/gpu.sh                         # extract, e2e, model, GPU tests, compiled model: ~7 min
-#                                                  (the limits below add up to 580 s)
-#   STEPS="model decode" bash benchmarks/gpu.sh    # a subset (steps: extract e2e model tests compile decode
+#   bash benchmarks/gpu.sh                         # extract, e2e, GPU tests, compiled model, compile variants:
+#                                                  ~9 min (the limits below add up to 585 s)
+#   STEPS="model decode" bash benchmarks/gpu.sh    # a subset (steps: extract e2e tests compile diag model decode
 #                                                  max-autotune)
 set -u
 cd "$(dirname "$0")/.."
@@ -34,15 +34,17 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep the log, n
   collect
 }
 # Ordered so that what matters most comes first: a slot that ends early still returns the finished tables.
-for s in ${STEPS:-extract e2e model tests compile}; do
+for s in ${STEPS:-extract e2e tests compile diag}; do
   case $s in
-    extract) step 60 extract python3 benchmarks/bench_extract.py --device cuda --full-size --videos 384 \
+    extract) step 75 extract python3 benchmarks/bench_extract.py --device cuda --full-size --videos 384 \
       --frames 190 --gen-processes 14 --batch-size 128 --workers ${EXTRACT_WORKERS:-14} ;;
-    e2e) step 260 e2e python3 benchmarks/bench_e2e.py --device cuda --workers 14 --classes 101 ${E2E_ARGS:-} ;;
+    e2e) step 250 e2e python3 benchmarks/bench_e2e.py --device cuda --workers 14 --classes 101 ${E2E_ARGS:-} ;;
     model) step 120 model python3 benchmarks/bench_model.py --device cuda --full-size --paths naive,tf32,c3dnet \
       --warmup 1 --rounds 2 --min-seconds 1 ;;
     tests) step 40 gpu_tests python3 -m pytest -q -p no:cacheprovider tests/test_transforms.py \
       tests/test_engine_device.py tests/test_features.py -k "gpu or cuda or prefetch" ;;
+    diag) step 120 model_diag python3 benchmarks/bench_model.py --device cuda --full-size \
+      --paths compile-freeze,compile-bf16 --warmup 2 --rounds 1 --min-seconds 2 --name model_cuda_diag ;;
     compile) step 100 model_compile python3 benchmarks/bench_model.py --device cuda --full-size --paths compile \
       --warmup 2 --rounds 1 --min-seconds 2 --name model_cuda_compile ;;
     decode) step 60 decode python3 benchmarks/bench_decode.py ;;

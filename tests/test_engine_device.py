@@ -116,3 +116,54 @@ def test_loader_workers_auto(monkeypatch) -> None:
     monkeypatch.setattr(device_mod.os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert loader_workers("auto", torch.device("cuda")) == 16
+
+
+class _Counting(torch.nn.Module):
+    """A small conv net that counts its eager calls (a compiled graph does not run Python forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 5)
+        self.eager_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            self.eager_calls += 1
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3, 4)))
+
+
+def test_inference_compiled_pads_small_batches_and_runs_large_ones_eagerly() -> None:
+    torch._dynamo.reset()
+    module = _Counting().eval()
+    net = device_mod.InferenceCompiled(module)
+    x = torch.randn(6, 3, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        expected = module(x)
+        module.eager_calls = 0
+        assert torch.allclose(net(x), expected, atol=1e-5)
+        assert torch.allclose(net(x[:4]), expected[:4], atol=1e-5)  # padded to 6 rows: the same graph
+        assert module.eager_calls == 0
+        assert torch.allclose(net(torch.cat([x, x])), torch.cat([expected, expected]), atol=1e-5)
+        assert module.eager_calls == 1  # 12 > 6 rows: eagerly, no recompile
+    assert "_compiled" not in dict(net.named_modules()) and set(net.state_dict()) == \
+        {f"_orig_mod.{k}" for k in module.state_dict()}
+
+
+def test_inference_compiled_falls_back_to_eager_on_a_compiler_failure(monkeypatch, caplog) -> None:
+    def broken(module, **_):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(logging.getLogger("c3dnet"), "propagate", True)
+    module = _Counting().eval()
+    net = device_mod.InferenceCompiled(module)
+    x = torch.randn(2, 3, 4, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="c3dnet"), torch.inference_mode():
+        assert torch.equal(net(x), module(x))
+        assert torch.equal(net(x[:1]), module(x[:1]))
+    assert "torch.compile failed (RuntimeError: no C++ compiler); running eagerly" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def test_json_and_reports(setup: tuple[Path, Path], tmp_path: Path, capsys: pyte
 
     prob = _json(capsys, [*base, "--average", "prob", "--clips", "4", "--out", str(tmp_path / "prob")])
     assert prob["clips_per_video"] == 4 and prob["num_videos"] == 6
+
+
+def test_compile_gives_the_eager_predictions(setup: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    data, weights = setup
+    monkeypatch.setattr(logging.getLogger("c3dnet"), "propagate", True)
+    base = ["test", "--weights", str(weights), "--data", str(data), "--workers", "0", "--device", "cpu", "--json",
+            "--batch-size", "4"]  # 6 videos: a batch of 4 then one of 2, padded to 4 by the compiled model
+    eager = _json(capsys, [*base, "--out", str(tmp_path / "eager")])
+    with caplog.at_level(logging.WARNING, logger="c3dnet"):
+        compiled = _json(capsys, [*base, "--compile", "--out", str(tmp_path / "compiled")])
+    assert "torch.compile failed" not in caplog.text  # compiled, not the eager fallback
+    assert compiled == eager
+    rows = {name: list(csv.DictReader((tmp_path / name / "predictions.csv").open())) for name in ("eager", "compiled")}
+    assert [(r["video"], r["pred"], r["top5"]) for r in rows["compiled"]] == \
+        [(r["video"], r["pred"], r["top5"]) for r in rows["eager"]]
+    assert [float(r["pred_score"]) for r in rows["compiled"]] == \
+        pytest.approx([float(r["pred_score"]) for r in rows["eager"]], abs=1e-4)
 
 
 def test_class_count_mismatch_is_a_clear_error(setup: tuple[Path, Path], tmp_path: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -80,6 +81,20 @@ def test_extract_cli_writes_npy_and_manifest(tmp_path, weights, capsys):
                  "--l2", "--no-progress", str(tmp_path / "videos")]) == 0
     printed = capsys.readouterr().out
     assert "extracted 0 videos" in printed and "2 already done" in printed
+
+
+def test_extract_cli_compile_matches_eager(tmp_path, weights, caplog, monkeypatch):
+    w, model = weights
+    monkeypatch.setattr(logging.getLogger("c3dnet"), "propagate", True)
+    videos = _videos(tmp_path / "videos", [12, 30, 21])
+    with caplog.at_level("WARNING", logger="c3dnet"):
+        assert main(["extract", "--weights", str(w), "--out", str(tmp_path / "out"), "--stride", "4", "--compile",
+                     "--batch-size", "4", "--device", "cpu", "--no-progress", str(tmp_path / "videos")]) == 0
+    assert "torch.compile failed" not in caplog.text  # compiled, not the eager fallback
+    reference = _reference(model, videos, tmp_path, 4)
+    for p in videos:
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"{p.stem}.npy"), reference[p.stem],
+                                   rtol=1e-4, atol=1e-5)
 
 
 def _reference(model, videos, tmp_path, stride):

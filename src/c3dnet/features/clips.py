@@ -27,11 +27,12 @@ class ClipRunner:
     """uint8 RGB clips (B, 3, T, crop, crop) -> float32 rows (B, D) of one output of a C3D or an ONNX model.
 
     Normalisation follows the model's own `preprocess`; a PyTorch model runs on `device` (bf16 autocast and
-    channels_last_3d on CUDA when `amp`), an `OnnxC3D` through ONNX Runtime.
+    channels_last_3d on CUDA when `amp`), optionally through torch.compile (`compile`, see
+    `engine.device.InferenceCompiled`), an `OnnxC3D` through ONNX Runtime.
     """
 
     def __init__(self, model: C3D | OnnxC3D, output: str = "fc6", device: torch.device | str = "cpu",
-                 amp: bool = True) -> None:
+                 amp: bool = True, compile: bool = False) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.model, self.output, self.amp = model, output, amp
@@ -39,9 +40,14 @@ class ClipRunner:
         self.preprocess: Preprocess = model.preprocess
         self.is_onnx = not isinstance(model, torch.nn.Module)
         if not self.is_onnx:
-            from c3dnet.engine.device import prepare_model
+            from c3dnet.engine.device import InferenceCompiled, prepare_model
 
             self.model = prepare_model(model.eval(), self.device)
+            self._forward = _Output(self.model, output)
+            if compile:
+                self._forward = InferenceCompiled(self._forward)
+        elif compile:
+            raise ValueError("compile applies to PyTorch models; an ONNX model runs through ONNX Runtime")
         self.dim = model.num_classes if output == "logits" else model.feature_dims[output]
 
     @property
@@ -74,8 +80,7 @@ class ClipRunner:
 
         with inference_context(self.device, self.amp):
             x = to_input(clips, self.preprocess, self.device)  # (B, 3, T, H, W) float32 on the device
-            out = self.model(x) if self.output == "logits" else self.model.forward_features(x, self.output)
-            out = out.float()
+            out = self._forward(x).float()
         if self.device.type != "cuda":
             return PendingRows(out.numpy())
         host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
@@ -83,6 +88,17 @@ class ClipRunner:
         done = torch.cuda.Event()
         done.record()
         return PendingRows(host, done, keep=(x, out))
+
+
+class _Output(torch.nn.Module):
+    """One output of a C3D as a module's forward: what torch.compile compiles."""
+
+    def __init__(self, model: C3D, output: str) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) if self.output == "logits" else self.model.forward_features(x, self.output)
 
 
 class PendingRows:
