@@ -36,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model first (a minute or so; pays off on long extractions); a resumed "
-                             "run is bit-identical with the same setting")
+                        help="torch.compile the model first (seconds to a minute; pays off on long extractions)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable videos (listed in OUT/failed.txt) instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

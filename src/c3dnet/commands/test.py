@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="log and skip unreadable videos instead of failing")
     parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model first (a minute or so; pays off on large test sets)")
+                        help="torch.compile the model first (seconds to a minute; pays off on large test sets)")
 
 
 def run(args: argparse.Namespace) -> int:
