@@ -167,3 +167,17 @@ def test_inference_compiled_falls_back_to_eager_on_a_compiler_failure(monkeypatc
         assert torch.equal(net(x), module(x))
         assert torch.equal(net(x[:1]), module(x[:1]))
     assert "torch.compile failed (RuntimeError: no C++ compiler); running eagerly" in caplog.text
+
+
+def test_host_threads_for_gpu(monkeypatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        device_mod.host_threads_for_gpu()
+        assert torch.get_num_threads() == 2  # the user's setting stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        device_mod.host_threads_for_gpu()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -47,10 +47,23 @@ def select_device(name: str | None = "auto", local_rank: int | None = None) -> t
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         check_torch_version()
+        host_threads_for_gpu()
         return device
     if name != "cpu":
         raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda[:N]")
     return torch.device("cpu")
+
+
+def host_threads_for_gpu() -> None:
+    """One intra-op thread in a process that drives a GPU, unless OMP_NUM_THREADS says otherwise.
+
+    Its CPU work is then copying batches (memory-bound; pinning them, say), and each torch copy wakes every
+    intra-op thread, which spins on afterwards (about 10 ms of CPU per thread and copy on the development
+    machine): with 16 threads that takes cores from the loader processes, which need them.
+    """
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > 1:
+        log.debug("intra-op threads %d -> 1: this process drives a GPU", torch.get_num_threads())
+        torch.set_num_threads(1)
 
 
 def check_torch_version() -> None:
