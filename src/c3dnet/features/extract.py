@@ -248,6 +248,10 @@ class _Decoder(torch.utils.data.IterableDataset):
         rings = self.rings
         first, slot0, clips = 0, 0, []  # the message being filled: its first clip and slot, unshared clips
         count = 0
+
+        def message() -> tuple[str, int, int, Any]:
+            return ("clips", i, first, (worker, slot0, count) if rings is not None else _tensor(clips))
+
         try:
             meta = _video_meta(record, self.preprocess, self.options)
             yield ("start", i, meta, None)
@@ -263,13 +267,13 @@ class _Decoder(torch.utils.data.IterableDataset):
                 count += 1
                 # A message's slots are consecutive: it ends at the ring's end as well.
                 if count == _CLIPS_PER_ITEM or (rings is not None and slot == rings.slots - 1):
-                    yield ("clips", i, first, (worker, slot0, count) if rings is not None else _tensor(clips))
+                    yield message()
                     first, count, clips = k + 1, 0, []
             if count:
-                yield ("clips", i, first, (worker, slot0, count) if rings is not None else _tensor(clips))
+                yield message()
         except DataError as e:
             if count:  # slots taken must reach the other side to be freed; the rows are then dropped there
-                yield ("clips", i, first, (worker, slot0, count) if rings is not None else _tensor(clips))
+                yield message()
             yield ("fail", i, str(e), None)
 
 
@@ -320,7 +324,7 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
         multiprocessing_context=context, prefetch_factor=4, **as_ready)
     # On a GPU two batch buffers, pinned: the model runs on one while the next is filled (`ClipRunner.submit`).
     depth = 2 if runner.asynchronous else 1
-    pinned = runner.device.type == "cuda" and not runner.is_onnx
+    pinned = runner.asynchronous and runner.device.type == "cuda"  # (a test's queued runner runs on the CPU)
     buffers = [torch.empty((options.batch_size, *clip_shape), dtype=torch.uint8, pin_memory=pinned)
                for _ in range(depth)]
     # Clips are copied with numpy, on this thread alone: a torch copy this large would wake every intra-op
