@@ -91,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     onnx_path = work / "model.onnx"
+    # Verified before it is written: a difference beyond the tolerance raises ExportError.
     exported = export_onnx(model.cpu(), onnx_path, extra_metadata={"weights": str(weights)})
-    if exported.worst_diff > 1e-3:
-        raise C3DError(f"{onnx_path}: ONNX Runtime differs from PyTorch by {exported.worst_diff:.3g}")
-    step(4, "export", f"{onnx_path} ({exported.size_bytes / 1e6:.2f} MB), max abs diff vs PyTorch "
-         f"{exported.worst_diff:.2e}", t0, max_abs_diff=exported.worst_diff, path=str(onnx_path))
+    step(4, "export", f"{onnx_path} ({exported.size_bytes / 1e6:.2f} MB), max |diff| / max |PyTorch| "
+         f"{exported.worst_rel_diff:.2e}", t0, max_rel_diff=exported.worst_rel_diff,
+         max_abs_diff=max(exported.max_abs_diff.values()), path=str(onnx_path))
 
     t0 = time.perf_counter()
     onnx_model = OnnxC3D(onnx_path)
