@@ -2,7 +2,7 @@
 
 Generates a dataset shaped like UCF-101 (320x240 MPEG-4 Part 2 `.avi`, ~190 frames, inter-coded like XviD,
 in the official layout with split lists), extracts it to JPEG frame folders with `c3d prepare` (short side
-128), then runs c3dnet's own training loop (`c3dnet.engine.train`) and test path (`ClipDataset` + `evaluate`)
+128), then runs c3dnet's own training loop (`c3dnet.engine.train`) and test path (`engine.testing.test_weights`)
 over both, and prints clips/s, decoded frames/s and the fraction of time the model waited for data.
 
 With --train-videos/--test-videos (on CUDA by default UCF-101 split 1's 9537 and 3783) the measured runs use
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.dataset import ClipDataset, worker_init_fn  # noqa: E402
 from c3dnet.data.encode import write_video  # noqa: E402
-from c3dnet.data.sources import load_source  # noqa: E402
+from c3dnet.data.sources import Source, load_source  # noqa: E402
 from c3dnet.engine.config import load_config  # noqa: E402
 from c3dnet.engine.device import prepare_model, select_device  # noqa: E402
-from c3dnet.engine.evaluate import evaluate  # noqa: E402
+from c3dnet.engine.testing import TestOptions, test_weights  # noqa: E402
 from c3dnet.engine.train import train  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402
 
@@ -131,43 +132,16 @@ def expand(root: Path, ucf: Path, frames_root: Path, train_videos: int,
     return videos, frames, sizes
 
 
-class TimedLoader:
-    """Wraps a DataLoader and adds up the time spent waiting for the next batch."""
-
-    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device) -> None:
-        self.loader, self.device, self.wait = loader, device, 0.0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        it = iter(self.loader)
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.wait += time.perf_counter() - start
-            yield batch
-
-
-def bench_test(model, records, device, clips: int, batch: int, workers: int) -> dict[str, float]:
-    dataset = ClipDataset(records, "test", model.preprocess, num_clips=clips)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, worker_init_fn=worker_init_fn,
-                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+def bench_test(model, source: Source, device, clips: int, batch: int, workers: int) -> dict[str, float]:
+    """The 10-clip test through the library's entry point (`c3dnet.engine.testing.test_weights`), as `c3d test`."""
+    options = TestOptions(clips=clips, batch_size=batch, workers=workers, device=str(device))
     # Warm-up on one batch: CUDA context, cuDNN algorithm search.
-    warm = torch.utils.data.Subset(dataset, range(min(len(dataset), batch)))
-    evaluate(model, torch.utils.data.DataLoader(warm, batch_size=batch, num_workers=min(workers, 4),
-                                                worker_init_fn=worker_init_fn), device)
-    timed = TimedLoader(loader, device)
-    start = time.perf_counter()
-    result = evaluate(model, timed, device)
-    seconds = time.perf_counter() - start
-    n = result.num_videos
+    test_weights(model, replace(source, records=source.records[:batch]), replace(options, workers=min(workers, 4)))
+    run = test_weights(model, source, options)
+    n, seconds = run.result.num_videos, run.seconds
     return {"videos": n, "seconds": seconds, "videos_per_s": n / seconds, "clips_per_s": n * clips / seconds,
-            "frames_per_s": n * clips * model.config.clip_len / seconds, "data_wait": timed.wait / seconds,
-            "top1": result.top1}
+            "frames_per_s": n * clips * model.config.clip_len / seconds, "data_wait": run.data_wait,
+            "top1": run.result.top1}
 
 
 def bench_loader(records, preprocess, batch: int, workers: int, pin: bool) -> dict[str, float]:
@@ -296,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         model = prepare_model(C3D(cfg.model_config(len(source_classes)), cfg.preprocess_record()), device).eval()
         test_rates = {}
         for label, path in sources:
-            records = load_source(path, "test").records
-            r = bench_test(model, records, device, 10, test_batch, workers)
+            r = bench_test(model, load_source(path, "test"), device, 10, test_batch, workers)
             unique = f" ({sizes['test'][1]} unique)" if sizes else ""
             r["note"] = (f"{r['videos']} videos{unique} x 10 clips, {r['videos_per_s']:.0f} videos/s, "
                          f"batch {test_batch} videos")

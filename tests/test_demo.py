@@ -121,3 +121,16 @@ def test_markdown_report_lists_both_models():
     assert report.claim_holds and "reproduced" in text
     report.models[0].top1 = 0.85
     assert not report.claim_holds
+
+
+@pytest.mark.slow
+def test_demo_resolves_workers_auto(tmp_path):
+    """`data.workers: auto` is valid config (the default); the demo's test step once handed the string to the
+    DataLoader, which failed with a TypeError after both models had trained."""
+    from c3dnet.demo import run_demo
+
+    report = run_demo(tmp_path, quick=True, overrides=["data.workers=auto", "optim.epochs=1", "train.plots=false",
+                                                       "train.progress=false"])
+    assert [m.variant for m in report.models] == ["d3", "d1"]
+    assert all(m.num_videos == 20 and 0 <= m.top1 <= 1 for m in report.models)
+    assert report.models[1].within_pair == 0.5  # the 2D twin, blind to time whatever its training

@@ -24,7 +24,6 @@ import numpy as np
 
 from c3dnet.data.synthetic import SynthParams
 from c3dnet.engine.config import TrainConfig
-from c3dnet.engine.evaluate import EvalResult
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
 
@@ -139,27 +138,6 @@ def reverse_pairs(paths: list[Path], labels: np.ndarray, class_names: list[str])
             if label % 2 == 0 and (label + 1, suffix) in by_key]
 
 
-def _test(weights: Path, data: Path, cfg: TrainConfig, device_name: str) -> tuple[EvalResult, list[Path], float]:
-    """The reference protocol on the test split: (EvalResult, video paths in index order, seconds)."""
-    import torch
-
-    from c3dnet.data.dataset import ClipDataset, worker_init_fn
-    from c3dnet.data.sources import load_source
-    from c3dnet.engine.device import prepare_model, select_device
-    from c3dnet.engine.evaluate import evaluate
-    from c3dnet.weights import load_model
-
-    start = time.perf_counter()
-    device = select_device(device_name)
-    model = prepare_model(load_model(weights), device).eval()
-    source = load_source(data, "test", split=cfg.data.split)
-    dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=cfg.data.num_clips)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.val_batch_size, num_workers=cfg.data.workers,
-                                         worker_init_fn=worker_init_fn)
-    result = evaluate(model, loader, device, average=cfg.train.average, amp=cfg.train.amp)
-    return result, [r.path for r in source.records], time.perf_counter() - start
-
-
 def run_demo(
     work_dir: str | Path = "work_dirs/demo",
     quick: bool = False,
@@ -179,6 +157,7 @@ def run_demo(
         The `DemoReport`; `format_table(report)` renders it.
     """
     from c3dnet.data.synthetic import class_names, generate_synthetic, video_specs
+    from c3dnet.engine.testing import TestOptions, test_weights
     from c3dnet.engine.train import train
     from c3dnet.model import count_parameters
 
@@ -198,8 +177,9 @@ def run_demo(
         t0 = time.perf_counter()
         trained = train(cfg, data, work_dir=work / f"{tag}_{variant}", device=device)
         train_seconds = time.perf_counter() - t0
-        result, paths, test_seconds = _test(trained.last_path, data, cfg, device)
-        pairs = reverse_pairs(paths, result.labels, names)
+        tested = test_weights(trained.last_path, data, TestOptions.from_config(cfg, device=device))
+        result, test_seconds = tested.result, tested.seconds
+        pairs = reverse_pairs(tested.videos, result.labels, names)
         preds = result.preds
         same = [preds[a] == preds[b] for a, b in pairs]
         models.append(ModelReport(

@@ -43,59 +43,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from c3dnet.data.dataset import ClipDataset, worker_init_fn
-    from c3dnet.data.sources import load_source
-    from c3dnet.engine.device import InferenceCompiled, loader_workers, prepare_model, select_device
-    from c3dnet.engine.distributed import DistInfo, ResumableSampler, cleanup_distributed, init_distributed
-    from c3dnet.engine.evaluate import evaluate
     from c3dnet.engine.reports import write_test_reports
-    from c3dnet.errors import ConfigError, DataError
-    from c3dnet.log import get_logger
-    from c3dnet.weights import load_model
+    from c3dnet.engine.testing import TestOptions, test_weights
+    from c3dnet.errors import ConfigError
 
-    log = get_logger("c3dnet.test")
     if args.clips < 1 or (args.batch_size is not None and args.batch_size < 1) or \
             (args.workers is not None and args.workers < 0):
         raise ConfigError("--clips and --batch-size must be >= 1 and --workers >= 0")
-    dist_info: DistInfo = init_distributed(args.device)
-    try:
-        device = select_device(args.device, dist_info.local_rank if dist_info.is_distributed else None)
-        model = load_model(args.weights)
-        source = load_source(args.data, "test", split=args.split, splits_dir=args.splits_dir, skip_bad=args.skip_bad)
-        if len(source.class_names) != model.num_classes:
-            raise DataError(f"{args.data}: {len(source.class_names)} classes, but {args.weights} predicts "
-                            f"{model.num_classes}; test on the dataset the weights were trained for")
-        if model.class_names is not None and list(model.class_names) != list(source.class_names):
-            log.warning("%s: class names differ from %s's; scoring by class index", args.data, args.weights)
-        prepare_model(model, device).eval()
-        dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=args.clips, skip_bad=args.skip_bad)
-        sampler = ResumableSampler(len(dataset), False, 0, dist_info.rank, dist_info.world_size)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size or (16 if device.type == "cuda" else 4), sampler=sampler,
-            num_workers=loader_workers(args.workers, device),
-            pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
-        )
-        log.info("testing %s on %d videos x %d clips (%s averaged) on %s", args.weights, len(dataset), args.clips,
-                 "logits" if args.average == "score" else "probabilities", device)
-        net = InferenceCompiled(model) if args.compile else model
-        result = evaluate(net, loader, device, average=args.average, amp=not args.no_amp,
-                          progress=dist_info.is_main)
-        if not dist_info.is_main:
-            return 0
-        out = args.out or args.weights.parent / f"test_{args.weights.stem}_split{args.split}"
-        write_test_reports(result, out, source.class_names, [str(r.path) for r in source.records])
-        if args.json:
-            print(json.dumps(result.metrics()))
-        else:
-            print(f"videos: {result.num_videos} x {result.clips_per_video} clips, "
-                  f"{'logits' if args.average == 'score' else 'probabilities'} averaged")
-            print(f"video top-1:          {100 * result.top1:6.2f}%")
-            print(f"video top-5:          {100 * result.top5:6.2f}%")
-            print(f"mean class accuracy:  {100 * result.mean_class_accuracy:6.2f}%")
-            print(f"clip top-1 (1 clip):  {100 * result.clip_top1:6.2f}%")
-            print(f"reports: {out}")
+    options = TestOptions(split=args.split, splits_dir=args.splits_dir, clips=args.clips, average=args.average,
+                          batch_size=args.batch_size, workers=args.workers, device=args.device, amp=not args.no_amp,
+                          compile=args.compile, skip_bad=args.skip_bad, progress=True)
+    run = test_weights(args.weights, args.data, options)
+    if not run.is_main:
         return 0
-    finally:
-        cleanup_distributed()
+    result = run.result
+    out = args.out or args.weights.parent / f"test_{args.weights.stem}_split{args.split}"
+    write_test_reports(result, out, run.class_names, [str(v) for v in run.videos])
+    if args.json:
+        print(json.dumps(result.metrics()))
+    else:
+        print(f"videos: {result.num_videos} x {result.clips_per_video} clips, "
+              f"{'logits' if args.average == 'score' else 'probabilities'} averaged")
+        print(f"video top-1:          {100 * result.top1:6.2f}%")
+        print(f"video top-5:          {100 * result.top5:6.2f}%")
+        print(f"mean class accuracy:  {100 * result.mean_class_accuracy:6.2f}%")
+        print(f"clip top-1 (1 clip):  {100 * result.clip_top1:6.2f}%")
+        print(f"reports: {out}")
+    return 0

@@ -1,0 +1,86 @@
+"""`engine.testing.test_weights`: the one test pipeline behind `c3d test`, the demo, `c3d lite` and bench_e2e."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from c3dnet.data.dataset import ClipDataset
+from c3dnet.data.sources import load_source
+from c3dnet.engine import testing
+from c3dnet.engine.evaluate import evaluate
+from c3dnet.errors import ConfigError, DataError
+from c3dnet.model import C3D
+from c3dnet.weights import load_model, save_model
+from tests.conftest import tiny_config
+from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+
+NAMES = ["class0", "class1", "class2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("testing")
+    data = make_frame_dataset(root / "data", train_per_class=1, test_per_class=2, num_frames=20)
+    torch.manual_seed(7)
+    model = C3D(tiny_config(num_classes=3), preprocess=tiny_train_config().preprocess_record(), class_names=NAMES)
+    save_model(model, root / "tiny.safetensors")
+    return data, root / "tiny.safetensors"
+
+
+def test_scores_are_those_of_the_dataset_and_evaluate_by_hand(setup: tuple[Path, Path]) -> None:
+    data, weights = setup
+    run = testing.test_weights(weights, data, testing.TestOptions(device="cpu", workers=0, clips=4))
+    source = load_source(data, "test")
+    model = load_model(weights).eval()
+    loader = torch.utils.data.DataLoader(ClipDataset(source.records, "test", model.preprocess, num_clips=4),
+                                         batch_size=3)
+    expected = evaluate(model, loader, torch.device("cpu"))
+    np.testing.assert_allclose(run.result.scores, expected.scores, rtol=1e-5, atol=1e-5)
+    assert run.result.metrics() == pytest.approx(expected.metrics())
+    assert run.result.clips_per_video == 4 and run.result.num_videos == 6
+    assert run.class_names == NAMES and run.videos == [r.path for r in source.records]
+    assert run.device == torch.device("cpu") and run.is_main and run.seconds > 0 and 0 <= run.data_wait <= 1
+    assert run.model.num_classes == 3 and not run.model.training
+
+
+def test_workers_auto_and_a_given_model_and_source(setup: tuple[Path, Path]) -> None:
+    """"auto" (the config's default) resolves as training resolves it: one loader process on the CPU."""
+    data, weights = setup
+    model, source = load_model(weights), load_source(data, "test")
+    zero = testing.test_weights(model, source, testing.TestOptions(device="cpu", workers=0))
+    auto = testing.test_weights(model, source, testing.TestOptions(device="cpu", workers="auto"))
+    np.testing.assert_array_equal(auto.result.scores, zero.result.scores)
+    assert auto.model is model and auto.result.clips_per_video == 10
+
+
+def test_options_from_a_training_config() -> None:
+    cfg = tiny_train_config("data.split=2", "data.num_clips=3", "data.val_batch_size=5", "data.workers=auto",
+                            "train.average=prob", "train.amp=false", "train.channels_last=false",
+                            "data.skip_bad=true", "data.splits_dir=lists")
+    options = testing.TestOptions.from_config(cfg, device="cpu", progress=True)
+    assert dataclasses.asdict(options) == {
+        "split": 2, "splits_dir": "lists", "clips": 3, "average": "prob", "batch_size": 5, "workers": "auto",
+        "device": "cpu", "amp": False, "channels_last": False, "compile": False, "skip_bad": True, "progress": True,
+    }
+    assert testing.TestOptions() == testing.TestOptions(split=1, clips=10, average="score", workers=None)
+
+
+@pytest.mark.parametrize("bad", [dict(clips=0), dict(batch_size=0), dict(workers=-1), dict(workers="many"),
+                                 dict(average="mean")])
+def test_bad_options_are_config_errors(bad: dict) -> None:
+    with pytest.raises(ConfigError, match=f"test options: {next(iter(bad))} must be"):
+        testing.TestOptions(**bad)
+
+
+def test_class_count_mismatch_names_both(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = setup
+    with pytest.raises(DataError, match=r"data: 3 classes, but the model predicts 5; test on the dataset"):
+        testing.test_weights(C3D(tiny_config(num_classes=5)), data, testing.TestOptions(device="cpu"))
+    save_model(C3D(tiny_config(num_classes=5)), tmp_path / "five.safetensors")
+    with pytest.raises(DataError, match=f"3 classes, but {tmp_path / 'five.safetensors'} predicts 5"):
+        testing.test_weights(tmp_path / "five.safetensors", data, testing.TestOptions(device="cpu"))
