@@ -1,8 +1,9 @@
 """Training and testing: typed configs, the training loop, multi-clip evaluation and metrics.
 
 Example:
-    >>> from c3dnet.engine import load_config, train, evaluate            # doctest: +SKIP
+    >>> from c3dnet.engine import load_config, train, test_weights          # doctest: +SKIP
     >>> result = train(load_config("configs/c3d_ucf101_seed.yaml"), "data/UCF-101", work_dir="work_dirs/seed")
+    >>> test_weights(result.last_path, "data/UCF-101").result.top1           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from c3dnet.engine.evaluate import (
     topk_accuracy,
 )
 from c3dnet.engine.schedule import LRSchedule
+from c3dnet.engine.testing import TestOptions, TestRun, test_weights
 from c3dnet.engine.train import NonFiniteLossError, TrainResult, train
 
 __all__ = [
@@ -24,12 +26,15 @@ __all__ = [
     "EvalResult",
     "LRSchedule",
     "NonFiniteLossError",
+    "TestOptions",
+    "TestRun",
     "TrainConfig",
     "TrainResult",
     "evaluate",
     "load_config",
     "mean_class_accuracy",
     "per_class_accuracy",
+    "test_weights",
     "topk_accuracy",
     "train",
 ]
