@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,33 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # Each of these once passed the validator and then crashed a consumer with a traceback.
+        ("optim.momentum=-0.1", "optim.momentum must be >= 0"),  # torch.optim.SGD: ValueError
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),  # likewise
+        ("train.seed=-1", "train.seed must be in 0 .. 2**63 - 1"),  # numpy's default_rng: ValueError
+        ("train.seed=100000000000000000000000", "train.seed must be in 0 .. 2**63 - 1"),  # torch: overflow
+        ("preprocess.short_side=100", "preprocess.short_side (100) must be >= model.crop_size (112)"),  # crop
+        ("preprocess.resize_hw=[128]", "preprocess.resize_hw must be [height, width], each >= model.crop_size "
+                                       "(112), got [128]"),  # IndexError in a loader worker
+        ("preprocess.resize_hw=[100, 171]", "got [100, 171]; fix it or set it to null"),
+        ("model.width_mult=.inf", "model.width_mult must be a finite number, got inf"),  # OverflowError
+        ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+        ("preprocess.mean=[104, .inf, 128]", "preprocess.mean must be a finite number, got inf"),
+    ],
+)
+def test_values_that_crashed_a_consumer_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig().with_overrides([override])
+
+
+def test_edge_values_are_accepted() -> None:
+    cfg = TrainConfig().with_overrides(["optim.momentum=0", "optim.weight_decay=0", f"train.seed={2**63 - 1}",
+                                        "preprocess.short_side=112"])
+    assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.train.seed) == (0.0, 0.0, 2**63 - 1)
+    assert TrainConfig().with_overrides(["preprocess.resize_hw=[112, 112]"]).preprocess_record().resize_hw == (112, 112)
+    assert TrainConfig().with_overrides(["train.seed=0"]).train.seed == 0

@@ -84,3 +84,22 @@ def test_class_count_mismatch_names_both(setup: tuple[Path, Path], tmp_path: Pat
     save_model(C3D(tiny_config(num_classes=5)), tmp_path / "five.safetensors")
     with pytest.raises(DataError, match=f"3 classes, but {tmp_path / 'five.safetensors'} predicts 5"):
         testing.test_weights(tmp_path / "five.safetensors", data, testing.TestOptions(device="cpu"))
+
+
+@pytest.mark.parametrize("extra", [
+    ["preprocess.short_side=32"],  # the crop exactly fills the short side
+    ["preprocess.resize_hw=[32, 32]"],  # the crop is the whole frame
+])
+def test_edge_values_the_validator_accepts_run_through_train_and_test(tmp_path: Path, extra: list[str]) -> None:
+    """A config value the validator accepts never crashes a consumer: the values at its edges, and the
+    defaults "auto" (workers) and validation each epoch, through training and the test pipeline."""
+    from c3dnet.engine.train import train
+
+    data = make_frame_dataset(tmp_path / "data", train_per_class=2, test_per_class=1, num_frames=12)
+    cfg = tiny_train_config("optim.epochs=1", "optim.momentum=0", "optim.weight_decay=0", f"train.seed={2**63 - 1}",
+                            "data.workers=auto", "data.batch_size=3", "train.val_every=1", *extra)
+    trained = train(cfg, data, work_dir=tmp_path / "work", device="cpu")
+    assert trained.iterations == 2 and np.isfinite(trained.final_loss) and trained.last_val["num_videos"] == 3
+    run = testing.test_weights(trained.last_path, data, testing.TestOptions.from_config(cfg, device="cpu"))
+    assert run.result.num_videos == 3 and run.result.clips_per_video == 10
+    assert run.model.preprocess == cfg.preprocess_record()

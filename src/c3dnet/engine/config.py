@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -170,6 +171,8 @@ class TrainConfig:
             (o.warmup_iters >= 0, "optim.warmup_iters must be >= 0"),
             (o.head_lr_mult > 0, "optim.head_lr_mult must be > 0"),
             (o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm must be > 0 or null"),
+            (o.momentum >= 0, "optim.momentum must be >= 0"),
+            (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
             (sorted(o.milestones) == list(o.milestones), "optim.milestones must be increasing epochs"),
             (d.batch_size >= 1 and d.val_batch_size >= 1, "data.batch_size and data.val_batch_size must be >= 1"),
             (d.workers == "auto" or d.workers >= 0, "data.workers must be >= 0 or auto"),
@@ -177,6 +180,7 @@ class TrainConfig:
             (t.val_every >= 0, "train.val_every must be >= 0 (0: no validation)"),
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: epoch ends only)"),
             (t.log_every >= 1, "train.log_every must be >= 1"),
+            (0 <= t.seed < 2**63, "train.seed must be in 0 .. 2**63 - 1 (it seeds torch's and numpy's generators)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -186,6 +190,14 @@ class TrainConfig:
             self.preprocess_record()
         except ValueError as e:
             raise ConfigError(f"{source}: {e}") from None
+        # Frames are resized (to the short side, or to exactly resize_hw), then cropped: the crop must fit.
+        p, crop = self.preprocess, m.crop_size
+        if p.resize_hw is not None and (len(p.resize_hw) != 2 or min(p.resize_hw) < crop):
+            raise ConfigError(f"{source}: preprocess.resize_hw must be [height, width], each >= model.crop_size "
+                              f"({crop}), got {p.resize_hw}; fix it or set it to null to resize by short_side")
+        if p.resize_hw is None and p.short_side < crop:
+            raise ConfigError(f"{source}: preprocess.short_side ({p.short_side}) must be >= model.crop_size ({crop}): "
+                              "frames are resized to it, then cropped; raise short_side or lower the crop")
 
     def model_config(self, num_classes: int) -> C3DConfig:
         m = self.model
@@ -286,6 +298,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan and .inf: no field means anything by them
+            raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
