@@ -187,3 +187,12 @@ def test_export_command_reports_relative_differences(tmp_path, capsys):
     assert f"{tmp_path / 'bad.onnx'}: not written" in err and "raise --tolerance" in err
     assert not (tmp_path / "bad.onnx").exists() and not list(tmp_path.glob(".bad.onnx*"))
     assert export_command.DEFAULT_TOLERANCE == DEFAULT_TOLERANCE
+
+
+@pytest.mark.parametrize("flags, message", [(["--opset", "13"], "--opset 13: C3D's graph needs opset 17"),
+                                            (["--tolerance", "0"], "--tolerance 0.0: must be > 0")])
+def test_export_command_refuses_bad_flags(tmp_path, capsys, flags, message):
+    save_model(C3D(tiny_config()), tmp_path / "w.safetensors")
+    out = tmp_path / "w.onnx"
+    assert main(["export", "--weights", str(tmp_path / "w.safetensors"), "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

@@ -22,9 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from c3dnet.errors import ConfigError
     from c3dnet.export import export_onnx
     from c3dnet.weights import load_model
 
+    if args.opset < 17:
+        raise ConfigError(f"--opset {args.opset}: C3D's graph needs opset 17 or later (max_pool3d with ceil mode "
+                          "and dynamic shapes); pass --opset 17")
+    if not args.tolerance > 0:
+        raise ConfigError(f"--tolerance {args.tolerance}: must be > 0, a relative difference such as 1e-4")
     model = load_model(args.weights)
     report = export_onnx(model, args.out, opset=args.opset, verify=not args.no_verify, tolerance=args.tolerance,
                          extra_metadata={"weights": str(args.weights)})
