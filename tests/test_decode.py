@@ -11,6 +11,7 @@ from PIL import Image
 from c3dnet.data import decode
 from c3dnet.data.decode import count_frames, iter_frames, read_frames, video_info
 from c3dnet.data.sources import VideoRecord
+from c3dnet.data.video_index import video_index
 from c3dnet.errors import DataError
 from tests.media import REAL_VIDEOS, index_frames, read_index, real_videos, write_index_video
 
@@ -38,14 +39,26 @@ def test_info_and_count(index_video):
 
 
 def test_keyframes_and_segments(index_video, monkeypatch):
-    index = decode._video_index(index_video)
+    index = video_index(index_video)
+    # MP4 is timed (frames known by pts, no decoding); AVI stores decode order only, so it is counted
+    assert index.timed == (index_video.suffix == ".mp4")
+    assert (index.pts is None) == (index.checksums is not None)
     assert index.keyframes.tolist() == list(range(0, N, 12))  # GOP 12 in both test videos
-    assert index.keyframe_before(30) == 24 and index.keyframe_before(0) == 0
+    assert index.keyframes[index.keyframe_before(30)] == 24 and index.keyframe_before(0) == 0
     monkeypatch.setattr(decode, "SEEK_MIN_GAP", 16)
     runs = decode._segments(index, np.array([5, 6, 100, 101, 112, 140]))
     # frame 5: read on from the start; 100: seek to 96 (skips > 16 frames); 112 is 11 frames on: read on; 140: seek
     assert [(k, r.tolist()) for k, r in runs] == [(None, [5, 6]), (96, [100, 101, 112]), (132, [140])]
     assert [(k, r.tolist()) for k, r in decode._segments(index, np.array([40, 41]))] == [(36, [40, 41])]
+
+
+def test_seeks_are_taken_and_verified(index_video, monkeypatch, caplog):
+    """Every seek lands where planned and its frames are accepted: no fallback to decoding from the start."""
+    monkeypatch.setattr(decode, "SEEK_MIN_GAP", 0)
+    caplog.set_level("DEBUG", logger="c3dnet.data.decode")
+    idx = np.array([30, 31, 77, 120, 149])
+    assert [read_index(f) for f in read_frames(index_video, idx)] == idx.tolist()
+    assert not [r for r in caplog.records if "from the start" in r.getMessage() or "instead" in r.getMessage()]
 
 
 @pytest.mark.parametrize("seek_gap", [0, 16, 10_000], ids=["always-seek", "default", "never-seek"])
@@ -179,13 +192,10 @@ def test_frame_folder_errors(tmp_path):
         read_frames(VideoRecord(folder, 0, 6), np.array([1]))
 
 
-def _use_jpeg_decoder(monkeypatch, name: str) -> None:
-    monkeypatch.setenv("C3DNET_JPEG", name)
-    monkeypatch.setattr(decode, "_cv2", None)  # look again
+def test_opencv_and_pil_decode_frame_folders_alike(tmp_path):
+    """OpenCV (the seed's decoder) and the PIL fallback give the same pixels for what `c3d prepare` writes."""
+    from c3dnet.data import folders
 
-
-def test_opencv_and_pil_decode_frame_folders_alike(tmp_path, monkeypatch):
-    pytest.importorskip("cv2")
     folder = tmp_path / "v"
     folder.mkdir()
     rng = np.random.default_rng(5)
@@ -193,14 +203,9 @@ def test_opencv_and_pil_decode_frame_folders_alike(tmp_path, monkeypatch):
         frame = np.repeat(np.repeat(rng.integers(0, 256, (16, 22, 3), dtype=np.uint8), 8, 0), 8, 1)[:128, :171]
         image = Image.fromarray(np.ascontiguousarray(frame))
         (image.convert("L") if i == 3 else image).save(folder / f"img_{i + 1:05d}.jpg", quality=90)
-    idx = np.array([5, 0, 3, 3])
-    results = {}
-    for name in ("pil", "opencv"):
-        _use_jpeg_decoder(monkeypatch, name)
-        assert (decode._opencv() is None) == (name == "pil")
-        results[name] = (read_frames(folder, idx), read_frames(folder, idx, size_hw=(64, 85)))
-    for pil, opencv in zip(results["pil"], results["opencv"], strict=True):
-        assert pil.shape == opencv.shape and np.array_equal(pil, opencv)
+    for i in range(6):
+        file = folder / f"img_{i + 1:05d}.jpg"
+        np.testing.assert_array_equal(folders._read_jpeg_opencv(file), folders._read_image_pil(file, i, folder))
     (folder / "img_00002.jpg").write_bytes((folder / "img_00002.jpg").read_bytes()[:-300])  # truncated
     with pytest.raises(DataError, match=r"img_00002\.jpg: cannot decode"):
         read_frames(folder, np.array([1]))  # OpenCV would only warn: PIL takes it, and refuses it
@@ -257,3 +262,26 @@ def test_truncated_video_never_lies(tmp_path):
         except DataError:
             continue
         assert [read_index(f) for f in frames] == list(range(n))
+
+
+def _resize_in_child() -> tuple[int, ...]:
+    from c3dnet.data.resize import resize_image
+
+    big = np.zeros((1080, 1920, 3), np.uint8)
+    return tuple(resize_image(big, (128, 227)).shape)
+
+
+def test_forked_workers_survive_opencv_threads_in_the_parent():
+    """Other code ran OpenCV's thread pool in the parent; a forked child's resize must not hang (the pool is
+    stopped before each fork). Without that, the child hangs in about half the runs."""
+    import multiprocessing
+
+    import cv2
+
+    cv2.setNumThreads(4)
+    for _ in range(3):
+        cv2.GaussianBlur(np.zeros((1080, 1920, 3), np.uint8), (5, 5), 1)  # runs on the pool's threads
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        for _ in range(3):
+            assert pool.apply_async(_resize_in_child).get(timeout=30) == (128, 227, 3)
+    assert cv2.getNumThreads() == 1

@@ -55,13 +55,32 @@ def test_resize_shapes_and_values():
     assert out.shape == (3, 2, 128, 171) and out.dtype == torch.uint8
     assert bool((out == 77).all())  # a flat image stays flat
     assert resize(out, (128, 171)) is out  # already at size: untouched
-    # antialiased bilinear, as PIL's (what frame folders get): the same pixels within rounding
-    from PIL import Image
+    # the reference's resize: OpenCV INTER_LINEAR on uint8, exactly
+    import cv2
 
     img = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
-    ref = np.asarray(Image.fromarray(img).resize((171, 128), Image.BILINEAR)).astype(int)
-    ours = resize(torch.from_numpy(img).permute(2, 0, 1)[:, None], (128, 171))[:, 0].permute(1, 2, 0).numpy()
-    assert np.abs(ours.astype(int) - ref).max() <= 1
+    ref = cv2.resize(img, (171, 128), interpolation=cv2.INTER_LINEAR)
+    as_tensor = torch.from_numpy(img).permute(2, 0, 1)[:, None]  # (3, 1, 240, 320)
+    ours = resize(as_tensor, (128, 171))[:, 0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(ours, ref)
+    # float frames: the same half-pixel bilinear rule (OpenCV rounds its fixed-point weights: within 1)
+    ours_float = resize(as_tensor.float(), (128, 171))[:, 0].permute(1, 2, 0).numpy()
+    assert np.abs(ours_float - ref).max() <= 1
+    # antialiasing only on request: then as PIL's antialiased bilinear, within rounding
+    from PIL import Image
+
+    pil = np.asarray(Image.fromarray(img).resize((171, 128), Image.BILINEAR)).astype(int)
+    smooth = resize(as_tensor, (128, 171), antialias=True)[:, 0].permute(1, 2, 0).numpy()
+    assert np.abs(smooth.astype(int) - pil).max() <= 1
+    assert np.abs(ours.astype(int) - pil).max() > 20  # the default is not antialiased
+
+
+def test_resize_is_bilinear_without_antialiasing():
+    """Shrinking 8 -> 2 samples at source x = 1.5 and 5.5 (half-pixel centres): two pixels each, not four."""
+    row = torch.tensor([0, 10, 20, 30, 40, 50, 60, 70], dtype=torch.uint8).view(1, 1, 1, 8).expand(3, 1, 1, 8)
+    out = resize(row.contiguous(), (1, 2))
+    assert out[0, 0, 0].tolist() == [15, 55]
+    assert resize(row.float(), (1, 2))[0, 0, 0].tolist() == [15.0, 55.0]
 
 
 def test_normalize_exact_values_rgb_and_bgr():

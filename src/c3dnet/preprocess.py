@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from c3dnet.data.resize import rescale_size
+
 CHANNEL_ORDERS = ("RGB", "BGR")
 
 
@@ -81,9 +83,7 @@ class Preprocess:
         """(height, width) after resizing a `height` x `width` frame: 240x320 -> 128x171."""
         if self.resize_hw is not None:
             return self.resize_hw
-        if height <= width:
-            return self.short_side, max(1, int(round(width * self.short_side / height)))
-        return max(1, int(round(height * self.short_side / width))), self.short_side
+        return rescale_size(height, width, self.short_side)
 
 
 SEED_PREPROCESS = Preprocess()

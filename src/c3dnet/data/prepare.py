@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from c3dnet.data.decode import FRAME_TEMPLATE, iter_frames, video_info
+from c3dnet.data.resize import rescale_size, resize_frames
 from c3dnet.data.sources import SkippedItem, Source, available_splits, load_source
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
-from c3dnet.preprocess import Preprocess
 
 log = get_logger(__name__)
 
@@ -61,6 +61,7 @@ class _Task:
     dst: Path
     short_side: int
     quality: int
+    autorotate: bool = True
 
 
 def prepare_dataset(
@@ -73,6 +74,7 @@ def prepare_dataset(
     quality: int = 95,
     splits_dir: str | Path | None = None,
     progress: bool = True,
+    autorotate: bool = True,
 ) -> PrepareResult:
     """Extract every video of `data`'s official splits (or split `split`) into frame folders under `out`.
 
@@ -86,6 +88,8 @@ def prepare_dataset(
         quality: JPEG quality 1-100.
         splits_dir: the official split files' folder, when not inside or beside `data`.
         progress: show a tqdm progress bar.
+        autorotate: turn frames as each video's display matrix says (FFmpeg's default); False keeps the coded
+            orientation.
 
     Raises:
         DataError: an unusable source, or (without `skip_bad`) videos that failed; `failed.txt` lists them.
@@ -119,7 +123,7 @@ def prepare_dataset(
             counts[video] = _count_jpegs(out / rel)
             result.already_done += 1
         else:
-            tasks.append(_Task(video, out / rel, short_side, quality))
+            tasks.append(_Task(video, out / rel, short_side, quality, autorotate))
     log.info("%s: %d videos, %d already extracted, %d to extract with %d worker(s)",
              data, len(videos), result.already_done, len(tasks), workers)
 
@@ -175,14 +179,16 @@ def _run(tasks: list[_Task], workers: int, progress: bool):
 
 def _extract_task(task: _Task) -> tuple[Path, int, str | None]:
     try:
-        return task.video, extract_video(task.video, task.dst, task.short_side, task.quality), None
+        return task.video, extract_video(task.video, task.dst, task.short_side, task.quality, task.autorotate), None
     except DataError as e:
         return task.video, 0, str(e)
 
 
-def extract_video(video: Path, dst: Path, short_side: int = 128, quality: int = 95) -> int:
+def extract_video(video: Path, dst: Path, short_side: int = 128, quality: int = 95, autorotate: bool = True) -> int:
     """Write `video`'s frames as `dst/img_00001.jpg`, ... via a temporary folder renamed when complete.
 
+    Frames are FFmpeg's, in its order, turned as the display matrix says (unless `autorotate=False`), resized
+    to `short_side` by OpenCV `INTER_LINEAR` as the seed resizes (0: kept), then JPEG-encoded at `quality`.
     Returns the number of frames. A `dst` that already exists is complete by construction and is kept.
     """
     from PIL import Image
@@ -194,10 +200,10 @@ def extract_video(video: Path, dst: Path, short_side: int = 128, quality: int = 
     tmp = dst.parent / f".{dst.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}"
     tmp.mkdir()
     try:
-        info = video_info(video)
-        size_hw = Preprocess(short_side=short_side).resize_target(info.height, info.width) if short_side else None
         count = 0
-        for chunk in iter_frames(video, size_hw):
+        for chunk in iter_frames(video, autorotate=autorotate):
+            if short_side:
+                chunk = resize_frames(chunk, rescale_size(*chunk.shape[1:3], short_side))
             for frame in chunk:
                 count += 1
                 Image.fromarray(frame).save(tmp / FRAME_TEMPLATE.format(count), quality=quality)

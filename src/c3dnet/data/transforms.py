@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from c3dnet.data.resize import resize_frames
 from c3dnet.preprocess import Preprocess
 
 
@@ -28,14 +29,24 @@ def _check_cthw(x: torch.Tensor) -> None:
         raise ValueError(f"expected a clip tensor (C, T, H, W), got shape {tuple(x.shape)}")
 
 
-def resize(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of every frame to `size_hw` = (height, width); uint8 in, uint8 out. No-op at that size."""
+def resize(x: torch.Tensor, size_hw: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize of every frame to `size_hw` = (height, width); the input itself at that size.
+
+    uint8 frames go through OpenCV `INTER_LINEAR`, the reference's resize (`c3dnet.data.resize`), so a tensor
+    resized here equals a frame resized while decoding. Float frames use `F.interpolate` with the same
+    half-pixel bilinear rule. `antialias=True` (not the reference's) low-pass filters when shrinking, through
+    `F.interpolate(antialias=True)`.
+    """
     _check_cthw(x)
     h, w = int(size_hw[0]), int(size_hw[1])
     if tuple(x.shape[-2:]) == (h, w):
         return x
+    if x.dtype == torch.uint8 and not antialias:
+        frames = x.permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, C)
+        out = torch.from_numpy(resize_frames(frames, (h, w)))  # (T, h, w, C)
+        return out.permute(3, 0, 1, 2).contiguous().to(x.device)  # (C, T, h, w)
     frames = x.permute(1, 0, 2, 3).float()  # (T, C, H, W): frames as the batch
-    out = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    out = F.interpolate(frames, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
     if x.dtype == torch.uint8:
         out = out.round_().clamp_(0, 255).to(torch.uint8)
     else:
@@ -100,11 +111,7 @@ def _as_thwc(frames: np.ndarray | torch.Tensor) -> np.ndarray:
 def _resized(frames: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     """Frames at `preprocess.resize_target`; frames decoded (or extracted) at that size pass through untouched."""
     h, w = frames.shape[1:3]
-    target = preprocess.resize_target(h, w)
-    if (h, w) == tuple(target):
-        return frames
-    x = resize(torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2), target)  # (C, T, h, w)
-    return x.permute(1, 2, 3, 0).numpy()  # back to a (T, h, w, C) view
+    return resize_frames(frames, preprocess.resize_target(h, w))
 
 
 def _crop_to_cthw(frames: np.ndarray, size: int, top: int, left: int, flip: bool) -> torch.Tensor:

@@ -1,0 +1,343 @@
+"""Which frames a video holds, numbered exactly as FFmpeg numbers them: the index behind `c3dnet.data.decode`.
+
+Frame i of a video is the i-th frame the FFmpeg command-line tool outputs
+(`ffmpeg -i F -map 0:v:0 -fps_mode passthrough`): the i-th frame its decoder returns when decoding from the start.
+Two kinds of index give that numbering.
+
+- **Timed** (MP4/MOV and Matroska/WebM holding codecs that put one frame in each packet: H.264, HEVC, VP8/9, AV1,
+  ...): one pass over the packets, with no decoding (about 1 ms for a UCF-101-sized video), lists every frame's
+  presentation timestamp (pts); sorted, they give the frame count, a decoded frame is recognised by its pts, and
+  reading may seek to any keyframe.
+- **Counted** (everything else: AVI, whose timestamps are in decode order; MPEG-4 Part 2 with packed B-frames, as
+  UCF-101 ships; MPEG-TS; raw streams; ...): pts cannot give display order, so the video is decoded once from the
+  start, without colour conversion, and each output frame's position, keyframe flag and a checksum of its pixels
+  are recorded. Reading decodes from the start and counts; it seeks to a keyframe only where every frame it keeps
+  after the seek has the checksum recorded at its position, i.e. exactly the pixels decoding from the start gives.
+
+A timed index that decoding contradicts (a decoded pts it does not list, or out of order, or a listed frame the
+decoder skipped) is replaced by a counted one (`video_index(path, counted=True)`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from c3dnet.data.orientation import NONE, Orientation, orientation_of
+from c3dnet.errors import DataError
+
+TIMED_FORMATS = ("mov", "mp4", "matroska", "webm")
+"""Containers whose packets carry presentation timestamps (`container.format.name` lists aliases, e.g.
+'mov,mp4,m4a,3gp,3g2,mj2'). AVI stores decode order only; MPEG-TS/PS and raw streams are counted too."""
+
+TIMED_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "prores", "dnxhd", "ffv1", "png",
+                          "rawvideo", "huffyuv", "utvideo", "qtrle", "theora", "vvc"})
+"""Codecs that give one displayed frame per packet. MPEG-4 Part 2 is left out: its packets may hold two frames
+(packed B-frames, as DivX/XviD write them even into Matroska) or none (a not-coded VOP)."""
+
+_CACHE_SIZE = 16384  # videos whose index a process remembers: all of UCF-101 (13,320) fits
+
+_ERR_CORRUPT = "the file is corrupt or truncated: re-download or re-encode it, or remove it (or use --skip-bad)"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video (or frame folder) holds.
+
+    Attributes:
+        num_frames: frames, as FFmpeg counts them.
+        fps: average frame rate (0.0 for frame folders: unknown).
+        height, width: frame size as returned: displayed (after autorotation) unless autorotation is off.
+        orientation: the turn applied to the coded frames ('none', 'transpose=clock', 'hflip,vflip', ...).
+        rotation: the display matrix's clockwise rotation in degrees, applied or not (0 without one).
+    """
+
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    orientation: str = "none"
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """Per-video frame map (see the module docstring). Positions are frame numbers in FFmpeg's order.
+
+    Attributes:
+        num_frames: FFmpeg's frame count.
+        fps: average frame rate.
+        coded_hw: (height, width) of decoded frames before any turn.
+        orientation: what the display matrix of the first frame asks for.
+        timed: frames identified by pts (`pts`), else by decoding order from a start point (`checksums`).
+        pts: timed only: the sorted pts of every frame.
+        checksums: counted only: a 64-bit checksum of every frame's decoded planes.
+        keyframes: sorted frame numbers where a seek may start (0 is implied: the start of the file).
+        seek_ts: for each keyframe, the timestamp to pass to `container.seek` (stream time base).
+    """
+
+    num_frames: int
+    fps: float
+    coded_hw: tuple[int, int]
+    orientation: Orientation
+    timed: bool
+    pts: np.ndarray | None
+    checksums: np.ndarray | None
+    keyframes: np.ndarray
+    seek_ts: np.ndarray
+
+    def info(self, autorotate: bool = True) -> VideoInfo:
+        h, w = self.coded_hw
+        o = self.orientation if autorotate else NONE
+        if o.swaps_axes:
+            h, w = w, h
+        return VideoInfo(self.num_frames, self.fps, h, w, o.describe(), self.orientation.rotation)
+
+    def keyframe_before(self, i: int) -> int | None:
+        """Position in `keyframes` of the last keyframe at or before frame i (None: none, start from frame 0)."""
+        k = int(np.searchsorted(self.keyframes, i, side="right")) - 1
+        return k if k >= 0 else None
+
+
+class LRUCache(OrderedDict):
+    """A bounded cache, safe to share between threads."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def put(self, key: object, value: object) -> None:
+        with self.lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.size:
+                self.popitem(last=False)
+
+
+index_cache = LRUCache(_CACHE_SIZE)
+
+
+def file_key(path: Path) -> tuple[str, int, int]:
+    """(path, size, mtime): a rewritten file is indexed again."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: video file not found; check the path (and the dataset root)") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read this video ({e.strerror or e}); check that the path exists") from e
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+# --------------------------------------------------------------------------------------------------- opening
+
+_decode_threads = 0  # FFmpeg threads per open video; 0 lets FFmpeg choose (one per core)
+
+
+def set_video_threads(n: int) -> None:
+    """FFmpeg's decoding threads per open video in this process (0: FFmpeg's choice)."""
+    global _decode_threads
+    if n < 0:
+        raise ValueError(f"decode threads must be >= 0, got {n}")
+    _decode_threads = int(n)
+
+
+def open_video(path: Path):  # -> (container, stream)
+    """The container and its first video stream, with a decoder set up; `DataError` naming the file if not."""
+    import av
+
+    if not path.exists():
+        raise DataError(f"{path}: video file not found; check the path (and the dataset root)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: video file is empty (0 bytes); re-download or remove it (or use --skip-bad)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable video ({e}); the file is corrupt or not a video: "
+                        "re-download or remove it (or use --skip-bad)") from e
+    if not container.streams.video:
+        container.close()
+        raise DataError(f"{path}: has no video stream; remove it from the dataset (or use --skip-bad)")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg found a video stream but has no decoder for its codec
+        container.close()
+        raise DataError(f"{path}: no decoder for this video's codec; re-encode it (e.g. to H.264) or remove it "
+                        "(or use --skip-bad)")
+    stream.thread_type = "AUTO"
+    if _decode_threads:
+        stream.codec_context.thread_count = _decode_threads
+    return container, stream
+
+
+def frame_orientation(frame) -> Orientation:
+    """What a decoded frame's display matrix asks for (`NONE` without one)."""
+    for sd in frame.side_data:
+        if getattr(sd.type, "name", str(sd.type)).upper().endswith("DISPLAYMATRIX"):
+            return orientation_of(bytes(sd))
+    return NONE
+
+
+def checksum(frame) -> int:
+    """64 bits identifying a decoded frame's pixels: CRC-32 and Adler-32 of each plane's visible bytes.
+
+    Line padding is left out (its bytes are not part of the picture and need not repeat between decodes).
+    """
+    crc, adler = 0, 1
+    for index, plane in enumerate(frame.planes):
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height]
+        visible = min(plane.line_size, _row_bytes(frame, index, plane.width))
+        data = np.ascontiguousarray(rows[:, :visible])
+        crc, adler = zlib.crc32(data, crc), zlib.adler32(data, adler)
+    return (crc << 32) | adler
+
+
+def _row_bytes(frame, plane_index: int, width: int) -> int:
+    """Bytes of picture in one row of a plane: its width times the bytes its components take per pixel."""
+    bits = sum(8 if c.bits <= 8 else 16 for c in frame.format.components if c.plane == plane_index)
+    return -(-width * bits // 8)
+
+
+# --------------------------------------------------------------------------------------------------- indexing
+
+
+def video_index(path: str | os.PathLike[str], counted: bool = False) -> VideoIndex:
+    """The frame map of a video file (cached per file version); `counted=True` forces the decoding kind."""
+    path = Path(path)
+    key = file_key(path)
+    hit = index_cache.get(key)
+    if hit is not None and (hit.timed is False or not counted):
+        return hit
+    index = None if counted else _timed_index(path)
+    if index is None:
+        index = _counted_index(path)
+    index_cache.put(key, index)
+    return index
+
+
+class PacketTally:
+    """Counts a stream's packets as they are demuxed, to tell a complete file from one cut short.
+
+    A file cut at a packet boundary (every packet whole, the end missing) holds fewer packets than its header
+    declares (AVI and MP4 state their frame count; others give 0). AVI's count is the span of its frame
+    timestamps instead: MEncoder's files declare one frame more than they hold chunks for (the timestamps skip
+    it), and FFmpeg decodes them whole.
+    """
+
+    def __init__(self) -> None:
+        self.present = 0
+        self.first_dts: int | None = None
+        self.last_dts: int | None = None
+
+    def add(self, packet) -> None:
+        if packet.size > 0 or packet.pts is not None:  # not the demuxer's final flush packet
+            self.present += 1
+        if packet.size > 0 and packet.dts is not None:
+            self.first_dts = packet.dts if self.first_dts is None else self.first_dts
+            self.last_dts = packet.dts
+
+    def check(self, path: Path, container, stream) -> None:
+        """`DataError` naming `path` when the stream holds less than its header declares."""
+        declared = int(stream.frames or 0)
+        held = self.present
+        if "avi" in container.format.name.split(",") and self.last_dts is not None:
+            held = max(held, self.last_dts - self.first_dts + 1)
+        if held < declared:
+            raise DataError(f"{path}: truncated: the container declares {declared} frames but holds only {held}; "
+                            f"{_ERR_CORRUPT}")
+
+
+def _is_timed_container(container, stream) -> bool:
+    names = set(container.format.name.split(","))
+    return bool(names & set(TIMED_FORMATS)) and stream.codec_context.name in TIMED_CODECS
+
+
+def _timed_index(path: Path) -> VideoIndex | None:
+    """The pts map from one pass over the packets, or None where pts cannot identify frames."""
+    import av
+
+    container, stream = open_video(path)
+    try:
+        if not _is_timed_container(container, stream):
+            return None
+        pts, key_pts, key_ts, first_frame, tally = [], [], [], None, PacketTally()
+        for packet in container.demux(stream):
+            if packet.is_corrupt:  # the demuxer flags packets cut short by truncation
+                raise DataError(f"{path}: corrupt or truncated video data at packet {tally.present}; "
+                                f"{_ERR_CORRUPT}")
+            if first_frame is None:
+                for frame in packet.decode():  # the display matrix travels with the frames
+                    first_frame = frame
+                    break
+            tally.add(packet)
+            if packet.size == 0 or packet.is_discard:  # frames an edit list leaves out are not output
+                continue
+            if packet.pts is None:
+                return None
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.append(packet.pts)
+                key_ts.append(packet.dts if packet.dts is not None else packet.pts)
+        pts_arr = np.asarray(pts, dtype=np.int64)
+        if not pts or len(np.unique(pts_arr)) != len(pts_arr):
+            return None  # two frames at one pts cannot be told apart by pts
+        tally.check(path, container, stream)
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        height, width = stream.codec_context.height, stream.codec_context.width
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the video's packets ({e}); {_ERR_CORRUPT}") from e
+    finally:
+        container.close()
+    if height <= 0 or width <= 0:
+        raise DataError(f"{path}: the video stream has no frame size; {_ERR_CORRUPT}")
+    pts_arr.sort()
+    keyframes = np.searchsorted(pts_arr, np.asarray(key_pts, dtype=np.int64))
+    orientation = frame_orientation(first_frame) if first_frame is not None else NONE
+    return VideoIndex(len(pts_arr), fps, (height, width), orientation, True, pts_arr, None,
+                      keyframes.astype(np.int64), np.asarray(key_ts, dtype=np.int64))
+
+
+def _counted_index(path: Path) -> VideoIndex:
+    """The frame map from decoding every frame once, in FFmpeg's output order, with checksums and seek points."""
+    import av
+
+    container, stream = open_video(path)
+    try:
+        key_ts, has_ts, tally = [], True, PacketTally()
+        checksums, key_positions, orientation, coded_hw = [], [], NONE, None
+        for packet in container.demux(stream):
+            if packet.is_corrupt:
+                raise DataError(f"{path}: corrupt or truncated video data at packet {tally.present}; "
+                                f"{_ERR_CORRUPT}")
+            tally.add(packet)
+            if packet.size > 0 and packet.is_keyframe and not packet.is_discard:
+                ts = packet.dts if packet.dts is not None else packet.pts
+                has_ts &= ts is not None
+                key_ts.append(ts if ts is not None else -1)
+            for frame in packet.decode():  # the final, empty packet flushes the decoder
+                if not checksums:
+                    orientation, coded_hw = frame_orientation(frame), (frame.height, frame.width)
+                if frame.key_frame:
+                    key_positions.append(len(checksums))
+                checksums.append(checksum(frame))
+        tally.check(path, container, stream)
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: decoding failed at frame {len(checksums)} ({e}); {_ERR_CORRUPT}") from e
+    finally:
+        container.close()
+    if not checksums:
+        raise DataError(f"{path}: no video frames could be decoded; {_ERR_CORRUPT}")
+    # The k-th keyframe packet (decode order) holds the k-th keyframe the decoder outputs. Where the counts
+    # disagree, or timestamps are missing (raw streams), reading never seeks: it decodes from the start.
+    if has_ts and len(key_ts) == len(key_positions) and key_positions:
+        keyframes, seek_ts = np.asarray(key_positions, np.int64), np.asarray(key_ts, np.int64)
+    else:
+        keyframes, seek_ts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return VideoIndex(len(checksums), fps, coded_hw, orientation, False, None,
+                      np.asarray(checksums, dtype=np.uint64), keyframes, seek_ts)
