@@ -68,30 +68,32 @@ def class_labels(model_class_names: list[str] | None, num_classes: int) -> list[
     return [f"class {i}" for i in range(num_classes)]
 
 
-def multi_clip_batch(runner: ClipRunner, path: str | os.PathLike[str], num_clips: int = 10
-                    ) -> tuple[torch.Tensor, np.ndarray, int]:
+def multi_clip_batch(runner: ClipRunner, path: str | os.PathLike[str], num_clips: int = 10,
+                     autorotate: bool = True) -> tuple[torch.Tensor, np.ndarray, int]:
     """The `num_clips` evenly spaced test clips of a video as uint8 (K, 3, T, crop, crop), their starts, frames."""
     from c3dnet.data.decode import read_frames, video_info
     from c3dnet.data.transforms import eval_transform
 
     pre = runner.preprocess
-    info = video_info(path)
+    info = video_info(path, autorotate)
     starts = sampling.test_start_frames(info.num_frames, pre.clip_len, num_clips, pre.frame_interval)
     idx = sampling.clip_indices(starts, info.num_frames, pre.clip_len, pre.frame_interval)  # (K, T)
     size = pre.resize_target(info.height, info.width)
-    # One read per clip: each seeks to its own keyframe, so a long video is not decoded end to end.
-    clips = torch.stack([eval_transform(read_frames(Path(path), row, size_hw=size), pre) for row in idx])
+    # One read for all clips: it seeks between clips that lie far apart, so a long video is not decoded end to end.
+    frames = read_frames(Path(path), idx.reshape(-1), size_hw=size, autorotate=autorotate)  # (K * T, H, W, 3)
+    frames = frames.reshape(*idx.shape, *frames.shape[1:])  # (K, T, H, W, 3)
+    clips = torch.stack([eval_transform(f, pre) for f in frames])
     return clips, starts, info.num_frames
 
 
 def predict_video(runner: ClipRunner, path: str | os.PathLike[str], class_names: list[str],
-                  num_clips: int = 10, average: str = "score") -> Prediction:
+                  num_clips: int = 10, average: str = "score", autorotate: bool = True) -> Prediction:
     """Class probabilities of a video from `num_clips` evenly spaced clips: the softmax of the mean clip logits
     ("score", the reference's test protocol, as `c3d test`), or the mean of the clips' softmax ("prob",
     mmaction2's)."""
     if average not in ("score", "prob"):
         raise ValueError(f"average must be 'score' or 'prob', got {average!r}")
-    clips, starts, num_frames = multi_clip_batch(runner, path, num_clips)
+    clips, starts, num_frames = multi_clip_batch(runner, path, num_clips, autorotate)
     logits = runner(clips)  # (K, C)
     probs = softmax(logits.mean(axis=0)) if average == "score" else softmax(logits).mean(axis=0)
     return Prediction(video=str(path), probs=probs, clip_starts=starts.tolist(), num_frames=num_frames,
@@ -125,17 +127,17 @@ class Timeline:
 
 
 def predict_timeline(runner: ClipRunner, path: str | os.PathLike[str], class_names: list[str], stride: int = 16,
-                     batch_size: int = 32) -> Timeline:
+                     batch_size: int = 32, autorotate: bool = True) -> Timeline:
     """Softmax of every sliding clip (every `stride` frames), decoding the video once in bounded memory."""
     from c3dnet.data.decode import video_info
     from c3dnet.features import clip_starts
 
     pre = runner.preprocess
-    info = video_info(path)
+    info = video_info(path, autorotate)
     size = pre.resize_target(info.height, info.width)
     starts = clip_starts(info.num_frames, pre, stride)
     probs, batch = [], []
-    for _, clip in stream_clips(path, pre, stride, info.num_frames, size):
+    for _, clip in stream_clips(path, pre, stride, info.num_frames, size, autorotate=autorotate):
         batch.append(clip)
         if len(batch) == batch_size:
             probs.append(softmax(runner(torch.stack(batch))))

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable videos (listed in OUT/failed.txt) instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
+                        help="keep each video's coded orientation instead of turning it as its display matrix "
+                             "says (FFmpeg's -noautorotate); the manifest records what was applied")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=args.l2,
                              batch_size=args.batch_size or (64 if runner.device.type == "cuda" else 32),
                              workers=workers, skip_bad=args.skip_bad,
-                             weights=str(source))
+                             weights=str(source), autorotate=args.autorotate)
     s = extract(records, runner, args.out, options, keys=keys, progress=not args.no_progress)
     shard = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"extracted {s.done} videos{shard} in {s.seconds:.1f} s ({s.frames_per_s:.0f} frames/s, "

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--skip-bad", action="store_true", help="report unreadable videos and go on")
+    parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
+                        help="keep each video's coded orientation instead of turning it as its display matrix "
+                             "says (FFmpeg's -noautorotate)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     results, failed = [], 0
     for record, key in zip(records, output_keys(records)):
         try:
-            prediction = predict_video(runner, record.path, names, args.clips, args.average)
+            prediction = predict_video(runner, record.path, names, args.clips, args.average, args.autorotate)
             if args.timeline:
-                timeline = predict_timeline(runner, record.path, names, args.stride)
+                timeline = predict_timeline(runner, record.path, names, args.stride, autorotate=args.autorotate)
                 save_timeline(timeline, args.timeline, key, args.top_k)
         except DataError as e:
             if not args.skip_bad:

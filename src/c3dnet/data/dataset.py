@@ -2,8 +2,9 @@
 
 Each item draws its randomness from `np.random.default_rng([seed, epoch, i])`, so a sample does not depend on
 which worker (or which rank under a DistributedSampler) loads it, and resuming at an epoch replays it exactly.
-Videos are resized inside the decoder to `preprocess.resize_target` (frame folders already extracted at that
-size are not resized at all); normalisation is left to the consumer, on the device.
+Frames are resized as they are decoded to `preprocess.resize_target` (OpenCV `INTER_LINEAR`, the reference's;
+frame folders already extracted at that size are not resized at all); normalisation is left to the consumer, on
+the device.
 
 Example:
     >>> from torch.utils.data import DataLoader
@@ -47,6 +48,8 @@ class ClipDataset(Dataset):
         seed: base seed of every sample's random generator.
         skip_bad: when a video cannot be read, log it and return the next readable one (with that one's index,
             so evaluation keyed by index never credits the broken video) instead of raising `DataError`.
+        autorotate: turn video frames as their display matrix says (FFmpeg's default); False keeps the coded
+            orientation.
 
     Items are `(clips, label, index)`: clips uint8 (K, 3, T, crop, crop), K = 1 for train/val, `num_clips` for test.
     """
@@ -59,6 +62,7 @@ class ClipDataset(Dataset):
         num_clips: int = 10,
         seed: int = 0,
         skip_bad: bool = False,
+        autorotate: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -70,6 +74,7 @@ class ClipDataset(Dataset):
         self.num_clips = num_clips
         self.seed = seed
         self.skip_bad = skip_bad
+        self.autorotate = autorotate
         self.epoch = 0
         self.failed: dict[int, str] = {}  # index -> reason, in this process (each worker keeps its own)
 
@@ -93,13 +98,13 @@ class ClipDataset(Dataset):
         """Clips of item i, uint8 (K, 3, T, crop, crop); raises `DataError` for an unreadable video."""
         record = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        info = video_info(record.path)  # cached per process: frame size (and count, for videos)
+        info = video_info(record.path, self.autorotate)  # cached per process: frame size (and count, for videos)
         num_frames = count_frames(record) if record.num_frames is not None else info.num_frames
         indices = self.clip_indices(i, num_frames, rng)  # (K, T)
-        # Resize while decoding (FFmpeg's scaler for videos, PIL for frame folders); frames already at the
-        # target size, such as those `c3d prepare` extracted at short side 128, are not resized at all.
+        # Resize while decoding; frames already at the target size, such as those `c3d prepare` extracted at
+        # short side 128, are not resized at all.
         size_hw = self.preprocess.resize_target(info.height, info.width)
-        frames = read_frames(record, indices.reshape(-1), size_hw)  # (K * T, H, W, 3)
+        frames = read_frames(record, indices.reshape(-1), size_hw, autorotate=self.autorotate)  # (K * T, H, W, 3)
         frames = frames.reshape(indices.shape[0], indices.shape[1], *frames.shape[1:])  # (K, T, H, W, 3)
         if self.mode == "train":
             clips = [train_transform(frames[0], self.preprocess, rng)]

@@ -59,7 +59,8 @@ class PreprocessSection:
 class DataSection:
     """Loading. `batch_size` is per process (per GPU under torchrun); `workers` per process too ("auto": see
     `c3dnet.engine.device.loader_workers`); `drop_last` drops each epoch's last partial training batch (as the
-    seed's loader does); `num_clips` is the test protocol's clips per video."""
+    seed's loader does); `num_clips` is the test protocol's clips per video; `autorotate` turns video frames as
+    their display matrix says (FFmpeg's default; false keeps the coded orientation)."""
 
     split: int = 1
     batch_size: int = 32
@@ -69,6 +70,7 @@ class DataSection:
     num_clips: int = 10
     skip_bad: bool = False
     splits_dir: str | None = None
+    autorotate: bool = True
 
 
 @dataclass

@@ -94,7 +94,8 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
     preprocess = cfg.preprocess_record()
     workers = loader_workers(d.workers, device)
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
-    train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
+    train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad,
+                            autorotate=d.autorotate)
     sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
     # One loader iterator serves the whole run (see _EpochBatches), and the epoch travels with each index: every
     # sample's augmentation stays keyed by (seed, epoch, index) whatever the worker.
@@ -108,7 +109,8 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
     val_loader = None
     if cfg.train.val_every > 0:
         val_source = load_source(data, "test", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
-        val_set = ClipDataset(val_source.records, "val", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad)
+        val_set = ClipDataset(val_source.records, "val", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad,
+                              autorotate=d.autorotate)
         val_sampler = ResumableSampler(len(val_set), False, 0, dist_info.rank, dist_info.world_size)
         val_loader = torch.utils.data.DataLoader(
             val_set, batch_size=d.val_batch_size, sampler=val_sampler, persistent_workers=workers > 0,

@@ -138,7 +138,8 @@ def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
 
 
 def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
-                size_hw: tuple[int, int] | None, chunk: int = 64) -> Iterator[tuple[int, list[np.ndarray]]]:
+                size_hw: tuple[int, int] | None, chunk: int = 64, autorotate: bool = True,
+                ) -> Iterator[tuple[int, list[np.ndarray]]]:
     """(clip number, its T centre-cropped frames (crop, crop, 3)) for each sliding clip, decoding the video once.
 
     The frames are views into decoded chunks, valid until the next clip is asked for: stack them (into a
@@ -154,7 +155,7 @@ def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: in
     first_needed, last_needed = idx.min(axis=1), idx.max(axis=1)
     buffer: dict[int, np.ndarray] = {}
     k, j = 0, 0
-    for frames in iter_frames(path, size_hw=size_hw, chunk=chunk):
+    for frames in iter_frames(path, size_hw=size_hw, chunk=chunk, autorotate=autorotate):
         cropped = _crop_chunk(frames, preprocess.crop_size, path)  # (n, crop, crop, 3)
         for t in range(cropped.shape[0]):
             if k < len(idx) and j >= first_needed[k]:
@@ -172,11 +173,12 @@ def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: in
 
 
 def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
-                 size_hw: tuple[int, int] | None, chunk: int = 64) -> Iterator[tuple[int, torch.Tensor]]:
+                 size_hw: tuple[int, int] | None, chunk: int = 64, autorotate: bool = True,
+                 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(clip number, uint8 clip (3, T, crop, crop)) for each sliding clip, decoding the video once, in order.
 
     `clip_frames` stacked into channel-first tensors; memory stays bounded as there.
     """
-    for k, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk):
+    for k, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk, autorotate):
         clip = np.stack(frames)  # (T, crop, crop, 3)
         yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)

@@ -61,6 +61,8 @@ class ExtractOptions:
         skip_bad: record unreadable videos in failed.txt and go on, instead of stopping with a `DataError`.
         chunk: frames per decoded chunk.
         weights: the weights' path, recorded in the manifest.
+        autorotate: turn frames as each video's display matrix says (FFmpeg's default); False keeps the coded
+            orientation. The manifest records what was applied.
     """
 
     stride: int = 16
@@ -71,6 +73,7 @@ class ExtractOptions:
     skip_bad: bool = False
     chunk: int = 64
     weights: str = ""
+    autorotate: bool = True
 
 
 @dataclass
@@ -94,7 +97,7 @@ class _Job:
     def __init__(self, record: VideoRecord, key: str, out_dir: Path, lock: VideoLock, index: int) -> None:
         self.record, self.key, self.out_dir, self.lock, self.index = record, key, out_dir, lock, index
         self.starts = np.zeros(0, dtype=np.int64)
-        self.num_frames, self.fps = 0, 0.0
+        self.num_frames, self.fps, self.orientation = 0, 0.0, "none"
         self.received = 0
         self.rows: np.ndarray | None = None
         self.tmp: Path | None = None
@@ -140,6 +143,7 @@ def _finish(job: _Job, runner: ClipRunner, options: ExtractOptions) -> None:
         num_frames=job.num_frames, fps=job.fps, clip_starts=[int(s) for s in job.starts],
         clip_len=runner.preprocess.clip_len, frame_interval=runner.preprocess.frame_interval, stride=options.stride,
         video_mean=options.video_mean, l2=options.l2, dim=runner.dim, weights=options.weights,
+        orientation=job.orientation,
     )
     atomic_write_text(job.out_dir / PARTS_DIR / f"{job.key}.json", json.dumps(entry.to_dict()) + "\n")
     with contextlib.suppress(FileNotFoundError):
@@ -256,7 +260,7 @@ class _Decoder(torch.utils.data.IterableDataset):
             meta = _video_meta(record, self.preprocess, self.options)
             yield ("start", i, meta, None)
             for k, frames in clip_frames(record.path, self.preprocess, self.options.stride, meta["num_frames"],
-                                         meta["size_hw"], self.options.chunk):
+                                         meta["size_hw"], self.options.chunk, self.options.autorotate):
                 if rings is not None:
                     slot = rings.take(worker)
                     if count == 0:
@@ -405,7 +409,7 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
             elif kind == "start":
                 record, key = todo[i]
                 job = jobs[i] = _Job(record, key, out_dir, _held_lock(out_dir, key), i)
-                job.num_frames, job.fps = payload["num_frames"], payload["fps"]
+                job.num_frames, job.fps, job.orientation = payload["num_frames"], payload["fps"], payload["orientation"]
                 job.starts = np.asarray(payload["starts"], dtype=np.int64)
                 job.open_sink(runner.dim, options.video_mean)
             elif kind == "clips":
@@ -504,8 +508,8 @@ def _remove_leftovers(out_dir: Path, names: list[str]) -> None:
 def _video_meta(record: VideoRecord, preprocess: Preprocess, options: ExtractOptions) -> dict[str, Any]:
     from c3dnet.data.decode import video_info
 
-    info = video_info(record.path)
-    return {"num_frames": info.num_frames, "fps": info.fps,
+    info = video_info(record.path, options.autorotate)
+    return {"num_frames": info.num_frames, "fps": info.fps, "orientation": info.orientation,
             "size_hw": preprocess.resize_target(info.height, info.width),
             "starts": clip_starts(info.num_frames, preprocess, options.stride).tolist()}
 

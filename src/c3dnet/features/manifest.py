@@ -48,6 +48,7 @@ class ManifestEntry:
     l2: bool
     dim: int
     weights: str = ""
+    orientation: str = "none"  # the turn applied to the coded frames ('none', 'transpose=clock', ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
