@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_yaml_recipe_is_the_embedded_one():
     assert load_config(ROOT / "configs" / "synthetic_demo.yaml").to_dict() == demo_config().to_dict()
     cfg = demo_config(quick=True, overrides=["optim.lr=0.02"])
-    assert cfg.optim.lr == 0.02 and cfg.optim.epochs == 20 and cfg.model.variant == "d3"
+    assert cfg.optim.lr == 0.02 and cfg.optim.epochs == 30 and cfg.model.variant == "d3"
 
 
 def test_demo_data_mirrors_the_test_clips():
@@ -90,7 +90,7 @@ def test_2d_twin_is_exactly_at_chance_within_pairs(tmp_path):
 
 @pytest.mark.slow
 def test_demo_quick_shows_3d_beats_2d(tmp_path, capsys):
-    """The demo's claim at a reduced size: one class pair, 1,000 training clips per model."""
+    """The demo's claim at a reduced size: one class pair, 1,500 training clips per model."""
     from c3dnet.model import count_parameters
 
     assert main(["demo", "--quick", "--work-dir", str(tmp_path)]) == 0
