@@ -319,6 +319,13 @@ CORPUS: tuple[CorpusEntry, ...] = (
     # 150 source frames with B-frames: MEncoder's header declares 150 frames, the stream holds fewer
     CorpusEntry("xvid_packed_150src", "avi", "avi", "mpeg4", True,
                 steps=_xvid(150, src_codec=("-c:v", "mpeg4", "-q:v", "1", "-bf", "2"))),
+    # the case: 150 plain testsrc2 frames; MEncoder writes 151 chunks (a placeholder after the last packed
+    # B-frame), the old decoder counted 151 frames, FFmpeg decodes 150
+    CorpusEntry("xvid_packed_151chunks", "avi", "avi", "mpeg4", True,
+                steps=((*_FF, "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-frames:v", "150", "-c:v",
+                        "mpeg4", "-q:v", "2", "{tmp}/src.avi"),
+                       ("mencoder", "{tmp}/src.avi", "-really-quiet", "-nosound", "-ovc", "xvid", "-xvidencopts",
+                        "bitrate=400:max_bframes=2:packed", "-o", "{out}"))),
     CorpusEntry("vp9_webm", "webm", "webm", "vp9", False,
                 steps=((*_FF, *_src(80), "-c:v", "libvpx-vp9", "-g", "12", "-deadline", "realtime",
                         "-cpu-used", "8", "-b:v", "300k", "{out}"),)),
