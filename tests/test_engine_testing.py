@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from c3dnet.cli import build_parser
 from c3dnet.data.dataset import ClipDataset
-from c3dnet.data.sources import load_source
+from c3dnet.data.sources import Source, VideoRecord, load_source
 from c3dnet.engine import testing
 from c3dnet.engine.evaluate import evaluate
 from c3dnet.errors import ConfigError, DataError
 from c3dnet.model import C3D
+from c3dnet.preprocess import Preprocess
 from c3dnet.weights import load_model, save_model
 from tests.conftest import tiny_config
 from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
@@ -61,11 +63,12 @@ def test_workers_auto_and_a_given_model_and_source(setup: tuple[Path, Path]) -> 
 def test_options_from_a_training_config() -> None:
     cfg = tiny_train_config("data.split=2", "data.num_clips=3", "data.val_batch_size=5", "data.workers=auto",
                             "train.average=prob", "train.amp=false", "train.channels_last=false",
-                            "data.skip_bad=true", "data.splits_dir=lists")
+                            "data.skip_bad=true", "data.splits_dir=lists", "data.autorotate=false")
     options = testing.TestOptions.from_config(cfg, device="cpu", progress=True)
     assert dataclasses.asdict(options) == {
         "split": 2, "splits_dir": "lists", "clips": 3, "average": "prob", "batch_size": 5, "workers": "auto",
-        "device": "cpu", "amp": False, "channels_last": False, "compile": False, "skip_bad": True, "progress": True,
+        "device": "cpu", "amp": False, "channels_last": False, "compile": False, "skip_bad": True,
+        "autorotate": False, "progress": True,
     }
     assert testing.TestOptions() == testing.TestOptions(split=1, clips=10, average="score", workers=None)
 
@@ -103,3 +106,25 @@ def test_edge_values_the_validator_accepts_run_through_train_and_test(tmp_path: 
     run = testing.test_weights(trained.last_path, data, testing.TestOptions.from_config(cfg, device="cpu"))
     assert run.result.num_videos == 3 and run.result.clips_per_video == 10
     assert run.model.preprocess == cfg.preprocess_record()
+
+
+def test_autorotate_reaches_the_test_clips() -> None:
+    """A video with a 90-degree display matrix (FFmpeg's corpus file): turned by default, coded orientation with
+    autorotate=False, exactly as the dataset gives it either way; `c3d test --no-autorotate` sets it."""
+    from tests.oracle import CORPUS_BY_NAME, corpus_path
+
+    video = corpus_path(CORPUS_BY_NAME["rot90_mp4"])
+    source = Source([VideoRecord(video, 0)], ["a", "b"], video.parent, "list")
+    model = C3D(tiny_config(num_classes=2), Preprocess(std=(60.0,) * 3, short_side=36, crop_size=32, clip_len=8))
+    for p in model.head.parameters():  # a head large enough that the two orientations score apart
+        torch.nn.init.normal_(p, 0.0, 1.0)
+    runs = {rotate: testing.test_weights(model, source, testing.TestOptions(device="cpu", workers=0,
+                                                                            autorotate=rotate))
+            for rotate in (True, False)}
+    for rotate, run in runs.items():
+        dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=10, autorotate=rotate)
+        expected = evaluate(model, torch.utils.data.DataLoader(dataset, batch_size=1), torch.device("cpu"))
+        np.testing.assert_allclose(run.result.scores, expected.scores, rtol=1e-5, atol=1e-5)
+    assert np.abs(runs[True].result.scores - runs[False].result.scores).max() > 1e-3
+    args = build_parser().parse_args(["test", "--weights", "w", "--data", "d", "--no-autorotate"])
+    assert args.autorotate is False and build_parser().parse_args(["test", "--weights", "w", "--data", "d"]).autorotate

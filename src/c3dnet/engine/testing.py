@@ -52,6 +52,8 @@ class TestOptions:
         channels_last: the channels_last_3d memory format (the fast one of cuDNN's and oneDNN's 3D convolutions).
         compile: torch.compile the model for inference (`InferenceCompiled`).
         skip_bad: log and skip unreadable videos and annotation lines instead of failing.
+        autorotate: turn video frames as their display matrix says (FFmpeg's default); False keeps the coded
+            orientation. Test as the weights were trained (`data.autorotate`).
         progress: a progress bar (on the main process only).
     """
 
@@ -68,6 +70,7 @@ class TestOptions:
     channels_last: bool = True
     compile: bool = False
     skip_bad: bool = False
+    autorotate: bool = True
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -86,11 +89,11 @@ class TestOptions:
     @classmethod
     def from_config(cls, cfg: TrainConfig, **changes: object) -> TestOptions:
         """The test settings of a training recipe: its split, clips, validation batch size, workers, averaging,
-        autocast, memory format and skip_bad; `changes` set other fields (device, progress, ...)."""
+        autocast, memory format, skip_bad and autorotate; `changes` set other fields (device, progress, ...)."""
         d, t = cfg.data, cfg.train
         options = cls(split=d.split, splits_dir=d.splits_dir, clips=d.num_clips, average=t.average,
                       batch_size=d.val_batch_size, workers=d.workers, amp=t.amp, channels_last=t.channels_last,
-                      skip_bad=d.skip_bad)
+                      skip_bad=d.skip_bad, autorotate=d.autorotate)
         return dataclasses.replace(options, **changes)
 
 
@@ -188,7 +191,7 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
         log.warning("%s: class names differ from %s's; scoring by class index", data_name, weights_name)
     prepare_model(model, device, options.channels_last).eval()
     dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=options.clips,
-                          skip_bad=options.skip_bad)
+                          skip_bad=options.skip_bad, autorotate=options.autorotate)
     # Each rank scores every world_size-th video; the padding repeats are dropped when the scores are gathered.
     sampler = ResumableSampler(len(dataset), False, 0, dist_info.rank, dist_info.world_size)
     loader = torch.utils.data.DataLoader(
