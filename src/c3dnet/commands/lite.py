@@ -6,9 +6,9 @@ synthetic data -> train one epoch -> test (10 clips) -> ONNX export (verified) -
 PyTorch) -> extract fc6 with ONNX Runtime -> the linear-SVM probe. Every step prints its result; a step whose
 output disagrees with the previous one stops the chain with an error.
 
-By default a tiny C3D runs on 40x40 frames: about half a minute on two CPU cores. `--full-size` runs the same
+By default a tiny C3D runs on 40x40 frames: about 10 s on two CPU cores. `--full-size` runs the same
 chain with the reference C3D (`C3DConfig`'s defaults: 78M parameters, 16 frames of 112x112, the seed's
-preprocessing) on four synthetic 128x160 videos: about a minute and a half on two CPU cores, most of it the
+preprocessing) on four synthetic 128x160 videos: about 40 s on two CPU cores (4.6 GB of memory), most of it the
 model's own time (about 2 clips/s of inference there, 1 of training).
 """
 
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                          "work_dirs/lite_full with --full-size)")
     parser.add_argument("--full-size", action="store_true",
                         help="the reference C3D (16 frames of 112x112, 78M parameters) on 128x160 synthetic videos "
-                             "instead of a tiny one: about a minute and a half on two CPU cores")
+                             "instead of a tiny one: about 40 s on two CPU cores")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="training config override on top of the lite settings, e.g. optim.epochs=3")
