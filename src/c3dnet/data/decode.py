@@ -298,8 +298,11 @@ def _decode_segments(
     try:
         for key, run in segments:
             wanted, last = set(run.tolist()), int(run[-1])
-            walk = _walk_timed if index.timed else _walk_counted
-            for i, frame in walk(container, stream, index, key):
+            if index.timed:
+                frames = _walk_timed(container, stream, index, key)
+            else:
+                frames = _walk_counted(container, stream, index, key, wanted)
+            for i, frame in frames:
                 if i in wanted:
                     yield i, convert(frame)
                 if i >= last:
@@ -348,11 +351,13 @@ def _walk_timed(container, stream, index: VideoIndex, key: int | None) -> Iterat
         yield i, frame
 
 
-def _walk_counted(container, stream, index: VideoIndex, key: int | None) -> Iterator[tuple[int, object]]:
+def _walk_counted(container, stream, index: VideoIndex, key: int | None, wanted: set[int]
+                  ) -> Iterator[tuple[int, object]]:
     """(frame number, decoded frame) from the start (counted in output order) or from keyframe `key`.
 
-    After a seek, frames are given only from the one whose checksum equals the keyframe's recorded one, and each
-    next frame only if its checksum equals the next recorded one: the same pixels as decoding from the start.
+    After a seek, counting starts at the frame whose checksum equals the keyframe's recorded one, and a frame in
+    `wanted` is given only if its checksum equals the one recorded at its position: the same pixels as decoding
+    from the start. (A frame lost or broken between the two shows as a mismatch at the next wanted frame.)
     """
     if key is None:
         for i, frame in enumerate(container.decode(stream)):
@@ -364,13 +369,14 @@ def _walk_counted(container, stream, index: VideoIndex, key: int | None) -> Iter
     for frame in container.decode(stream):
         if expected >= index.num_frames:
             raise _SeekMissed(f"the decoder gave more frames after a seek to frame {key} than from the start")
-        if checksum(frame) != int(sums[expected]):
-            if expected != key:
-                raise _SeekMissed(f"after a seek to frame {key}, frame {expected} differs from the start's decode")
-            leading += 1
-            if leading > SEEK_MAX_LEADING:
-                raise _SeekMissed(f"the seek to frame {key} did not reach that frame")
-            continue
+        if expected == key or expected in wanted:
+            if checksum(frame) != int(sums[expected]):
+                if expected != key:
+                    raise _SeekMissed(f"after a seek to frame {key}, frame {expected} differs from the start's decode")
+                leading += 1
+                if leading > SEEK_MAX_LEADING:
+                    raise _SeekMissed(f"the seek to frame {key} did not reach that frame")
+                continue
         yield expected, frame
         expected += 1
 
