@@ -45,3 +45,19 @@ def make_frame_dataset(root: Path, num_classes: int = 3, train_per_class: int = 
                 lines.append(f"{rel} {num_frames} {c}\n")
         (root / f"{subset}_split1.txt").write_text("".join(lines))
     return root
+
+
+def tiny_test_setup(root: Path, seed: int, names: list[str]) -> tuple[Path, Path]:
+    """A 3-class frame dataset (2 test videos a class) and a tiny model's weights for it: (data, weights)."""
+    import torch
+
+    from c3dnet.model import C3D
+    from c3dnet.weights import save_model
+    from tests.conftest import tiny_config
+
+    data = make_frame_dataset(root / "data", train_per_class=1, test_per_class=2, num_frames=20)
+    torch.manual_seed(seed)
+    model = C3D(tiny_config(num_classes=len(names)), preprocess=tiny_train_config().preprocess_record(),
+                class_names=names)
+    save_model(model, root / "tiny.safetensors")
+    return data, root / "tiny.safetensors"

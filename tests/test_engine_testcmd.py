@@ -8,25 +8,19 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from c3dnet.cli import main
 from c3dnet.model import C3D
 from c3dnet.weights import save_model
 from tests.conftest import tiny_config
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.test_engine_helpers import tiny_test_setup, tiny_train_config
 
 NAMES = ["class0", "class1", "class2"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("testcmd")
-    data = make_frame_dataset(root / "data", train_per_class=1, test_per_class=2, num_frames=20)
-    torch.manual_seed(5)
-    model = C3D(tiny_config(num_classes=3), preprocess=tiny_train_config().preprocess_record(), class_names=NAMES)
-    save_model(model, root / "tiny.safetensors")
-    return data, root / "tiny.safetensors"
+    return tiny_test_setup(tmp_path_factory.mktemp("testcmd"), 5, NAMES)
 
 
 def _json(capsys: pytest.CaptureFixture[str], args: list[str]) -> dict:

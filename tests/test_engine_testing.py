@@ -19,19 +19,14 @@ from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import load_model, save_model
 from tests.conftest import tiny_config
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.test_engine_helpers import make_frame_dataset, tiny_test_setup, tiny_train_config
 
 NAMES = ["class0", "class1", "class2"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("testing")
-    data = make_frame_dataset(root / "data", train_per_class=1, test_per_class=2, num_frames=20)
-    torch.manual_seed(7)
-    model = C3D(tiny_config(num_classes=3), preprocess=tiny_train_config().preprocess_record(), class_names=NAMES)
-    save_model(model, root / "tiny.safetensors")
-    return data, root / "tiny.safetensors"
+    return tiny_test_setup(tmp_path_factory.mktemp("testing"), 7, NAMES)
 
 
 def test_scores_are_those_of_the_dataset_and_evaluate_by_hand(setup: tuple[Path, Path]) -> None:
