@@ -192,7 +192,8 @@ def checksum(frame) -> int:
     """
     crc = 0
     for index, plane in enumerate(frame.planes):
-        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height]
+        size = plane.line_size * plane.height
+        rows = np.frombuffer(plane, np.uint8)[:size].reshape(plane.height, plane.line_size)
         visible = min(plane.line_size, _row_bytes(frame, index, plane.width))
         crc = zlib.crc32(np.ascontiguousarray(rows[:, :visible]), crc)
     return crc
