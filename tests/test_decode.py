@@ -285,3 +285,17 @@ def test_forked_workers_survive_opencv_threads_in_the_parent():
         for _ in range(3):
             assert pool.apply_async(_resize_in_child).get(timeout=30) == (128, 227, 3)
     assert cv2.getNumThreads() == 1
+
+
+def test_other_rotations_are_left_unturned_with_a_warning(caplog):
+    """FFmpeg's `rotate` filter (arbitrary angles, filled corners) is not reproduced: the frames stay as coded."""
+    import math
+
+    from c3dnet.data.orientation import orientation_of
+
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    matrix = (round(c * 65536), round(-s * 65536), 0, round(s * 65536), round(c * 65536), 0, 0, 0, 1 << 30)
+    with caplog.at_level("WARNING"):
+        o = orientation_of(matrix)
+    assert o.ops == () and o.rotation == 330 and o.describe() == "none"
+    assert "330 degree rotation" in caplog.text

@@ -414,3 +414,35 @@ def test_matcher_catches_wrong_frames() -> None:
     brighter = np.clip(oracle[[7]].astype(np.int16) + 4, 0, 255).astype(np.uint8)
     with pytest.raises(AssertionError, match=r"index 7: mean diff to oracle frame 7 is [\d.]+; nearest is right"):
         assert_frames(brighter, np.array([7]), matcher, "brighter")
+
+
+FLIP_MATRICES = {  # display matrices the FFmpeg 5.1 CLI cannot write (-display_hflip came in 6.0): PyAV writes them
+    "hflip": (-65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30),
+    "vflip": (65536, 0, 0, 0, -65536, 0, 0, 0, 1 << 30),
+    "transpose": (0, 65536, 0, 65536, 0, 0, 0, 0, 1 << 30),
+    "antitranspose": (0, -65536, 0, -65536, 0, 0, 0, 0, 1 << 30),
+}
+
+
+@pytest.mark.parametrize("name", list(FLIP_MATRICES))
+def test_display_matrix_flips(name: str, tmp_path: Path) -> None:
+    """Mirroring display matrices are applied as the CLI applies them (hflip, vflip, transposes), sizes included."""
+    import av
+
+    from tests.media import index_frames
+
+    frames = index_frames(20, 64, 160)
+    frames[:, :8, :8] = (255, 0, 0)  # a red corner: every flip moves it somewhere else
+    path = tmp_path / f"{name}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"qp": "10"})
+        stream.width, stream.height, stream.pix_fmt = 160, 64, "yuv420p"
+        stream.set_display_matrix(FLIP_MATRICES[name])
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+    shown = ffmpeg_frames(path)
+    assert not np.array_equal(shown, ffmpeg_frames(path, autorotate=False)[:, : shown.shape[1], : shown.shape[2]])
+    ours = read_frames(path, np.arange(len(shown)))
+    assert ours.shape == shown.shape and np.abs(ours.astype(int) - shown).max() == 0
+    assert video_info(path).orientation != "none"

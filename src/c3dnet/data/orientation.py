@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from c3dnet.log import get_logger
+
+log = get_logger(__name__)
+
 
 @dataclass(frozen=True)
 class Orientation:
@@ -76,8 +80,10 @@ def orientation_of(matrix: tuple[int, ...] | bytes | None) -> Orientation:
         ops = ("transpose=clock_flip",) if m[3] < 0 else ("transpose=cclock",)
     elif abs(theta) < 1.0:
         ops = ("vflip",) if m[4] < 0 else ()
-    else:
-        ops = ()  # FFmpeg's `rotate` filter (an arbitrary angle, with fill): not reproduced
+    else:  # FFmpeg's `rotate` filter (an arbitrary angle, filled corners): not reproduced
+        log.warning("a display matrix asks for a %.0f degree rotation: frames are returned unturned (c3dnet turns "
+                    "by right angles only); re-encode the video upright to use it as it is shown", theta)
+        ops = ()
     return Orientation(int(round(theta)) % 360, ops)
 
 
