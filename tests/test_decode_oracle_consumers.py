@@ -27,8 +27,8 @@ from c3dnet.data import sampling
 from c3dnet.data.dataset import ClipDataset
 from c3dnet.data.prepare import prepare_dataset
 from c3dnet.data.sources import VideoRecord, load_source
-from c3dnet.engine.evaluate import softmax
 from c3dnet.features import ClipRunner
+from c3dnet.metrics import softmax
 from c3dnet.model import C3D
 from c3dnet.preprocess import SEED_PREPROCESS, Preprocess
 from c3dnet.weights import save_model

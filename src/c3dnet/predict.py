@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from c3dnet.data import sampling
-from c3dnet.engine.evaluate import softmax
 from c3dnet.features import ClipRunner, stream_clips
 from c3dnet.fileio import atomic_write, atomic_write_text
 from c3dnet.log import get_logger
+from c3dnet.metrics import average_clips, softmax
 
 log = get_logger(__name__)
 
@@ -95,7 +95,8 @@ def predict_video(runner: ClipRunner, path: str | os.PathLike[str], class_names:
         raise ValueError(f"average must be 'score' or 'prob', got {average!r}")
     clips, starts, num_frames = multi_clip_batch(runner, path, num_clips, autorotate)
     logits = runner(clips)  # (K, C)
-    probs = softmax(logits.mean(axis=0)) if average == "score" else softmax(logits).mean(axis=0)
+    video = average_clips(logits, average)  # (C,) mean logits, or mean probabilities
+    probs = softmax(video) if average == "score" else video
     return Prediction(video=str(path), probs=probs, clip_starts=starts.tolist(), num_frames=num_frames,
                       class_names=class_names)
 

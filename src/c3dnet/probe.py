@@ -24,14 +24,9 @@ import numpy as np
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write
 from c3dnet.log import get_logger
+from c3dnet.metrics import l2_normalize, mean_class_accuracy
 
 log = get_logger(__name__)
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """x / ||x|| along `axis` (an all-zero vector stays zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def video_feature(rows: np.ndarray) -> np.ndarray:
@@ -108,10 +103,9 @@ def linear_probe(
     svm = LinearSVC(C=svm_c, random_state=seed, max_iter=20000).fit(train_x, train_y)
     preds = svm.predict(test_x)
     classes = np.unique(test_y)
-    per_class = [float((preds[test_y == c] == c).mean()) for c in classes]
     result = ProbeResult(
         accuracy=float((preds == test_y).mean()),
-        mean_class_accuracy=float(np.mean(per_class)),
+        mean_class_accuracy=mean_class_accuracy(preds, test_y),
         train_accuracy=float((svm.predict(train_x) == train_y).mean()),
         num_train=len(train_y),
         num_test=len(test_y),

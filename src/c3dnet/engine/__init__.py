@@ -9,17 +9,11 @@ Example:
 from __future__ import annotations
 
 from c3dnet.engine.config import TrainConfig, load_config
-from c3dnet.engine.evaluate import (
-    ClipAggregator,
-    EvalResult,
-    evaluate,
-    mean_class_accuracy,
-    per_class_accuracy,
-    topk_accuracy,
-)
+from c3dnet.engine.evaluate import ClipAggregator, EvalResult, evaluate
 from c3dnet.engine.schedule import LRSchedule
 from c3dnet.engine.testing import TestOptions, TestRun, test_weights
 from c3dnet.engine.train import NonFiniteLossError, TrainResult, train
+from c3dnet.metrics import mean_class_accuracy, per_class_accuracy, topk_accuracy  # re-exported: c3dnet.metrics
 
 __all__ = [
     "ClipAggregator",

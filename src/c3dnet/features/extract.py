@@ -35,7 +35,7 @@ from c3dnet.features.manifest import (
 )
 from c3dnet.fileio import atomic_write, atomic_write_text, publish
 from c3dnet.log import get_logger
-from c3dnet.probe import l2_normalize
+from c3dnet.metrics import l2_normalize
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
