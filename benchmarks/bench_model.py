@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from c3dnet.engine.device import autocast, inference_context, maybe_compile, prepare_model  # noqa: E402
+from c3dnet.engine.device import autocast, inference_context, prepare_model  # noqa: E402
+from c3dnet.engine.runner import Compiled  # noqa: E402
 from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
 from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
 
@@ -74,7 +75,7 @@ def make_model(config: C3DConfig, p: Path_, device: torch.device, state: dict) -
     model = prepare_model(model, device) if p.fast else model.to(device)
     if p.bf16_weights:
         model = model.to(torch.bfloat16)
-    return maybe_compile(model, p.compile, p.mode)
+    return Compiled(model, mode=p.mode) if p.compile else model
 
 
 def inference_step(config, p, device, state, batch) -> Callable[[], None]:

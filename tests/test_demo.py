@@ -68,6 +68,7 @@ def test_2d_twin_is_exactly_at_chance_within_pairs(tmp_path):
     from c3dnet.data.sources import load_source
     from c3dnet.data.synthetic import SynthParams, class_names, generate_synthetic
     from c3dnet.engine.evaluate import evaluate
+    from c3dnet.engine.runner import ClipRunner
     from c3dnet.preprocess import Preprocess
 
     params = SynthParams(num_pairs=2, videos_per_class=6, groups=3, test_groups=1, height=36, width=36)
@@ -79,7 +80,7 @@ def test_2d_twin_is_exactly_at_chance_within_pairs(tmp_path):
         torch.nn.init.normal_(p, 0.0, 1.0)
     loader = torch.utils.data.DataLoader(ClipDataset(source.records, "test", model.preprocess, num_clips=10),
                                          batch_size=4)
-    result = evaluate(model, loader, torch.device("cpu"))
+    result = evaluate(ClipRunner(model, "logits"), loader)
     pairs = reverse_pairs([r.path for r in source.records], result.labels, class_names(2))
     assert len(pairs) == 4  # 2 class pairs x 2 test videos of the first class, each with its reverse
     for a, b in pairs:

@@ -11,6 +11,7 @@ import torch
 from c3dnet.engine import device as device_mod
 from c3dnet.engine.device import inference_context, select_device, to_input
 from c3dnet.engine.distributed import ResumableSampler
+from c3dnet.engine.runner import Compiled
 from c3dnet.errors import ConfigError
 from c3dnet.preprocess import Preprocess
 
@@ -134,10 +135,10 @@ class _Counting(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3, 4)))
 
 
-def test_inference_compiled_pads_small_batches_and_runs_large_ones_eagerly() -> None:
+def test_compiled_pads_small_batches_and_runs_large_ones_eagerly() -> None:
     torch._dynamo.reset()
     module = _Counting().eval()
-    net = device_mod.InferenceCompiled(module)
+    net = Compiled(module, pad_batches=True)
     x = torch.randn(6, 3, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         expected = module(x)
@@ -148,25 +149,47 @@ def test_inference_compiled_pads_small_batches_and_runs_large_ones_eagerly() -> 
         assert torch.allclose(net(torch.cat([x, x])), torch.cat([expected, expected]), atol=1e-5)
         assert module.eager_calls == 1  # 12 > 6 rows: eagerly, no recompile
     assert "_compiled" not in dict(net.named_modules()) and set(net.state_dict()) == \
-        {f"_orig_mod.{k}" for k in module.state_dict()}
+        {f"eager.{k}" for k in module.state_dict()}
 
 
-def test_inference_compiled_falls_back_to_eager_on_a_compiler_failure(monkeypatch, caplog) -> None:
-    def broken(module, **_):
+def _compile_failing_at(calls: list[int], monkeypatch) -> None:
+    """torch.compile replaced by a 'compiled' function that raises at the given call numbers (1-based)."""
+    def fake_compile(module, **_):
+        count = [0]
+
         def run(*args):
-            raise RuntimeError("no C++ compiler")
+            count[0] += 1
+            if count[0] in calls:
+                raise RuntimeError("no C++ compiler" if count[0] == 1 else "CUDA error: an illegal memory access")
+            return module(*args)
 
         return run
 
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", fake_compile)
     monkeypatch.setattr(logging.getLogger("c3dnet"), "propagate", True)
+
+
+def test_compiled_falls_back_to_eager_on_a_failure_at_the_first_call(monkeypatch, caplog) -> None:
+    _compile_failing_at([1], monkeypatch)
     module = _Counting().eval()
-    net = device_mod.InferenceCompiled(module)
+    net = Compiled(module, pad_batches=True)
     x = torch.randn(2, 3, 4, 8, 8)
     with caplog.at_level(logging.WARNING, logger="c3dnet"), torch.inference_mode():
         assert torch.equal(net(x), module(x))
         assert torch.equal(net(x[:1]), module(x[:1]))
+    assert net.failed
     assert "torch.compile failed (RuntimeError: no C++ compiler); running eagerly" in caplog.text
+
+
+def test_compiled_raises_a_failure_after_the_first_call(monkeypatch, caplog) -> None:
+    """Only the first call's failure is the compiler's; a later one is the model's and must not be hidden."""
+    _compile_failing_at([2], monkeypatch)
+    net = Compiled(_Counting().train())
+    x = torch.randn(2, 3, 4, 8, 8)
+    net(x)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        net(x)
+    assert not net.failed and "running eagerly" not in caplog.text
 
 
 def test_host_threads_for_gpu(monkeypatch) -> None:

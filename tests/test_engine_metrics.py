@@ -8,6 +8,7 @@ import torch
 
 from c3dnet.data.transforms import normalize
 from c3dnet.engine.evaluate import ClipAggregator, evaluate
+from c3dnet.engine.runner import ClipRunner
 from c3dnet.metrics import mean_class_accuracy, per_class_accuracy, topk_accuracy
 from c3dnet.model import C3D
 from tests.conftest import tiny_config
@@ -79,7 +80,7 @@ def test_evaluate_matches_manual_scoring() -> None:
     # Batches as a padded sampler delivers them: videos 0..4 then a repeat of video 0.
     loader = [(clips[:3], labels[:3], torch.arange(3)), (clips[3:], labels[3:], torch.arange(3, 5)),
               (clips[:1], labels[:1], torch.tensor([0]))]
-    result = evaluate(model, loader, torch.device("cpu"), average="score")
+    result = evaluate(ClipRunner(model, "logits"), loader, average="score")
     with torch.no_grad():
         logits = model(normalize(clips.flatten(0, 1), model.preprocess)).reshape(5, 2, 4)
     expected = logits.mean(1).numpy()

@@ -14,6 +14,7 @@ from c3dnet.data.dataset import ClipDataset
 from c3dnet.data.sources import Source, VideoRecord, load_source
 from c3dnet.engine import testing
 from c3dnet.engine.evaluate import evaluate
+from c3dnet.engine.runner import ClipRunner
 from c3dnet.errors import ConfigError, DataError
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
@@ -36,7 +37,7 @@ def test_scores_are_those_of_the_dataset_and_evaluate_by_hand(setup: tuple[Path,
     model = load_model(weights).eval()
     loader = torch.utils.data.DataLoader(ClipDataset(source.records, "test", model.preprocess, num_clips=4),
                                          batch_size=3)
-    expected = evaluate(model, loader, torch.device("cpu"))
+    expected = evaluate(ClipRunner(model, "logits"), loader)
     np.testing.assert_allclose(run.result.scores, expected.scores, rtol=1e-5, atol=1e-5)
     assert run.result.metrics() == pytest.approx(expected.metrics())
     assert run.result.clips_per_video == 4 and run.result.num_videos == 6
@@ -118,7 +119,7 @@ def test_autorotate_reaches_the_test_clips() -> None:
             for rotate in (True, False)}
     for rotate, run in runs.items():
         dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=10, autorotate=rotate)
-        expected = evaluate(model, torch.utils.data.DataLoader(dataset, batch_size=1), torch.device("cpu"))
+        expected = evaluate(ClipRunner(model, "logits"), torch.utils.data.DataLoader(dataset, batch_size=1))
         np.testing.assert_allclose(run.result.scores, expected.scores, rtol=1e-5, atol=1e-5)
     assert np.abs(runs[True].result.scores - runs[False].result.scores).max() > 1e-3
     args = build_parser().parse_args(["test", "--weights", "w", "--data", "d", "--no-autorotate"])

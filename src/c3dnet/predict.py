@@ -5,7 +5,7 @@ the weights' preprocessing says, averages the clip logits and applies softmax. `
 whole video (stride 16 by default, streaming, bounded memory) and gives every clip's probabilities.
 
 Example:
-    >>> from c3dnet.features import ClipRunner
+    >>> from c3dnet.engine.runner import ClipRunner
     >>> from c3dnet.predict import predict_video
     >>> runner = ClipRunner(model, "logits", device)                      # doctest: +SKIP
     >>> p = predict_video(runner, "v_Drumming_g01_c01.avi", class_names)  # doctest: +SKIP
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from c3dnet.data import sampling
-from c3dnet.features import ClipRunner, stream_clips
+from c3dnet.engine.runner import ClipRunner
+from c3dnet.features.clips import stream_clips
 from c3dnet.fileio import atomic_write, atomic_write_text
 from c3dnet.log import get_logger
 from c3dnet.metrics import average_clips, softmax

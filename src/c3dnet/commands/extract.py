@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import load_video_list
     from c3dnet.engine.device import loader_workers, select_device
+    from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError
-    from c3dnet.features import ClipRunner, ExtractOptions, extract, output_keys
+    from c3dnet.features import ExtractOptions, extract, output_keys
 
     if args.stride < 1 or (args.batch_size is not None and args.batch_size < 1) or \
             (args.workers is not None and args.workers < 1):

@@ -88,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import load_source
     from c3dnet.data.synthetic import SynthParams, generate_synthetic
     from c3dnet.engine.config import load_config
+    from c3dnet.engine.runner import ClipRunner
     from c3dnet.engine.testing import TestOptions, test_weights
     from c3dnet.engine.train import train
     from c3dnet.errors import C3DError
     from c3dnet.export import DEFAULT_TOLERANCE, OnnxC3D, export_onnx
-    from c3dnet.features import ClipRunner, ExtractOptions, extract
+    from c3dnet.features import ExtractOptions, extract
     from c3dnet.predict import class_labels, predict_video
     from c3dnet.probe import LabelledVideo, gather_features, linear_probe
 

@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     from c3dnet.data.sources import load_video_list
     from c3dnet.engine.device import select_device
+    from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError, DataError
-    from c3dnet.features import ClipRunner, output_keys
+    from c3dnet.features import output_keys
     from c3dnet.predict import class_labels, predict_timeline, predict_video, save_timeline
 
     if args.top_k < 1 or args.clips < 1 or args.stride < 1:

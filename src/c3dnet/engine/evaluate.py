@@ -14,14 +14,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
-from c3dnet.engine.device import inference_context, to_input
 from c3dnet.engine.distributed import all_gather_objects
+from c3dnet.engine.runner import ClipRunner
 from c3dnet.metrics import (
     Average,
     as_numpy,
@@ -132,37 +132,38 @@ class EvalResult:
 
 
 def evaluate(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    device: torch.device,
+    runner: ClipRunner,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     average: Average = "score",
-    amp: bool = True,
-    channels_last: bool = True,
     num_classes: int | None = None,
     progress: bool = False,
 ) -> EvalResult:
     """Score every video of `loader` (batches of (clips uint8 (B, K, 3, T, H, W), labels (B,), indices (B,))).
 
-    Under torchrun each rank scores its share and the results are gathered, so every rank returns the
-    metrics over all videos. The model's own `preprocess` normalises the clips on `device`.
+    `runner` (`ClipRunner` with output "logits") normalises and runs the clips; on a GPU one batch is queued while
+    the next is loaded. Under torchrun each rank scores its share and the results are gathered, so every rank
+    returns the metrics over all videos.
     """
-    core = model.module if hasattr(model, "module") else model
-    core = getattr(core, "_orig_mod", core)  # torch.compile wrapper
-    preprocess = core.preprocess
-    was_training = model.training
-    model.eval()
+    if runner.output != "logits":
+        raise ValueError(f"evaluate needs a runner of logits, got one of {runner.output}")
     aggregator = ClipAggregator()
     batches = loader
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(loader, desc="test", unit="batch", dynamic_ncols=True)
-    with inference_context(device, amp):
-        for clips, labels, indices in batches:
-            b, k = clips.shape[:2]
-            x = to_input(clips.flatten(0, 1), preprocess, device, channels_last)  # (B*K, 3, T, H, W)
-            logits = model(x).float().reshape(b, k, -1)  # (B, K, C)
-            aggregator.add(indices, logits, labels)
-    model.train(was_training)
+    pending = None  # (rows being computed, labels, indices, clips per video)
+
+    def collect() -> None:
+        rows, labels, indices, k = pending
+        aggregator.add(indices, rows.result().reshape(len(indices), k, -1), labels)  # (B, K, C)
+
+    for clips, labels, indices in batches:
+        queued = (runner.submit(clips.flatten(0, 1)), labels, indices, clips.shape[1])  # (B*K, 3, T, H, W)
+        if pending is not None:
+            collect()
+        pending = queued
+    if pending is not None:
+        collect()
     aggregator.gather()
-    return aggregator.result(average, num_classes or core.num_classes)
+    return aggregator.result(average, num_classes or runner.dim)

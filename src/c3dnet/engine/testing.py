@@ -50,7 +50,7 @@ class TestOptions:
         device: "auto", "cpu", "cuda[:N]" (under torchrun each process takes its LOCAL_RANK GPU).
         amp: bf16 autocast on CUDA.
         channels_last: the channels_last_3d memory format (the fast one of cuDNN's and oneDNN's 3D convolutions).
-        compile: torch.compile the model for inference (`InferenceCompiled`).
+        compile: torch.compile the model for inference (`engine.runner.Compiled`).
         skip_bad: log and skip unreadable videos and annotation lines instead of failing.
         autorotate: turn video frames as their display matrix says (FFmpeg's default); False keeps the coded
             orientation. Test as the weights were trained (`data.autorotate`).
@@ -169,9 +169,10 @@ test_weights.__test__ = False  # type: ignore[attr-defined]  # pytest would coll
 def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOptions, dist_info) -> TestRun:
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
     from c3dnet.data.sources import load_source
-    from c3dnet.engine.device import InferenceCompiled, loader_workers, prepare_model, select_device
+    from c3dnet.engine.device import loader_workers, select_device
     from c3dnet.engine.distributed import ResumableSampler
     from c3dnet.engine.evaluate import evaluate
+    from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import DataError
     from c3dnet.weights import load_model
 
@@ -189,7 +190,6 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
                         f"{model.num_classes}; test on the dataset the weights were trained for")
     if model.class_names is not None and list(model.class_names) != list(source.class_names):
         log.warning("%s: class names differ from %s's; scoring by class index", data_name, weights_name)
-    prepare_model(model, device, options.channels_last).eval()
     dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=options.clips,
                           skip_bad=options.skip_bad, autorotate=options.autorotate)
     # Each rank scores every world_size-th video; the padding repeats are dropped when the scores are gathered.
@@ -201,11 +201,11 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
     )
     log.info("testing %s on %d videos x %d clips (%s averaged) on %s", weights_name, len(dataset), options.clips,
              "logits" if options.average == "score" else "probabilities", device)
-    net = InferenceCompiled(model) if options.compile else model
+    runner = ClipRunner(model, "logits", device, amp=options.amp, compile=options.compile,
+                        preprocess=model.preprocess, channels_last=options.channels_last)
     timed = _TimedBatches(loader)
     t0 = time.perf_counter()
-    result = evaluate(net, timed, device, average=options.average, amp=options.amp,
-                      channels_last=options.channels_last, progress=options.progress and dist_info.is_main)
+    result = evaluate(runner, timed, average=options.average, progress=options.progress and dist_info.is_main)
     data_wait = timed.wait / max(time.perf_counter() - t0, 1e-9)
     return TestRun(result=result, model=model, class_names=list(source.class_names),
                    videos=[r.path for r in source.records], device=device, seconds=0.0, data_wait=data_wait,

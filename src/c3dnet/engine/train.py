@@ -30,7 +30,7 @@ from torch import nn
 
 from c3dnet.engine import checkpoint as ckpt
 from c3dnet.engine.config import TrainConfig, load_config
-from c3dnet.engine.device import autocast, loader_workers, maybe_compile, prepare_model, select_device, to_input
+from c3dnet.engine.device import autocast, loader_workers, prepare_model, select_device, to_input
 from c3dnet.engine.distributed import (
     DistInfo,
     ResumableSampler,
@@ -41,6 +41,7 @@ from c3dnet.engine.distributed import (
 )
 from c3dnet.engine.evaluate import EvalResult, evaluate
 from c3dnet.engine.reports import MetricsLog
+from c3dnet.engine.runner import ClipRunner, Compiled
 from c3dnet.engine.schedule import LRSchedule
 from c3dnet.errors import C3DError, ConfigError
 from c3dnet.fileio import atomic_write_text
@@ -274,14 +275,12 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     net: nn.Module = model
     if dist_info.is_distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    eager_net = net
-    if device.type == "cuda":
-        net = maybe_compile(net, cfg.train.compile)
+    if device.type == "cuda" and cfg.train.compile:
+        net = Compiled(net)
     elif cfg.train.compile:
         log.info("torch.compile is only used on CUDA; training eagerly on the CPU")
 
     run = _Run(cfg, model, net, optimizer, schedule, loaders, metrics, device, dist_info, work_dir, iters_per_epoch)
-    run.eager_net = eager_net
     run.best_top1, run.best_epoch, run.last_val = best_top1, best_epoch, last_val
     final_loss, last_plot = float("nan"), time.monotonic()
     log.info("training %d epochs x %d iterations (batch %d x %d processes) on %s; work dir %s", epochs,
@@ -333,23 +332,15 @@ class _Run:
         self.best_epoch: int | None = None
         self.last_val: dict[str, Any] | None = None
         self.amp = cfg.train.amp and device.type == "cuda"
-        self.eager_net = net
         self.bar: Any = None
         self.batches: _Prefetcher | None = None
         self.writer: ThreadPoolExecutor | None = None  # writes checkpoints while training goes on
         self.saving: Future | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The training forward; a torch.compile failure (raised lazily, at the first call) falls back to eager."""
+        """The training forward (`Compiled` falls back to eager mode only when its first call fails)."""
         with autocast(self.device, self.amp):
-            if self.net is self.eager_net:
-                return self.net(x)
-            try:
-                return self.net(x)
-            except Exception as e:  # noqa: BLE001 - any compiler failure must fall back, not stop training
-                log.warning("torch.compile failed at the first step (%s: %s); training eagerly", type(e).__name__, e)
-                self.net = self.eager_net
-                return self.net(x)
+            return self.net(x)
 
     def train_epoch(self, epoch: int, iteration: int) -> tuple[int, float]:
         cfg = self.cfg
@@ -413,8 +404,10 @@ class _Run:
         return iteration, loss_value
 
     def validate(self, epoch: int, iteration: int) -> EvalResult:
-        result = evaluate(self.model, self.loaders.val, self.device, average=self.cfg.train.average, amp=self.amp,
-                          channels_last=self.cfg.train.channels_last)
+        # The runner puts the model in eval mode; the next epoch puts it back in training mode.
+        runner = ClipRunner(self.model, "logits", self.device, amp=self.amp, preprocess=self.model.preprocess,
+                            channels_last=self.cfg.train.channels_last)
+        result = evaluate(runner, self.loaders.val, average=self.cfg.train.average)
         self.last_val = result.metrics()
         self.metrics.log({"kind": "val", "epoch": epoch + 1, "iteration": iteration, **self.last_val})
         log.info("epoch %d validation (1 centre clip per video, %d videos): top-1 %.4f, top-5 %.4f, mean class %.4f",

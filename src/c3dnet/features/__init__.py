@@ -21,20 +21,21 @@ Example:
     >>> runner = ClipRunner(model, "fc6", device)                                        # doctest: +SKIP
     >>> summary = extract(records, runner, "feats/", ExtractOptions(video_mean=True, l2=True))  # doctest: +SKIP
 
-Modules: `clips` (videos -> clips -> feature rows: `ClipRunner`, `stream_clips`), `manifest` (the output folder's
-layout and manifest entries), `locks` (per-video lock files), `extract` (the resumable, concurrent extraction).
+Modules: `clips` (videos -> sliding clips: `stream_clips`), `manifest` (the output folder's layout and manifest
+entries), `locks` (per-video lock files), `extract` (the resumable, concurrent extraction). The model runs in
+`c3dnet.engine.runner.ClipRunner` (re-exported here), as for testing and prediction.
 """
 
 from __future__ import annotations
 
-from c3dnet.features.clips import ClipRunner, PendingRows, clip_frames, clip_starts, stream_clips
+from c3dnet.engine.runner import OUTPUTS, ClipRunner, PendingRows  # re-exported: the runner extraction uses
+from c3dnet.features.clips import clip_frames, clip_starts, stream_clips
 from c3dnet.features.extract import ExtractOptions, ExtractSummary, extract
 from c3dnet.features.locks import VideoLock
 from c3dnet.features.manifest import (
     FAILED,
     LOCKS_DIR,
     MANIFEST,
-    OUTPUTS,
     PARTS_DIR,
     TMP_TAG,
     ManifestEntry,

@@ -1,119 +1,17 @@
-"""Videos to clips, clips to feature rows: streaming decode with a bounded frame buffer, and the model runner."""
+"""Videos to clips: streaming decode with a bounded frame buffer (the model runs in `engine.runner`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from c3dnet.data import sampling
 from c3dnet.errors import DataError
-from c3dnet.features.manifest import OUTPUTS
 from c3dnet.preprocess import Preprocess
-
-if TYPE_CHECKING:
-    from c3dnet.export import OnnxC3D
-    from c3dnet.model import C3D
-
-
-# --------------------------------------------------------------------------------------------------- the model
-
-
-class ClipRunner:
-    """uint8 RGB clips (B, 3, T, crop, crop) -> float32 rows (B, D) of one output of a C3D or an ONNX model.
-
-    Normalisation follows the model's own `preprocess`; a PyTorch model runs on `device` (bf16 autocast and
-    channels_last_3d on CUDA when `amp`), optionally through torch.compile (`compile`, see
-    `engine.device.InferenceCompiled`), an `OnnxC3D` through ONNX Runtime.
-    """
-
-    def __init__(self, model: C3D | OnnxC3D, output: str = "fc6", device: torch.device | str = "cpu",
-                 amp: bool = True, compile: bool = False) -> None:
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        self.model, self.output, self.amp = model, output, amp
-        self.device = torch.device(device)
-        self.preprocess: Preprocess = model.preprocess
-        self.is_onnx = not isinstance(model, torch.nn.Module)
-        if not self.is_onnx:
-            from c3dnet.engine.device import InferenceCompiled, prepare_model
-
-            self.model = prepare_model(model.eval(), self.device)
-            self._forward = _Output(self.model, output)
-            if compile:
-                self._forward = InferenceCompiled(self._forward)
-        elif compile:
-            raise ValueError("compile applies to PyTorch models; an ONNX model runs through ONNX Runtime")
-        self.dim = model.num_classes if output == "logits" else model.feature_dims[output]
-
-    @property
-    def clip_len(self) -> int:
-        return self.preprocess.clip_len
-
-    @property
-    def asynchronous(self) -> bool:
-        """Whether `submit` returns before the rows are computed (a PyTorch model on CUDA)."""
-        return self.device.type == "cuda" and not self.is_onnx
-
-    def __call__(self, clips: torch.Tensor) -> np.ndarray:
-        return self.submit(clips).result()
-
-    def submit(self, clips: torch.Tensor) -> PendingRows:
-        """Queue a batch on the device and return at once; `.result()` waits for its rows.
-
-        On CUDA the copy in, the model and the copy of the rows into pinned memory are queued on the current
-        stream, so the caller can prepare the next batch meanwhile; `clips` (pinned, for a truly asynchronous
-        copy) must stay untouched until `.result()` has returned. Elsewhere the rows are computed here.
-        Any memory layout of `clips` is accepted: (B, 3, T, H, W) viewed from a (B, T, H, W, 3) buffer is
-        already channels_last_3d, so it is copied as it is.
-        """
-        from c3dnet.data.transforms import normalize
-
-        if self.is_onnx:
-            return PendingRows(self.model.run(normalize(clips, self.preprocess), [self.output])[0]
-                               .astype(np.float32))
-        from c3dnet.engine.device import inference_context, to_input
-
-        with inference_context(self.device, self.amp):
-            x = to_input(clips, self.preprocess, self.device)  # (B, 3, T, H, W) float32 on the device
-            out = self._forward(x).float()
-        if self.device.type != "cuda":
-            return PendingRows(out.numpy())
-        host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(out, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return PendingRows(host, done, keep=(x, out))
-
-
-class _Output(torch.nn.Module):
-    """One output of a C3D as a module's forward: what torch.compile compiles."""
-
-    def __init__(self, model: C3D, output: str) -> None:
-        super().__init__()
-        self.model, self.output = model, output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) if self.output == "logits" else self.model.forward_features(x, self.output)
-
-
-class PendingRows:
-    """The rows of a batch that `ClipRunner.submit` queued: `.result()` waits for them (at most once)."""
-
-    def __init__(self, rows: np.ndarray | torch.Tensor, done: torch.cuda.Event | None = None,
-                 keep: tuple[torch.Tensor, ...] = ()) -> None:
-        self._rows, self._done, self._keep = rows, done, keep  # `keep`: device memory in use until done
-
-    def result(self) -> np.ndarray:
-        if self._done is not None:
-            self._done.synchronize()
-            self._done, self._keep = None, ()
-        return self._rows.numpy() if isinstance(self._rows, torch.Tensor) else self._rows
-
 
 # --------------------------------------------------------------------------------------------------- clips
 

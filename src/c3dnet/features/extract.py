@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from c3dnet.engine.runner import ClipRunner, PendingRows
 from c3dnet.errors import DataError
-from c3dnet.features.clips import ClipRunner, PendingRows, clip_frames, clip_starts
+from c3dnet.features.clips import clip_frames, clip_starts
 from c3dnet.features.locks import VideoLock, _clear_stale_locks, _release_own_locks
 from c3dnet.features.manifest import (
     LOCKS_DIR,

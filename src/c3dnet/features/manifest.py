@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from c3dnet.engine.runner import OUTPUTS  # noqa: F401 - the outputs a manifest's layer names
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
 
-OUTPUTS = ("logits", "pool5", "fc6", "fc7")
 PARTS_DIR = ".parts"
 LOCKS_DIR = ".locks"
 MANIFEST = "manifest.jsonl"
