@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.errors import C3DError
     from c3dnet.export import DEFAULT_TOLERANCE, OnnxC3D, export_onnx
     from c3dnet.features import ExtractOptions, extract
-    from c3dnet.predict import class_labels, predict_video
+    from c3dnet.prediction import class_labels, predict_video
     from c3dnet.probe import LabelledVideo, gather_features, linear_probe
 
     class _TappedRunner(ClipRunner):

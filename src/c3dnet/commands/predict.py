@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError, DataError
     from c3dnet.features import output_keys
-    from c3dnet.predict import class_labels, predict_timeline, predict_video, save_timeline
+    from c3dnet.prediction import class_labels, predict_timeline, predict_video, save_timeline
 
     if args.top_k < 1 or args.clips < 1 or args.stride < 1:
         raise ConfigError(f"--top-k, --clips and --stride must be >= 1, got {args.top_k}, {args.clips}, "

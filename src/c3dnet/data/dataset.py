@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -34,6 +35,15 @@ from c3dnet.preprocess import Preprocess
 log = get_logger(__name__)
 
 MODES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ClipSample:
+    """One item's clips, uint8 (K, 3, T, crop, crop), the frame indices (K, T) they hold, and the video's frames."""
+
+    clips: torch.Tensor
+    indices: np.ndarray
+    num_frames: int
 
 
 class ClipDataset(Dataset):
@@ -96,6 +106,10 @@ class ClipDataset(Dataset):
 
     def load(self, i: int) -> torch.Tensor:
         """Clips of item i, uint8 (K, 3, T, crop, crop); raises `DataError` for an unreadable video."""
+        return self.sample(i).clips
+
+    def sample(self, i: int) -> ClipSample:
+        """Clips of item i with the frames they were cut from; raises `DataError` for an unreadable video."""
         record = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
         info = video_info(record.path, self.autorotate)  # cached per process: frame size (and count, for videos)
@@ -111,7 +125,8 @@ class ClipDataset(Dataset):
         else:
             clips = [eval_transform(f, self.preprocess) for f in frames]
         # numpy's stack: torch's multi-threaded copy of small uint8 tensors stalls when the cores are busy
-        return torch.from_numpy(np.stack([c.numpy() for c in clips]))  # (K, 3, T, crop, crop)
+        clips = torch.from_numpy(np.stack([c.numpy() for c in clips]))  # (K, 3, T, crop, crop)
+        return ClipSample(clips, indices, num_frames)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         if not 0 <= i < len(self.records):

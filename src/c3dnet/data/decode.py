@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from c3dnet.data.folders import FRAME_START, FRAME_TEMPLATE, folder_info, read_folder
 from c3dnet.data.orientation import orient
-from c3dnet.data.resize import resize_image
+from c3dnet.data.resize import resize_frames, resize_image
 from c3dnet.data.video_index import (
     PacketTally,
     VideoIndex,
@@ -51,7 +52,7 @@ from c3dnet.log import get_logger
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
 
-__all__ = ["FRAME_START", "FRAME_TEMPLATE", "SEEK_MIN_GAP", "VideoInfo", "count_frames", "iter_frames",
+__all__ = ["FRAME_START", "FRAME_TEMPLATE", "SEEK_MIN_GAP", "ArrayVideo", "VideoInfo", "count_frames", "iter_frames",
            "read_frames", "set_decode_threads", "video_info"]
 
 log = get_logger(__name__)
@@ -67,14 +68,49 @@ frames of an open GOP) before the seek is given up for decoding from the start."
 _ERR_REENCODE = "the file is corrupt or truncated: re-encode or remove it (or use --skip-bad)"
 
 
-def _as_path(record_or_path: VideoRecord | str | os.PathLike[str]) -> Path:
-    return Path(getattr(record_or_path, "path", record_or_path))
+@dataclass(frozen=True, eq=False)
+class ArrayVideo:
+    """A video already in memory: uint8 RGB frames (T, H, W, 3) as they are shown, at `fps` (0: unknown).
+
+    Accepted wherever a video path is (`read_frames`, `iter_frames`, `video_info`, a `VideoRecord`'s path), so
+    clips are cut from it exactly as from a file holding these frames.
+    """
+
+    frames: np.ndarray
+    fps: float = 0.0
+    name: str = "<frames>"
+
+    def __post_init__(self) -> None:
+        a = self.frames
+        if not isinstance(a, np.ndarray) or a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or not len(a):
+            raise ValueError(f"{self.name}: expected uint8 RGB frames (T, H, W, 3) with T >= 1, got "
+                             f"{getattr(a, 'shape', type(a).__name__)} {getattr(a, 'dtype', '')}")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_dir(self) -> bool:  # a `VideoRecord` holding one is not a frame folder
+        return False
+
+    def info(self) -> VideoInfo:
+        return VideoInfo(len(self.frames), float(self.fps), self.frames.shape[1], self.frames.shape[2])
+
+    def read(self, indices: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+        if indices.min() < 0 or indices.max() >= len(self.frames):
+            raise DataError(f"{self.name}: frame index {int(indices.max())} is outside its {len(self.frames)} frames")
+        frames = self.frames[indices]
+        return frames if size_hw is None else resize_frames(frames, size_hw)
+
+
+def _as_path(record_or_path: VideoRecord | str | os.PathLike[str] | ArrayVideo) -> Path | ArrayVideo:
+    source = getattr(record_or_path, "path", record_or_path)
+    return source if isinstance(source, ArrayVideo) else Path(source)
 
 
 # --------------------------------------------------------------------------------------------------- public API
 
 
-def count_frames(record_or_path: VideoRecord | str | os.PathLike[str]) -> int:
+def count_frames(record_or_path: VideoRecord | str | os.PathLike[str] | ArrayVideo) -> int:
     """Number of frames in a video file (FFmpeg's count) or frame folder (cached per file).
 
     A `VideoRecord` whose `num_frames` is known (frame folders from an annotation list) returns it unchecked.
@@ -85,8 +121,10 @@ def count_frames(record_or_path: VideoRecord | str | os.PathLike[str]) -> int:
     return video_info(_as_path(record_or_path)).num_frames
 
 
-def video_info(path: str | os.PathLike[str], autorotate: bool = True) -> VideoInfo:
+def video_info(path: str | os.PathLike[str] | ArrayVideo, autorotate: bool = True) -> VideoInfo:
     """Frame count, frame rate, frame size (as returned: turned unless `autorotate=False`) and orientation."""
+    if isinstance(path, ArrayVideo):
+        return path.info()
     path = Path(path)
     if path.is_dir():
         return folder_info(path)
@@ -104,7 +142,7 @@ def set_decode_threads(n: int) -> None:
 
 
 def read_frames(
-    record: VideoRecord | str | os.PathLike[str],
+    record: VideoRecord | str | os.PathLike[str] | ArrayVideo,
     indices: np.ndarray,
     size_hw: tuple[int, int] | None = None,
     *,
@@ -115,7 +153,7 @@ def read_frames(
     """Frames at `indices` (0-based, any order, repeats allowed) as uint8 (len(indices), H, W, 3) RGB.
 
     Args:
-        record: a `VideoRecord` or a path to a video file or a frame folder.
+        record: a `VideoRecord` or a path to a video file or a frame folder, or an `ArrayVideo`.
         indices: frame indices, each in [0, num_frames).
         size_hw: resize every frame to (height, width) (OpenCV `INTER_LINEAR`), after turning it.
         template: frame file name pattern in frame folders.
@@ -130,13 +168,15 @@ def read_frames(
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if indices.size == 0:
         raise ValueError("read_frames needs at least one frame index")
+    if isinstance(path, ArrayVideo):
+        return path.read(indices, size_hw)
     if path.is_dir():
         return read_folder(path, indices, size_hw, template, start_index)
     return _read_video(path, indices, size_hw, autorotate)
 
 
 def iter_frames(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | ArrayVideo,
     size_hw: tuple[int, int] | None = None,
     chunk: int = 64,
     *,
@@ -151,6 +191,10 @@ def iter_frames(
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if isinstance(path, ArrayVideo):
+        for lo in range(0, len(path.frames), chunk):
+            yield path.read(np.arange(lo, min(len(path.frames), lo + chunk)), size_hw)
+        return
     path = Path(path)
     if path.is_dir():
         n = folder_info(path, template, start_index).num_frames

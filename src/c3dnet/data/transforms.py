@@ -73,10 +73,16 @@ def random_crop(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.T
     return _crop(x, size, top, left)
 
 
+def center_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centre `size` x `size` crop of a `height` x `width` frame: offsets rounded down, as
+    mmaction2's CenterCrop (every centre crop in c3dnet uses this)."""
+    return (height - size) // 2, (width - size) // 2
+
+
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The centre `size` x `size` crop (offsets rounded down, as mmaction2's CenterCrop)."""
+    """The centre `size` x `size` crop (see `center_offsets`)."""
     _check_crop(x, size)
-    return _crop(x, size, (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2)
+    return _crop(x, size, *center_offsets(x.shape[-2], x.shape[-1], size))
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
@@ -150,4 +156,4 @@ def eval_transform(frames: np.ndarray | torch.Tensor, preprocess: Preprocess) ->
     a = _resized(_as_thwc(frames), preprocess)
     size = preprocess.crop_size
     _check_size(a, size)
-    return _crop_to_cthw(a, size, (a.shape[1] - size) // 2, (a.shape[2] - size) // 2, flip=False)
+    return _crop_to_cthw(a, size, *center_offsets(a.shape[1], a.shape[2], size), flip=False)

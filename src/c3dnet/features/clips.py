@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from c3dnet.data import sampling
+from c3dnet.data.transforms import center_offsets
 from c3dnet.errors import DataError
+from c3dnet.metrics import l2_normalize
 from c3dnet.preprocess import Preprocess
 
 # --------------------------------------------------------------------------------------------------- clips
@@ -22,7 +24,7 @@ def clip_starts(num_frames: int, preprocess: Preprocess, stride: int) -> np.ndar
 
 
 def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
-    """Centre crop of decoded frames (n, H, W, 3), offsets rounded down as `transforms.center_crop` does.
+    """Centre crop of decoded frames (n, H, W, 3), at `transforms.center_offsets`.
 
     A view, not a copy: the frames are copied once, when they are stacked into clips. numpy rather than torch:
     this runs in decoder processes beside the model's, which need no more threads.
@@ -31,7 +33,7 @@ def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
     if h < crop or w < crop:
         raise DataError(f"{path}: frames of {h}x{w} after resizing are smaller than the {crop}x{crop} crop; "
                         "the weights' preprocessing does not fit this video")
-    top, left = (h - crop) // 2, (w - crop) // 2
+    top, left = center_offsets(h, w, crop)
     return chunk[:, top:top + crop, left:left + crop]  # (n, crop, crop, 3)
 
 
@@ -45,9 +47,9 @@ def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: in
     about one clip span plus one chunk), so memory does not grow with the video's length. Short videos (fewer
     frames than a clip) wrap around, as `sampling.clip_indices` does.
     """
-    from c3dnet.data.decode import iter_frames
+    from c3dnet.data.decode import ArrayVideo, iter_frames
 
-    path = Path(path)
+    path = path if isinstance(path, ArrayVideo) else Path(path)
     starts = clip_starts(num_frames, preprocess, stride)
     idx = sampling.clip_indices(starts, num_frames, preprocess.clip_len, preprocess.frame_interval)  # (K, T)
     first_needed, last_needed = idx.min(axis=1), idx.max(axis=1)
@@ -80,3 +82,12 @@ def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: i
     for k, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk, autorotate):
         clip = np.stack(frames)  # (T, crop, crop, 3)
         yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
+
+
+def finish_rows(rows: np.ndarray, video_mean: bool, l2: bool) -> np.ndarray:
+    """A video's clip rows (N, D) as `c3d extract` stores them: float32 rows, or their mean (D,) with
+    `video_mean`; L2-normalised (each row, or the mean after averaging, as the paper) with `l2`."""
+    if video_mean:
+        feats = (np.asarray(rows, dtype=np.float64).sum(axis=0) / max(len(rows), 1)).astype(np.float32)
+        return l2_normalize(feats).astype(np.float32) if l2 else feats
+    return l2_normalize(rows).astype(np.float32) if l2 else np.asarray(rows, dtype=np.float32)

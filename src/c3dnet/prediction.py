@@ -6,7 +6,7 @@ whole video (stride 16 by default, streaming, bounded memory) and gives every cl
 
 Example:
     >>> from c3dnet.engine.runner import ClipRunner
-    >>> from c3dnet.predict import predict_video
+    >>> from c3dnet.prediction import predict_video
     >>> runner = ClipRunner(model, "logits", device)                      # doctest: +SKIP
     >>> p = predict_video(runner, "v_Drumming_g01_c01.avi", class_names)  # doctest: +SKIP
     >>> p.top_k[0].label, p.top_k[0].prob                                 # doctest: +SKIP
@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from c3dnet.data import sampling
+from c3dnet.data.decode import ArrayVideo
 from c3dnet.engine.runner import ClipRunner
 from c3dnet.features.clips import stream_clips
 from c3dnet.fileio import atomic_write, atomic_write_text
 from c3dnet.log import get_logger
-from c3dnet.metrics import average_clips, softmax
+from c3dnet.metrics import Average, average_clips, softmax
 
 log = get_logger(__name__)
 
@@ -69,37 +69,23 @@ def class_labels(model_class_names: list[str] | None, num_classes: int) -> list[
     return [f"class {i}" for i in range(num_classes)]
 
 
-def multi_clip_batch(runner: ClipRunner, path: str | os.PathLike[str], num_clips: int = 10,
-                     autorotate: bool = True) -> tuple[torch.Tensor, np.ndarray, int]:
-    """The `num_clips` evenly spaced test clips of a video as uint8 (K, 3, T, crop, crop), their starts, frames."""
-    from c3dnet.data.decode import read_frames, video_info
-    from c3dnet.data.transforms import eval_transform
+def predict_video(runner: ClipRunner, video: str | os.PathLike[str] | ArrayVideo, class_names: list[str],
+                  num_clips: int = 10, average: Average = "score", autorotate: bool = True) -> Prediction:
+    """Class probabilities of a video from `num_clips` evenly spaced clips, cut as `c3d test` cuts them
+    (`ClipDataset` in test mode): the softmax of the mean clip logits ("score", the reference's test protocol), or
+    the mean of the clips' softmax ("prob", mmaction2's). `video` is a path or an `ArrayVideo`."""
+    from c3dnet.data.dataset import ClipDataset
+    from c3dnet.data.sources import VideoRecord
 
-    pre = runner.preprocess
-    info = video_info(path, autorotate)
-    starts = sampling.test_start_frames(info.num_frames, pre.clip_len, num_clips, pre.frame_interval)
-    idx = sampling.clip_indices(starts, info.num_frames, pre.clip_len, pre.frame_interval)  # (K, T)
-    size = pre.resize_target(info.height, info.width)
-    # One read for all clips: it seeks between clips that lie far apart, so a long video is not decoded end to end.
-    frames = read_frames(Path(path), idx.reshape(-1), size_hw=size, autorotate=autorotate)  # (K * T, H, W, 3)
-    frames = frames.reshape(*idx.shape, *frames.shape[1:])  # (K, T, H, W, 3)
-    clips = torch.stack([eval_transform(f, pre) for f in frames])
-    return clips, starts, info.num_frames
-
-
-def predict_video(runner: ClipRunner, path: str | os.PathLike[str], class_names: list[str],
-                  num_clips: int = 10, average: str = "score", autorotate: bool = True) -> Prediction:
-    """Class probabilities of a video from `num_clips` evenly spaced clips: the softmax of the mean clip logits
-    ("score", the reference's test protocol, as `c3d test`), or the mean of the clips' softmax ("prob",
-    mmaction2's)."""
-    if average not in ("score", "prob"):
-        raise ValueError(f"average must be 'score' or 'prob', got {average!r}")
-    clips, starts, num_frames = multi_clip_batch(runner, path, num_clips, autorotate)
-    logits = runner(clips)  # (K, C)
-    video = average_clips(logits, average)  # (C,) mean logits, or mean probabilities
-    probs = softmax(video) if average == "score" else video
-    return Prediction(video=str(path), probs=probs, clip_starts=starts.tolist(), num_frames=num_frames,
-                      class_names=class_names)
+    source = video if isinstance(video, ArrayVideo) else Path(video)
+    dataset = ClipDataset([VideoRecord(source, -1)], "test", runner.preprocess, num_clips=num_clips,
+                          autorotate=autorotate)
+    sample = dataset.sample(0)
+    logits = runner(sample.clips)  # (K, C)
+    scores = average_clips(logits, average)  # (C,) mean logits, or mean probabilities
+    probs = softmax(scores) if average == "score" else scores
+    return Prediction(video=str(video), probs=probs, clip_starts=sample.indices[:, 0].tolist(),
+                      num_frames=sample.num_frames, class_names=class_names)
 
 
 @dataclass(frozen=True)

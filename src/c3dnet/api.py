@@ -1,0 +1,148 @@
+"""The notebook API: classify a video, or extract its features, in one call, as the `c3d` commands do.
+
+`predict` returns the record `c3d predict --json` prints for one video; `extract_features` returns the rows
+`c3d extract` writes. Both take weights (a path to any format `load_model` reads, or an ONNX file from `c3d export`)
+or a loaded model, and a video path or an array of frames, and run through the same inference core
+(`engine.runner.ClipRunner`) and the same clip sampling as the commands.
+
+Example:
+    >>> import c3dnet
+    >>> c3dnet.predict("c3d_ucf101.safetensors", "v_Drumming_g01_c01.avi", top_k=3)            # doctest: +SKIP
+    {'video': 'v_Drumming_g01_c01.avi', 'top_k': [{'label': 'Drumming', 'index': 26, 'prob': 0.97}, ...]}
+    >>> feats = c3dnet.extract_features("c3d_sports1m.safetensors", "clip.mp4", layer="fc6")   # doctest: +SKIP
+    >>> feats.shape                                           # one row per 16 frames            # doctest: +SKIP
+    (11, 4096)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from c3dnet.data.decode import ArrayVideo
+    from c3dnet.engine.runner import ClipRunner
+    from c3dnet.export import OnnxC3D
+    from c3dnet.model import C3D
+
+def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp: bool) -> ClipRunner:
+    import torch
+
+    from c3dnet.engine.device import select_device
+    from c3dnet.engine.runner import ClipRunner
+
+    model = model_or_weights
+    if isinstance(model, (str, os.PathLike)):
+        if Path(model).suffix.lower() == ".onnx":
+            from c3dnet.export import OnnxC3D
+
+            model = OnnxC3D(model)
+        else:
+            from c3dnet.weights import load_model
+
+            model = load_model(model)
+    if not isinstance(model, torch.nn.Module):  # an ONNX model: ONNX Runtime on the CPU
+        return ClipRunner(model, output, "cpu")
+    if not isinstance(device, torch.device):
+        device = select_device(device)
+    return ClipRunner(model, output, device, amp=amp)
+
+
+def _video(video: Any, fps: float) -> str | os.PathLike[str] | ArrayVideo:
+    from c3dnet.data.decode import ArrayVideo
+
+    if isinstance(video, np.ndarray):
+        return ArrayVideo(video, fps)
+    return video
+
+
+def predict(
+    model_or_weights: str | os.PathLike[str] | C3D | OnnxC3D,
+    video: str | os.PathLike[str] | np.ndarray | ArrayVideo,
+    *,
+    top_k: int = 5,
+    clips: int = 10,
+    average: str = "score",
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    autorotate: bool = True,
+    fps: float = 0.0,
+) -> dict[str, Any]:
+    """The most probable classes of one video: `{"video", "top_k": [{"label", "index", "prob"}, ...]}`.
+
+    Args:
+        model_or_weights: a weights path (any format; `.onnx` runs through ONNX Runtime) or a loaded model.
+        video: a video file, a frame folder, or uint8 RGB frames (T, H, W, 3) as they are shown.
+        top_k: classes in the record.
+        clips: evenly spaced clips averaged (10: the reference's test protocol).
+        average: "score" (softmax of the mean clip logits, the reference's) or "prob" (mean probabilities).
+        device: "auto", "cpu" or "cuda[:N]".
+        amp: bf16 autocast on CUDA.
+        autorotate: turn frames as the video's display matrix says (files only).
+        fps: the frame rate of an array of frames (recorded only).
+    """
+    from c3dnet.prediction import class_labels, predict_video
+
+    runner = _runner(model_or_weights, "logits", device, amp)
+    names = class_labels(runner.model.class_names, runner.dim)
+    return predict_video(runner, _video(video, fps), names, clips, average, autorotate).to_dict(top_k)
+
+
+def extract_features(
+    model_or_weights: str | os.PathLike[str] | C3D | OnnxC3D,
+    video: str | os.PathLike[str] | np.ndarray | ArrayVideo,
+    layer: str = "fc6",
+    stride: int = 16,
+    *,
+    video_mean: bool = False,
+    l2: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    autorotate: bool = True,
+    fps: float = 0.0,
+) -> np.ndarray:
+    """C3D features of one video: the rows `c3d extract` writes, float32 (num_clips, dim), or (dim,).
+
+    Clips start every `stride` frames (16: non-overlapping, the paper's); a video shorter than a clip gives one
+    clip that wraps around. `video_mean` averages the rows, `l2` L2-normalises each row (or the mean), as
+    `c3d extract --video-mean --l2` does.
+
+    Args:
+        model_or_weights: a weights path (any format; `.onnx` runs through ONNX Runtime) or a loaded model.
+        video: a video file, a frame folder, or uint8 RGB frames (T, H, W, 3) as they are shown.
+        layer: "fc6" (the paper's), "fc7", "pool5" or "logits".
+        stride: frames between clip starts.
+        video_mean: return the mean row (dim,).
+        l2: L2-normalise each row, or the mean.
+        batch_size: clips per forward pass.
+        device: "auto", "cpu" or "cuda[:N]".
+        amp: bf16 autocast on CUDA.
+        autorotate: turn frames as the video's display matrix says (files only).
+        fps: the frame rate of an array of frames (recorded only).
+    """
+    import torch
+
+    from c3dnet.data.decode import video_info
+    from c3dnet.features.clips import finish_rows, stream_clips
+
+    if stride < 1 or batch_size < 1:
+        raise ValueError(f"stride and batch_size must be >= 1, got {stride} and {batch_size}")
+    runner = _runner(model_or_weights, layer, device, amp)
+    source = _video(video, fps)
+    info = video_info(source, autorotate)
+    size = runner.preprocess.resize_target(info.height, info.width)
+    rows, batch = [], []
+    for _, clip in stream_clips(source, runner.preprocess, stride, info.num_frames, size, autorotate=autorotate):
+        batch.append(clip)
+        if len(batch) == batch_size:
+            rows.append(runner(torch.stack(batch)))
+            batch = []
+    if batch:
+        rows.append(runner(torch.stack(batch)))
+    return finish_rows(np.concatenate(rows), video_mean, l2)
