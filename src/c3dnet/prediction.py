@@ -26,7 +26,7 @@ import torch
 from c3dnet.data.decode import ArrayVideo
 from c3dnet.engine.runner import ClipRunner
 from c3dnet.features.clips import stream_clips
-from c3dnet.fileio import atomic_write, atomic_write_text
+from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
 from c3dnet.metrics import Average, average_clips, softmax
 
@@ -142,10 +142,7 @@ def save_timeline(timeline: Timeline, out_dir: str | os.PathLike[str], key: str,
     """Write `<key>.timeline.json` and `<key>.timeline.png` (the most probable classes over time)."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from c3dnet.plots import figure, save_png
 
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / f"{key}.timeline.json", out_dir / f"{key}.timeline.png"
@@ -153,7 +150,7 @@ def save_timeline(timeline: Timeline, out_dir: str | os.PathLike[str], key: str,
     centre = timeline.clip_starts + timeline.clip_span / 2.0
     x, unit = (centre / timeline.fps, "time (s)") if timeline.fps > 0 else (centre, "frame")
     shown = np.argsort(-timeline.probs.mean(axis=0), kind="stable")[:classes_in_plot]
-    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    fig, (ax,) = figure(1, 1, (10, 4))
     for i in shown:
         ax.plot(x, timeline.probs[:, i], marker="o" if len(x) < 50 else None, markersize=3,
                 label=timeline.class_names[i])
@@ -163,8 +160,5 @@ def save_timeline(timeline: Timeline, out_dir: str | os.PathLike[str], key: str,
     ax.set_title(Path(timeline.video).name)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_write(png_path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_png(fig, png_path)
     return json_path, png_path

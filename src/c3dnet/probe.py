@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from c3dnet.errors import DataError
-from c3dnet.fileio import atomic_write
 from c3dnet.log import get_logger
 from c3dnet.metrics import l2_normalize, mean_class_accuracy
 
@@ -132,11 +131,9 @@ def tsne_plot(
     Returns:
         The (num_videos, 2) embedding.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
+
+    from c3dnet.plots import colormap, figure, save_png
 
     x, y = np.asarray(x, np.float64), np.asarray(y, np.int64)
     if len(x) < 5:
@@ -144,8 +141,8 @@ def tsne_plot(
     perplexity = float(min(30.0, (len(x) - 1) / 3.0))
     emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
     classes = np.unique(y)
-    fig, ax = plt.subplots(figsize=(8, 8), dpi=100)
-    cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+    fig, (ax,) = figure(1, 1, (8, 8))
+    cmap = colormap("tab20" if len(classes) > 10 else "tab10")
     for i, c in enumerate(classes):
         name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
         pts = emb[y == c]
@@ -155,10 +152,7 @@ def tsne_plot(
     ax.set_yticks([])
     if len(classes) <= 20:
         ax.legend(fontsize=7, markerscale=1.5, loc="best")
-    fig.tight_layout()
-    with atomic_write(Path(path), "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return emb
 
 

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from c3dnet.engine.evaluate import EvalResult
-from c3dnet.fileio import atomic_write_bytes, atomic_write_text
+from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
+from c3dnet.plots import figure, save_png
 
 log = get_logger(__name__)
 
@@ -86,7 +87,7 @@ class MetricsLog:
             return None
         train = [r for r in self.records if r["kind"] == "train"]
         val = [r for r in self.records if r["kind"] == "val"]
-        fig, axes = _subplots(1, 3, (15, 4))
+        fig, axes = figure(1, 3, (15, 4))
         ax_loss, ax_acc, ax_lr = axes
         if train:
             its = [r["iteration"] for r in train]
@@ -103,28 +104,8 @@ class MetricsLog:
         ax_acc.legend()
         ax_acc.set_ylim(0, 1)
         path = self.work_dir / "curves.png"
-        _save_figure(fig, path)
+        save_png(fig, path)
         return path
-
-
-def _subplots(rows: int, cols: int, size: tuple[float, float]):  # noqa: ANN202 - matplotlib types
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(rows, cols, figsize=size)
-    return fig, np.atleast_1d(axes)
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _csv_text(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
@@ -186,7 +167,7 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> Path:
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
     size = min(24.0, max(5.0, 0.18 * n + 3))
-    fig, axes = _subplots(1, 1, (size, size))
+    fig, axes = figure(1, 1, (size, size))
     ax = axes[0]
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
     ax.set_xlabel("predicted class")
@@ -196,5 +177,5 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> Path:
         ax.set_xticks(range(n), names, rotation=90, fontsize=7)
         ax.set_yticks(range(n), names, fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    _save_figure(fig, path)
+    save_png(fig, path)
     return path
