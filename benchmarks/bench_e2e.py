@@ -36,7 +36,7 @@ from c3dnet.data.dataset import ClipDataset, worker_init_fn  # noqa: E402
 from c3dnet.data.encode import write_video  # noqa: E402
 from c3dnet.data.sources import Source, load_source  # noqa: E402
 from c3dnet.engine.config import load_config  # noqa: E402
-from c3dnet.engine.device import prepare_model, select_device  # noqa: E402
+from c3dnet.engine.device import configure_for, prepare_model, select_device  # noqa: E402
 from c3dnet.engine.testing import TestOptions, test_weights  # noqa: E402
 from c3dnet.engine.train import train  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-video", action="store_true", help="only the JPEG frame path")
     args = ap.parse_args(argv)
 
-    device = select_device(args.device)
+    device = configure_for(select_device(args.device))
     gpu = device.type == "cuda"
     videos = args.videos or (1200 if gpu else 60)
     workers = args.workers if args.workers is not None else max(1, min(14, mp.cpu_count() - 2))

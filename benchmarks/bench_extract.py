@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.decode import video_info
 from c3dnet.data.sources import VideoRecord
-from c3dnet.engine.device import select_device
+from c3dnet.engine.device import configure_for, select_device
 from c3dnet.features import ClipRunner, ExtractOptions, PendingRows, clip_frames, extract
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
@@ -118,7 +118,7 @@ def main() -> None:
     if args.sync_latency_ms > 0:
         slow_fsync(args.sync_latency_ms / 1000)
 
-    device = select_device(args.device)
+    device = configure_for(select_device(args.device))
     if args.full_size:
         config, pre = C3DConfig(num_classes=101), Preprocess()
     else:

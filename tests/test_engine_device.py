@@ -204,3 +204,14 @@ def test_host_threads_for_gpu(monkeypatch) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_select_device_changes_nothing_and_configure_for_cpu_neither(monkeypatch) -> None:
+    """Selecting is pure; configuring for the CPU leaves threads and cudnn as they were."""
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    device = select_device("auto")
+    assert torch.get_num_threads() == threads and torch.backends.cudnn.benchmark == benchmark
+    if device.type == "cpu":
+        assert device_mod.configure_for(device) == device
+        assert torch.get_num_threads() == threads and torch.backends.cudnn.benchmark == benchmark

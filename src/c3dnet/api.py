@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp: bool) -> ClipRunner:
     import torch
 
-    from c3dnet.engine.device import select_device
+    from c3dnet.engine.device import configure_for, select_device
     from c3dnet.engine.runner import ClipRunner
 
     model = model_or_weights
@@ -49,7 +49,7 @@ def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp:
     if not isinstance(model, torch.nn.Module):  # an ONNX model: ONNX Runtime on the CPU
         return ClipRunner(model, output, "cpu")
     if not isinstance(device, torch.device):
-        device = select_device(device)
+        device = configure_for(select_device(device))
     return ClipRunner(model, output, device, amp=amp)
 
 

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import load_video_list
-    from c3dnet.engine.device import loader_workers, select_device
+    from c3dnet.engine.device import configure_for, loader_workers, select_device
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError
     from c3dnet.features import ExtractOptions, extract, output_keys
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
         # LOCAL_RANK under torchrun; 0 otherwise, which also gives a plain "cuda" its index.
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        model, device, source = load_model(args.weights), select_device(args.device, local_rank), args.weights
+        device = configure_for(select_device(args.device, local_rank))
+        model, source = load_model(args.weights), args.weights
     if args.compile and args.onnx:
         raise ConfigError("--compile applies to --weights; an --onnx model runs through ONNX Runtime")
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32, compile=args.compile)

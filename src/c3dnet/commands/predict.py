@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from c3dnet.data.sources import load_video_list
-    from c3dnet.engine.device import select_device
+    from c3dnet.engine.device import configure_for, select_device
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError, DataError
     from c3dnet.features import output_keys
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from c3dnet.weights import load_model
 
-        model, device = load_model(args.weights), select_device(args.device, local_rank=0)  # "cuda" -> "cuda:0"
+        model, device = load_model(args.weights), configure_for(select_device(args.device, local_rank=0))
     runner = ClipRunner(model, "logits", device, amp=not args.fp32)
     names = class_labels(model.class_names, model.num_classes)
     results, failed = [], 0

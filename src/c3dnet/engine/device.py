@@ -4,9 +4,13 @@ On CUDA: bf16 autocast, channels_last_3d memory format and cudnn.benchmark. On t
 oneDNN's fast layout for 3D convolutions (1.4-1.6x faster inference, 1.2x training, than the default layout on
 the development machines' CPUs; `python benchmarks/bench_model.py` measures it).
 
+Selecting a device (`select_device`) changes nothing; `configure_for(device)` is the one call that sets this
+process up for it (on CUDA: the current device, cudnn.benchmark, one intra-op thread), and every entry point
+(train, test, predict, extract, the notebook API) makes it explicitly.
+
 Example:
-    >>> from c3dnet.engine.device import select_device, prepare_model, inference_context, to_input
-    >>> device = select_device("auto")                       # doctest: +SKIP
+    >>> from c3dnet.engine.device import configure_for, select_device, prepare_model, inference_context, to_input
+    >>> device = configure_for(select_device("auto"))        # doctest: +SKIP
     >>> model = prepare_model(model, device)                 # doctest: +SKIP
     >>> with inference_context(device):                      # doctest: +SKIP
     ...     logits = model(to_input(clips_uint8, model.preprocess, device))
@@ -31,7 +35,8 @@ log = get_logger(__name__)
 def select_device(name: str | None = "auto", local_rank: int | None = None) -> torch.device:
     """"auto" (or None) -> CUDA when available, else the CPU; "cuda" without a GPU raises `ConfigError`.
 
-    Under torchrun, `local_rank` picks this process's GPU.
+    Under torchrun, `local_rank` picks this process's GPU; a plain "cuda" names the current one. Nothing is
+    changed: see `configure_for`.
     """
     name = (name or "auto").lower()
     if name == "auto":
@@ -44,14 +49,25 @@ def select_device(name: str | None = "auto", local_rank: int | None = None) -> t
         device = torch.device(name)
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        check_torch_version()
-        host_threads_for_gpu()
         return device
     if name != "cpu":
         raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda[:N]")
     return torch.device("cpu")
+
+
+def configure_for(device: torch.device) -> torch.device:
+    """Set this process up to run models on `device`, and return it.
+
+    On CUDA: `device` becomes the current one, cudnn.benchmark is on (C3D's input shapes are fixed, so picking the
+    fastest kernels once pays), the PyTorch version is checked (`check_torch_version`) and the process keeps one
+    intra-op thread (`host_threads_for_gpu`). On the CPU nothing changes.
+    """
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        check_torch_version()
+        host_threads_for_gpu()
+    return device
 
 
 def host_threads_for_gpu() -> None:

@@ -169,14 +169,14 @@ test_weights.__test__ = False  # type: ignore[attr-defined]  # pytest would coll
 def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOptions, dist_info) -> TestRun:
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
     from c3dnet.data.sources import load_source
-    from c3dnet.engine.device import loader_workers, select_device
+    from c3dnet.engine.device import configure_for, loader_workers, select_device
     from c3dnet.engine.distributed import ResumableSampler
     from c3dnet.engine.evaluate import evaluate
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import DataError
     from c3dnet.weights import load_model
 
-    device = select_device(options.device, dist_info.local_rank if dist_info.is_distributed else None)
+    device = configure_for(select_device(options.device, dist_info.local_rank if dist_info.is_distributed else None))
     model = weights if isinstance(weights, C3D) else load_model(weights)
     weights_name = "the model" if isinstance(weights, C3D) else str(weights)
     if isinstance(data, Source):

@@ -30,7 +30,7 @@ from torch import nn
 
 from c3dnet.engine import checkpoint as ckpt
 from c3dnet.engine.config import TrainConfig, load_config
-from c3dnet.engine.device import autocast, loader_workers, prepare_model, select_device, to_input
+from c3dnet.engine.device import autocast, configure_for, loader_workers, prepare_model, select_device, to_input
 from c3dnet.engine.distributed import (
     DistInfo,
     ResumableSampler,
@@ -234,7 +234,7 @@ def train(
 
 def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_dir: Path, resume: bool,
            device_name: str | None, dist_info: DistInfo) -> TrainResult:
-    device = select_device(device_name, dist_info.local_rank if dist_info.is_distributed else None)
+    device = configure_for(select_device(device_name, dist_info.local_rank if dist_info.is_distributed else None))
     main = dist_info.is_main
     state_path = work_dir / "last.state.pt"
     if resume and not state_path.is_file():
