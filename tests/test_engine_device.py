@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from c3dnet.data.samplers import EpochBatches, ResumableSampler
 from c3dnet.engine import device as device_mod
 from c3dnet.engine.device import inference_context, select_device, to_input
-from c3dnet.engine.distributed import ResumableSampler
 from c3dnet.engine.runner import Compiled
 from c3dnet.errors import ConfigError
 from c3dnet.preprocess import Preprocess
@@ -68,36 +68,42 @@ def test_sampler_order_padding_and_skip() -> None:
 
 
 def test_epoch_batches_run_on_across_epochs_without_mixing_them() -> None:
-    from c3dnet.engine.train import _EpochBatches
-
     def epoch_order(epoch: int) -> list[int]:
         return np.random.default_rng([3, epoch]).permutation(7).tolist()
 
-    batches = _EpochBatches(ResumableSampler(7, True, seed=3), batch_size=3, drop_last=True, epochs=3)
+    batches = EpochBatches(ResumableSampler(7, True, seed=3), batch_size=3, drop_last=True, epochs=3)
     assert len(batches) == 2  # 7 samples -> 2 full batches per epoch; the 7th is dropped, not carried over
     expected = [[(e, i) for i in epoch_order(e)[lo:lo + 3]] for e in range(3) for lo in (0, 3)]
     assert list(batches) == expected
     batches.start(1, skip=3)  # resumed after epoch 1's first batch
     assert list(batches) == expected[3:]
-    keep_last = _EpochBatches(ResumableSampler(7, False), batch_size=3, drop_last=False, epochs=2)
+    keep_last = EpochBatches(ResumableSampler(7, False), batch_size=3, drop_last=False, epochs=2)
     assert len(keep_last) == 3 and [len(b) for b in keep_last] == [3, 3, 1, 3, 3, 1]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU"))])
 def test_prefetcher_hands_over_the_loader_batches_normalised_on_the_device(device: str) -> None:
-    from c3dnet.engine.train import _Prefetcher
+    import time
+
+    from c3dnet.engine.runner import Prefetcher
 
     p = Preprocess(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0), clip_len=4, crop_size=8)
     pin = device == "cuda"
     batches = [(torch.randint(0, 256, (3, 1, 3, 4, 8, 8), dtype=torch.uint8), torch.tensor([b, 1, 2]),
                 torch.arange(3)) for b in range(3)]
-    feed = iter([(c.pin_memory() if pin else c, y.pin_memory() if pin else y, i) for c, y, i in batches])
-    prefetcher = _Prefetcher(feed, p, torch.device(device), channels_last=True)
-    for clips, labels, _ in batches:
+
+    def slow_feed():  # a loader that takes 30 ms a batch: the waits must account for it, where they happen
+        for c, y, i in batches:
+            time.sleep(0.03)
+            yield (c.pin_memory() if pin else c, y.pin_memory() if pin else y, i)
+
+    prefetcher = Prefetcher(slow_feed(), p, torch.device(device), channels_last=True)
+    for k, (clips, labels, _) in enumerate(batches):
         x, y, wait = prefetcher.next()
-        assert wait >= 0.0
-        prefetcher.prefetch()  # the next batch's copy starts before this one is used
+        assert (wait >= 0.03) if k == 0 else (wait == 0.0)  # later batches were fetched during the step before
+        ahead = prefetcher.prefetch()  # the next batch's copy starts before this one is used
+        assert (ahead >= 0.03) if k < len(batches) - 1 else (ahead == 0.0)
         assert x.device.type == device and x.is_contiguous(memory_format=torch.channels_last_3d)
         assert torch.equal(x.cpu(), to_input(clips.flatten(0, 1), p, torch.device("cpu")))
         assert y.cpu().tolist() == labels.tolist()

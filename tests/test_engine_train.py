@@ -75,10 +75,9 @@ def test_checkpoints_are_snapshots_and_a_failed_write_stops_the_run(dataset: Pat
     import errno
 
     from c3dnet.engine import checkpoint
-    from c3dnet.engine.train import _host_copy
 
     live = {"w": torch.zeros(3), "groups": [{"m": torch.ones(2)}], "lr": 0.1}
-    snap = _host_copy(live)
+    snap = checkpoint.host_copy(live)
     live["w"] += 1
     live["groups"][0]["m"].zero_()
     assert snap["w"].tolist() == [0, 0, 0] and snap["groups"][0]["m"].tolist() == [1, 1] and snap["lr"] == 0.1

@@ -15,14 +15,20 @@ the disk does not hold up training. The state holds only tensors, numbers, strin
 from __future__ import annotations
 
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from c3dnet.errors import WeightsError
 from c3dnet.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from c3dnet.model import C3D, C3DConfig
+    from c3dnet.preprocess import Preprocess
 
 STATE_FORMAT = "c3dnet-train-state-v1"
 
@@ -74,8 +80,96 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def save_model_file(model: torch.nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """The model in the native format (safetensors + metadata), atomically, via `c3dnet.weights.save_model`."""
-    from c3dnet.weights import save_model
+def host_copy(obj: Any) -> Any:
+    """`obj` with every tensor copied to the host (never aliased, even on the CPU): a snapshot training may not
+    change while it is being written."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
 
-    save_model(model, path, extra=extra)
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """A model's weights copied to the host, with what the native format records beside them."""
+
+    state: dict[str, torch.Tensor]
+    config: C3DConfig
+    preprocess: Preprocess
+    class_names: list[str] | None
+    source_format: str
+
+    @classmethod
+    def of(cls, model: C3D) -> ModelSnapshot:
+        from c3dnet.weights.native import NATIVE_FORMAT
+
+        return cls(host_copy(model.state_dict()), model.config, model.preprocess, model.class_names,
+                   getattr(model, "source_format", NATIVE_FORMAT))
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """The native weight file (`c3dnet.weights.save_native`), atomically."""
+        from c3dnet.weights.native import save_native
+
+        save_native(path, self.state, self.config, self.preprocess, self.class_names,
+                    source_format=self.source_format, extra=extra)
+
+
+class AsyncCheckpointer:
+    """Writes checkpoints on one thread, in order, while training goes on.
+
+    `save_model` and `save_state` take their snapshot (tensors copied to the host) at once and queue the writing,
+    so a save costs the copy, not the disk (seconds a checkpoint on a virtual disk, with its fsyncs). Files are
+    replaced atomically: until a write is complete the previous file stands. `check()` re-raises a write that
+    failed (a full disk, say) without waiting; `wait()` waits for every queued write and re-raises its error;
+    `close()` waits and stops the thread. At most `max_pending` snapshots wait in memory.
+    """
+
+    def __init__(self, max_pending: int = 2) -> None:
+        self.max_pending = max_pending  # snapshots held in memory at most; more waits for the oldest write
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def save_model(self, model: C3D, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Queue `model` (as it is now) as a native weight file at `path`."""
+        snapshot = ModelSnapshot.of(model)
+        self._submit(snapshot.save, path, extra)
+
+    def save_state(self, path: str | Path, state: dict[str, Any]) -> None:
+        """Queue a training state (as it is now) at `path` (`save_state`)."""
+        self._submit(save_state, path, host_copy(state))
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        self.check()
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(0).result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="c3d-checkpoint")
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def check(self) -> None:
+        """Re-raise the error of a write that has failed, without waiting for the others."""
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            f.result()
+
+    def wait(self) -> None:
+        """Wait for every queued write; re-raise the first error."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for the queued writes and stop the writer thread; re-raise a failed write's error unless
+        `raise_errors` is False (on the way out of another error, which must not be masked)."""
+        try:
+            if raise_errors:
+                self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self._pending = []

@@ -1,4 +1,4 @@
-"""Distributed runs under torchrun: process-group set-up from the environment, and a resumable sampler.
+"""Distributed runs under torchrun: process-group set-up from the environment, gathers and reductions.
 
 The same code runs single-process (world size 1) when torchrun's variables are absent.
 """
@@ -6,11 +6,9 @@ The same code runs single-process (world size 1) when torchrun's variables are a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -70,42 +68,3 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
-
-
-class ResumableSampler(torch.utils.data.Sampler[int]):
-    """This rank's share of an epoch's (optionally shuffled) order, able to skip samples already consumed.
-
-    The order depends only on (seed, epoch): a permutation from `np.random.default_rng([seed, epoch])`,
-    padded by repeating its head to a multiple of the world size (as DistributedSampler does), then
-    every world_size-th index from `rank`. `set_epoch(epoch, skip)` drops this rank's first `skip` samples,
-    which is how a run resumed mid-epoch continues with exactly the batches it had not yet seen.
-    """
-
-    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if size < 1:
-            raise ValueError("cannot sample from an empty dataset")
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    @property
-    def per_rank(self) -> int:
-        return -(-self.size // self.world_size)
-
-    def indices(self) -> np.ndarray:
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        else:
-            order = np.arange(self.size)
-        total = self.per_rank * self.world_size
-        order = np.resize(order, total)  # pads by repeating from the start
-        return order[self.rank :: self.world_size][self.skip :]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(int(i) for i in self.indices())
-
-    def __len__(self) -> int:
-        return max(0, self.per_rank - self.skip)

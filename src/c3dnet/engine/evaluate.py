@@ -36,9 +36,9 @@ from c3dnet.metrics import (
 class ClipAggregator:
     """Clip scores collected per video index; the first time a video is seen wins.
 
-    A DistributedSampler (or `ResumableSampler`) pads the last ranks with repeats of the first videos; those
-    repeats carry an index already seen and are dropped, so every video counts exactly once. Under
-    torchrun, `gather()` merges every rank's videos.
+    A DistributedSampler (or `data.samplers.ResumableSampler`) pads the last ranks with repeats of the first
+    videos; those repeats carry an index already seen and are dropped, so every video counts exactly once.
+    Under torchrun, `gather()` merges every rank's videos.
     """
 
     def __init__(self) -> None:

@@ -4,7 +4,8 @@
 normalisation by an explicit `Preprocess`, torch.compile (`Compiled`), and queueing a batch on the GPU while the
 caller prepares the next (`submit` returns a `PendingRows`). `c3d test` (through `engine.evaluate`), `c3d predict`,
 `c3d extract` and training's validation all run models through it; an ONNX model (`export.OnnxC3D`) runs through
-ONNX Runtime behind the same interface.
+ONNX Runtime behind the same interface. Training's batches reach the device through `Prefetcher`, which copies and
+normalises the next batch on a side stream while the current step runs.
 
 Example:
     >>> runner = ClipRunner(model, "fc6", torch.device("cuda"))     # doctest: +SKIP
@@ -15,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -173,3 +177,44 @@ class PendingRows:
             self._done.synchronize()
             self._done, self._keep = None, ()
         return self._rows.numpy() if isinstance(self._rows, torch.Tensor) else self._rows
+
+
+class Prefetcher:
+    """Training batches on the device, one step ahead.
+
+    `prefetch()` takes the next batch from the loader and starts its host-to-device copy and normalisation on a
+    side CUDA stream, so they overlap the step the GPU is running; `next()` hands it over once the copy is done
+    (on the CPU everything simply runs in order). Both report the seconds spent waiting for the loader.
+    """
+
+    def __init__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], preprocess: Preprocess,
+                 device: torch.device, channels_last: bool) -> None:
+        self.batches, self.preprocess, self.device, self.channels_last = batches, preprocess, device, channels_last
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.ready: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prefetch(self) -> float:
+        if self.ready is not None:
+            return 0.0
+        tick = time.perf_counter()
+        try:
+            clips, labels, _ = next(self.batches)
+        except StopIteration:  # the run's last batch has been trained on
+            return 0.0
+        wait = time.perf_counter() - tick
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            x = to_input(clips.flatten(0, 1), self.preprocess, self.device, self.channels_last)
+            self.ready = (x, labels.to(self.device, non_blocking=True))
+        return wait
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        wait = self.prefetch()
+        if self.ready is None:
+            raise RuntimeError("the training loader ran out of batches before the last epoch ended")
+        (x, y), self.ready = self.ready, None
+        if self.stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            x.record_stream(current)  # made on the side stream, used (and freed) on this one
+            y.record_stream(current)
+        return x, y, wait

@@ -168,9 +168,9 @@ test_weights.__test__ = False  # type: ignore[attr-defined]  # pytest would coll
 
 def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOptions, dist_info) -> TestRun:
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
+    from c3dnet.data.samplers import ResumableSampler
     from c3dnet.data.sources import load_source
     from c3dnet.engine.device import configure_for, loader_workers, select_device
-    from c3dnet.engine.distributed import ResumableSampler
     from c3dnet.engine.evaluate import evaluate
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import DataError

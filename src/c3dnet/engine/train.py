@@ -15,11 +15,8 @@ same batches, the same masks and the same learning rates, so it ends with the sa
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from c3dnet.data.samplers import EpochBatches, EpochDataset, ResumableSampler
 from c3dnet.engine import checkpoint as ckpt
 from c3dnet.engine.config import TrainConfig, load_config
-from c3dnet.engine.device import autocast, configure_for, loader_workers, prepare_model, select_device, to_input
+from c3dnet.engine.device import autocast, configure_for, loader_workers, prepare_model, select_device
 from c3dnet.engine.distributed import (
     DistInfo,
-    ResumableSampler,
     all_reduce_mean,
     barrier,
     cleanup_distributed,
@@ -41,13 +38,12 @@ from c3dnet.engine.distributed import (
 )
 from c3dnet.engine.evaluate import EvalResult, evaluate
 from c3dnet.engine.reports import MetricsLog
-from c3dnet.engine.runner import ClipRunner, Compiled
+from c3dnet.engine.runner import ClipRunner, Compiled, Prefetcher
 from c3dnet.engine.schedule import LRSchedule
 from c3dnet.errors import C3DError, ConfigError
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
 from c3dnet.model import C3D
-from c3dnet.preprocess import Preprocess
 
 log = get_logger(__name__)
 
@@ -81,7 +77,7 @@ class TrainResult:
 @dataclass
 class _Loaders:
     train: torch.utils.data.DataLoader
-    train_batches: _EpochBatches
+    train_batches: EpochBatches
     val: torch.utils.data.DataLoader | None
     class_names: list[str]
 
@@ -98,11 +94,11 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
     train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad,
                             autorotate=d.autorotate)
     sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
-    # One loader iterator serves the whole run (see _EpochBatches), and the epoch travels with each index: every
+    # One loader iterator serves the whole run (see EpochBatches), and the epoch travels with each index: every
     # sample's augmentation stays keyed by (seed, epoch, index) whatever the worker.
     # The private generator keeps the DataLoader from drawing on the global torch RNG (dropout's).
-    batches = _EpochBatches(sampler, d.batch_size, d.drop_last, cfg.optim.epochs)
-    train_loader = torch.utils.data.DataLoader(_EpochDataset(train_set), batch_sampler=batches,
+    batches = EpochBatches(sampler, d.batch_size, d.drop_last, cfg.optim.epochs)
+    train_loader = torch.utils.data.DataLoader(EpochDataset(train_set), batch_sampler=batches,
                                                generator=torch.Generator().manual_seed(cfg.train.seed), **common)
     if len(train_loader) == 0:
         raise ConfigError(f"{data}: {len(train_set)} training videos give no full batch of {d.batch_size} per "
@@ -118,52 +114,6 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
             generator=torch.Generator(), **common,
         )
     return _Loaders(train_loader, batches, val_loader, source.class_names)
-
-
-class _EpochBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Batches of (epoch, index) pairs, epoch after epoch from `start(epoch, skip)` to the last one, in one pass.
-
-    One iterator for the whole run means the loader's workers run on into the next epoch (and through
-    validation and checkpoints) instead of starting afresh with an empty pipeline at every epoch, which costs
-    about a batch's decoding time per epoch. Each epoch's order is the `ResumableSampler`'s for that epoch,
-    cut into batches on its own (a short last batch is dropped with `drop_last`, never merged into the next).
-    `len()` is the batches per epoch.
-    """
-
-    def __init__(self, sampler: ResumableSampler, batch_size: int, drop_last: bool, epochs: int) -> None:
-        self.sampler, self.batch_size, self.drop_last, self.epochs = sampler, batch_size, drop_last, epochs
-        self.first_epoch, self.skip = 0, 0
-
-    def start(self, epoch: int, skip: int) -> None:
-        """Where the next iteration begins: `epoch`, after its first `skip` samples (a resumed run)."""
-        self.first_epoch, self.skip = epoch, skip
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for epoch in range(self.first_epoch, self.epochs):
-            self.sampler.set_epoch(epoch, self.skip if epoch == self.first_epoch else 0)
-            order = self.sampler.indices()
-            end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-            for lo in range(0, end, self.batch_size):
-                yield [(epoch, int(i)) for i in order[lo:lo + self.batch_size]]
-
-    def __len__(self) -> int:
-        n = self.sampler.per_rank
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-
-class _EpochDataset(torch.utils.data.Dataset):
-    """Wraps a `ClipDataset` so that each item names its epoch: workers need no shared state."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        epoch, i = key
-        self.dataset.set_epoch(epoch)
-        return self.dataset[i]
 
 
 def _build_model(cfg: TrainConfig, class_names: list[str], weights: str | Path | None) -> C3D:
@@ -192,6 +142,12 @@ def _optimizer(model: C3D, cfg: TrainConfig) -> torch.optim.SGD:
         {"params": model.head_parameters(), "lr_mult": o.head_lr_mult},
     ]
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _schedule(cfg: TrainConfig, iters_per_epoch: int) -> LRSchedule:
+    o = cfg.optim
+    return LRSchedule(o.lr, o.epochs * iters_per_epoch, iters_per_epoch, o.schedule, o.warmup_iters,
+                      tuple(o.milestones), o.gamma)
 
 
 def _as_config(config: TrainConfig | str | Path | None, overrides: list[str] | None) -> TrainConfig:
@@ -236,13 +192,7 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
            device_name: str | None, dist_info: DistInfo) -> TrainResult:
     device = configure_for(select_device(device_name, dist_info.local_rank if dist_info.is_distributed else None))
     main = dist_info.is_main
-    state_path = work_dir / "last.state.pt"
-    if resume and not state_path.is_file():
-        raise ConfigError(f"{work_dir}: --resume given but {state_path.name} is missing there; check --work-dir "
-                          "or start without --resume")
-    if not resume and state_path.is_file():
-        log.warning("%s holds an earlier run; starting afresh and overwriting it (pass --resume to continue it)",
-                    work_dir)
+    state_path = _check_work_dir(work_dir, resume)
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(work_dir / "config.yaml", cfg.to_yaml())
@@ -250,288 +200,261 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     model = _build_model(cfg, loaders.class_names, weights)
     prepare_model(model, device, cfg.train.channels_last)
     optimizer = _optimizer(model, cfg)
-
-    iters_per_epoch = len(loaders.train)
-    epochs = cfg.optim.epochs
-    schedule = LRSchedule(cfg.optim.lr, epochs * iters_per_epoch, iters_per_epoch, cfg.optim.schedule,
-                          cfg.optim.warmup_iters, tuple(cfg.optim.milestones), cfg.optim.gamma)
+    iters_per_epoch, epochs = len(loaders.train), cfg.optim.epochs
+    schedule = _schedule(cfg, iters_per_epoch)
     metrics = MetricsLog(work_dir, enabled=main, tensorboard=cfg.train.tensorboard)
-    iteration, best_top1, best_epoch, last_val = 0, None, None, None
+    progress = Progress()
     torch.manual_seed(cfg.train.seed + dist_info.rank)  # dropout masks differ between ranks
     if resume:
-        state = ckpt.load_state(state_path)
-        if state["iters_per_epoch"] != iters_per_epoch:
-            raise ConfigError(f"{state_path}: saved with {state['iters_per_epoch']} iterations per epoch, now "
-                              f"{iters_per_epoch}; resume with the same data, batch size and number of processes")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        iteration, best_top1, best_epoch, last_val = (state["iteration"], state["best_top1"], state["best_epoch"],
-                                                      state["last_val"])
-        ckpt.set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
-        metrics.resume(iteration)
-        log.info("resumed from %s at epoch %d, iteration %d", state_path, iteration // iters_per_epoch, iteration)
-    metrics.open_tensorboard(iteration if resume else None)
+        progress = _resume(state_path, model, optimizer, iters_per_epoch, dist_info)
+        metrics.resume(progress.iteration)
+    metrics.open_tensorboard(progress.iteration if resume else None)
 
-    net: nn.Module = model
-    if dist_info.is_distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if device.type == "cuda" and cfg.train.compile:
-        net = Compiled(net)
-    elif cfg.train.compile:
-        log.info("torch.compile is only used on CUDA; training eagerly on the CPU")
-
-    run = _Run(cfg, model, net, optimizer, schedule, loaders, metrics, device, dist_info, work_dir, iters_per_epoch)
-    run.best_top1, run.best_epoch, run.last_val = best_top1, best_epoch, last_val
-    final_loss, last_plot = float("nan"), time.monotonic()
+    amp = cfg.train.amp and device.type == "cuda"
+    checkpoints = Checkpoints(work_dir, cfg, iters_per_epoch, dist_info)
     log.info("training %d epochs x %d iterations (batch %d x %d processes) on %s; work dir %s", epochs,
              iters_per_epoch, cfg.data.batch_size, dist_info.world_size, device, work_dir)
+    bar = None
     if main and cfg.train.progress:
         from tqdm import tqdm
 
         # One bar for the whole run, so its ETA is the run's; the postfix carries loss, lr, clips/s and data wait.
-        run.bar = tqdm(total=epochs * iters_per_epoch, initial=iteration, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=epochs * iters_per_epoch, initial=progress.iteration, unit="it", dynamic_ncols=True)
+    # The run's one pass over the training data, from where it stands.
+    epoch = progress.iteration // iters_per_epoch
+    loaders.train_batches.start(epoch, skip=(progress.iteration - epoch * iters_per_epoch) * cfg.data.batch_size)
+    batches = Prefetcher(iter(loaders.train), model.preprocess, device, cfg.train.channels_last)
+    step = Step(_network(model, cfg, device, dist_info), model, optimizer, schedule, device, amp,
+                cfg.optim.clip_grad_norm)
+    final_loss, last_plot = float("nan"), time.monotonic()
     try:
-        while iteration < epochs * iters_per_epoch:
-            epoch = iteration // iters_per_epoch
-            iteration, final_loss = run.train_epoch(epoch, iteration)
+        while progress.iteration < epochs * iters_per_epoch:
+            epoch = progress.iteration // iters_per_epoch
+            if bar is not None:
+                bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            final_loss = train_one_epoch(step, batches, epoch, progress, iters_per_epoch, cfg, metrics, checkpoints,
+                                         dist_info, bar)
             val_due = cfg.train.val_every > 0 and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == epochs)
             if val_due and loaders.val is not None:
-                run.validate(epoch, iteration)
-            run.save(iteration)
+                _record_validation(validate(model, loaders.val, device, amp, cfg), epoch, progress, metrics,
+                                   checkpoints, model)
+            checkpoints.save(model, optimizer, progress)
             if main:
                 metrics.flush()
-                # Drawing takes about a second: redraw at most once a minute, and at the end.
-                if cfg.train.plots and time.monotonic() - last_plot > 60:
-                    metrics.plot()
-                    last_plot = time.monotonic()
+            # Drawing takes about a second: redraw at most once a minute, and at the end.
+            if main and cfg.train.plots and time.monotonic() - last_plot > 60:
+                metrics.plot()
+                last_plot = time.monotonic()
         if main and cfg.train.plots:
             metrics.plot()
-        run.wait_saved()
+        checkpoints.close()  # the last checkpoint is on disk when train() returns; a failed write raises here
     finally:
-        run.batches = None  # ends the training loader's worker processes
-        if run.writer is not None:
-            run.writer.shutdown(wait=True)  # the last checkpoint is on disk when train() returns (or raises)
+        del batches  # ends the training loader's worker processes
+        checkpoints.close(raise_errors=False)  # on the way out of an error: written what could be, not masking it
         metrics.close()
-        if run.bar is not None:
-            run.bar.close()
-    barrier()
-    return TrainResult(work_dir, epochs, iteration, run.best_top1, run.best_epoch, run.last_val, final_loss, model)
-
-
-class _Run:
-    """The mutable state of one training run, with its epoch, validation and checkpoint steps."""
-
-    def __init__(self, cfg: TrainConfig, model: C3D, net: nn.Module, optimizer: torch.optim.Optimizer,
-                 schedule: LRSchedule, loaders: _Loaders, metrics: MetricsLog, device: torch.device,
-                 dist_info: DistInfo, work_dir: Path, iters_per_epoch: int) -> None:
-        self.cfg, self.model, self.net, self.optimizer, self.schedule = cfg, model, net, optimizer, schedule
-        self.loaders, self.metrics, self.device = loaders, metrics, device
-        self.dist, self.work_dir = dist_info, work_dir
-        self.iters_per_epoch = iters_per_epoch
-        self.best_top1: float | None = None
-        self.best_epoch: int | None = None
-        self.last_val: dict[str, Any] | None = None
-        self.amp = cfg.train.amp and device.type == "cuda"
-        self.bar: Any = None
-        self.batches: _Prefetcher | None = None
-        self.writer: ThreadPoolExecutor | None = None  # writes checkpoints while training goes on
-        self.saving: Future | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The training forward (`Compiled` falls back to eager mode only when its first call fails)."""
-        with autocast(self.device, self.amp):
-            return self.net(x)
-
-    def train_epoch(self, epoch: int, iteration: int) -> tuple[int, float]:
-        cfg = self.cfg
-        done = iteration - epoch * self.iters_per_epoch  # batches of this epoch already trained (resume)
-        if self.batches is None:  # the run's one pass over the training data, from where it stands
-            self.loaders.train_batches.start(epoch, skip=done * cfg.data.batch_size)
-            self.batches = _Prefetcher(iter(self.loaders.train), self.model.preprocess, self.device,
-                                       cfg.train.channels_last)
-        self.net.train()
-        bar = self.bar
         if bar is not None:
-            bar.set_description(f"epoch {epoch + 1}/{cfg.optim.epochs}")
-        window = _Window()
-        loss_value = float("nan")
-        tick = time.perf_counter()
-        while done < self.iters_per_epoch:
-            self.check_saved()
-            x, y, data_time = self.batches.next()
-            lr = self.schedule.apply(self.optimizer, iteration)
-            logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y)
-            stats = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_grad_norm:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
-            self.optimizer.step()
-            # While the GPU runs this step: the next batch's copy and normalisation on a side stream. Only then
-            # wait for the step's loss, so the GPU goes straight on to the next step.
-            data_time += self.batches.prefetch()
-            loss_local, correct = stats.tolist()  # one device-to-host copy for both numbers
-            loss_value = all_reduce_mean(loss_local, self.device)
-            if not math.isfinite(loss_value):  # weights are now bad in memory, never on disk
-                raise NonFiniteLossError(
-                    f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {iteration}; stopped. The last "
-                    f"good checkpoint is {self.work_dir / 'last.state.pt'}: lower optim.lr (or keep "
-                    "optim.clip_grad_norm set) and resume with --resume"
-                )
-            iteration += 1
-            done += 1
-            window.add(loss_value, correct, y.shape[0] * self.dist.world_size, data_time, time.perf_counter() - tick)
-            if iteration % cfg.train.log_every == 0 or done == self.iters_per_epoch:
-                self.metrics.log({"kind": "train", "epoch": epoch + 1, "iteration": iteration, "lr": lr,
-                                  **window.summary()})
-                if bar is not None:
-                    s = window.summary()
-                    bar.set_postfix(loss=f"{s['loss']:.3f}", lr=f"{lr:.2e}", clips_s=f"{s['clips_per_s']:.1f}",
-                                    data_wait=f"{s['data_wait']:.0%}")
-                window = _Window()
+            bar.close()
+    barrier()
+    return TrainResult(work_dir, epochs, progress.iteration, progress.best_top1, progress.best_epoch,
+                       progress.last_val, final_loss, model)
+
+
+def _check_work_dir(work_dir: Path, resume: bool) -> Path:
+    """The training state's path in `work_dir`, which `--resume` needs and a fresh run overwrites (with a warning)."""
+    state_path = work_dir / "last.state.pt"
+    if resume and not state_path.is_file():
+        raise ConfigError(f"{work_dir}: --resume given but {state_path.name} is missing there; check --work-dir "
+                          "or start without --resume")
+    if not resume and state_path.is_file():
+        log.warning("%s holds an earlier run; starting afresh and overwriting it (pass --resume to continue it)",
+                    work_dir)
+    return state_path
+
+
+def _network(model: C3D, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> nn.Module:
+    """What a training step runs: `model`, inside DistributedDataParallel under torchrun, compiled on CUDA when
+    `train.compile` asks for it."""
+    net: nn.Module = model
+    if dist_info.is_distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda" and cfg.train.compile:
+        return Compiled(net)
+    if cfg.train.compile:
+        log.info("torch.compile is only used on CUDA; training eagerly on the CPU")
+    return net
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a resume restores besides the tensors and the RNG states."""
+
+    iteration: int = 0
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    last_val: dict[str, Any] | None = None
+
+
+def _resume(state_path: Path, model: C3D, optimizer: torch.optim.Optimizer, iters_per_epoch: int,
+            dist_info: DistInfo) -> Progress:
+    state = ckpt.load_state(state_path)
+    if state["iters_per_epoch"] != iters_per_epoch:
+        raise ConfigError(f"{state_path}: saved with {state['iters_per_epoch']} iterations per epoch, now "
+                          f"{iters_per_epoch}; resume with the same data, batch size and number of processes")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    ckpt.set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
+    progress = Progress(state["iteration"], state["best_top1"], state["best_epoch"], state["last_val"])
+    log.info("resumed from %s at epoch %d, iteration %d", state_path, progress.iteration // iters_per_epoch,
+             progress.iteration)
+    return progress
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one optimisation step uses: the network it runs (`net`: DDP and `Compiled` around `model`), the
+    model whose gradients are clipped, the optimiser and its per-iteration learning rate."""
+
+    net: nn.Module
+    model: C3D
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    device: torch.device
+    amp: bool
+    clip_grad_norm: float
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, iteration: int) -> tuple[float, torch.Tensor]:
+        """One SGD step at `iteration`'s learning rate; returns the lr and (loss, batch accuracy) on the device."""
+        lr = self.schedule.apply(self.optimizer, iteration)
+        with autocast(self.device, self.amp):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        stats = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.optimizer.step()
+        return lr, stats
+
+
+def train_one_epoch(step: Step, batches: Prefetcher, epoch: int, progress: Progress, iters_per_epoch: int,
+                    cfg: TrainConfig, metrics: MetricsLog, checkpoints: Checkpoints, dist_info: DistInfo,
+                    bar: Any = None) -> float:
+    """Train epoch `epoch` from `progress.iteration` (mid-epoch after a resume) to its end; returns the last loss.
+
+    Logs every `train.log_every` iterations and checkpoints every `train.checkpoint_every` (mid-epoch states;
+    the epoch's end is the caller's). A loss that is not finite stops the run: the weights are bad in memory,
+    never on disk.
+    """
+    step.net.train()
+    done = progress.iteration - epoch * iters_per_epoch  # batches of this epoch already trained (resume)
+    window = _Window()
+    loss_value = float("nan")
+    tick = time.perf_counter()
+    while done < iters_per_epoch:
+        checkpoints.check()
+        x, y, data_time = batches.next()
+        lr, stats = step(x, y, progress.iteration)
+        # While the GPU runs this step: the next batch's copy and normalisation on a side stream. Only then
+        # wait for the step's loss, so the GPU goes straight on to the next step.
+        data_time += batches.prefetch()
+        loss_local, correct = stats.tolist()  # one device-to-host copy for both numbers
+        loss_value = all_reduce_mean(loss_local, step.device)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {progress.iteration}; stopped. "
+                f"The last good checkpoint is {checkpoints.state_path}: lower optim.lr (or keep "
+                "optim.clip_grad_norm set) and resume with --resume"
+            )
+        progress.iteration += 1
+        done += 1
+        window.add(loss_value, correct, y.shape[0] * dist_info.world_size, data_time, time.perf_counter() - tick)
+        if progress.iteration % cfg.train.log_every == 0 or done == iters_per_epoch:
+            summary = window.summary()
+            metrics.log({"kind": "train", "epoch": epoch + 1, "iteration": progress.iteration, "lr": lr, **summary})
             if bar is not None:
-                bar.update(1)
-            if cfg.train.checkpoint_every and iteration % cfg.train.checkpoint_every == 0 \
-                    and done < self.iters_per_epoch:
-                self.save(iteration, model_file=False)
-                if self.dist.is_main:
-                    self.metrics.flush()
-            tick = time.perf_counter()
-        if self.dist.is_main:
-            log.info("epoch %d/%d: loss %.4f, lr %.3g", epoch + 1, cfg.optim.epochs, loss_value,
-                     self.schedule.lr(iteration - 1))
-        return iteration, loss_value
+                bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{lr:.2e}",
+                                clips_s=f"{summary['clips_per_s']:.1f}", data_wait=f"{summary['data_wait']:.0%}")
+            window = _Window()
+        if bar is not None:
+            bar.update(1)
+        if cfg.train.checkpoint_every and progress.iteration % cfg.train.checkpoint_every == 0 \
+                and done < iters_per_epoch:
+            checkpoints.save(step.model, step.optimizer, progress, model_file=False)
+            if dist_info.is_main:
+                metrics.flush()
+        tick = time.perf_counter()
+    if dist_info.is_main:
+        log.info("epoch %d/%d: loss %.4f, lr %.3g", epoch + 1, cfg.optim.epochs, loss_value,
+                 step.schedule.lr(progress.iteration - 1))
+    return loss_value
 
-    def validate(self, epoch: int, iteration: int) -> EvalResult:
-        # The runner puts the model in eval mode; the next epoch puts it back in training mode.
-        runner = ClipRunner(self.model, "logits", self.device, amp=self.amp, preprocess=self.model.preprocess,
-                            channels_last=self.cfg.train.channels_last)
-        result = evaluate(runner, self.loaders.val, average=self.cfg.train.average)
-        self.last_val = result.metrics()
-        self.metrics.log({"kind": "val", "epoch": epoch + 1, "iteration": iteration, **self.last_val})
-        log.info("epoch %d validation (1 centre clip per video, %d videos): top-1 %.4f, top-5 %.4f, mean class %.4f",
-                 epoch + 1, result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
-        if self.best_top1 is None or result.top1 > self.best_top1:
-            self.best_top1, self.best_epoch = result.top1, epoch + 1
-            if self.dist.is_main:
-                ckpt.save_model_file(self.model, self.work_dir / "best.safetensors",
-                                     extra={"epoch": epoch + 1, "iteration": iteration, "val": self.last_val})
-        return result
 
-    def save(self, iteration: int, model_file: bool = True) -> None:
-        """`last.state.pt` and (with `model_file`, at epoch ends) `last.safetensors`; rank 0 writes, every rank's
-        RNG state is gathered. Mid-epoch saves skip the native file: the state alone is what a resume needs.
+def validate(model: C3D, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool,
+             cfg: TrainConfig) -> EvalResult:
+    """One centre clip per video of the validation set, through the inference core (the model is left in eval
+    mode; the next epoch puts it back in training mode)."""
+    runner = ClipRunner(model, "logits", device, amp=amp, preprocess=model.preprocess,
+                        channels_last=cfg.train.channels_last)
+    return evaluate(runner, loader, average=cfg.train.average)
 
-        The tensors are copied to the host here; the files are written (and fsynced) on a writer thread while
-        training goes on, one checkpoint at a time, so a save costs the copy, not the disk (seconds a checkpoint
-        on a virtual disk). Files are replaced atomically: until a write is complete the previous one stands.
-        """
+
+def _record_validation(result: EvalResult, epoch: int, progress: Progress, metrics: MetricsLog,
+                       checkpoints: Checkpoints, model: C3D) -> None:
+    progress.last_val = result.metrics()
+    metrics.log({"kind": "val", "epoch": epoch + 1, "iteration": progress.iteration, **progress.last_val})
+    log.info("epoch %d validation (1 centre clip per video, %d videos): top-1 %.4f, top-5 %.4f, mean class %.4f",
+             epoch + 1, result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
+    if progress.best_top1 is None or result.top1 > progress.best_top1:
+        progress.best_top1, progress.best_epoch = result.top1, epoch + 1
+        checkpoints.save_best(model, {"epoch": epoch + 1, "iteration": progress.iteration, "val": progress.last_val})
+
+
+class Checkpoints:
+    """A run's checkpoint files, written by an `AsyncCheckpointer` on rank 0 (every rank's RNG state is gathered).
+
+    `last.state.pt` (epoch ends and every `train.checkpoint_every` iterations: all a resume needs), with
+    `last.safetensors` at epoch ends, and `best.safetensors` when validation improves.
+    """
+
+    def __init__(self, work_dir: Path, cfg: TrainConfig, iters_per_epoch: int, dist_info: DistInfo) -> None:
+        self.work_dir, self.cfg, self.iters_per_epoch, self.dist = work_dir, cfg, iters_per_epoch, dist_info
+        self.state_path = work_dir / "last.state.pt"
+        self.writer = ckpt.AsyncCheckpointer()
+
+    def save(self, model: C3D, optimizer: torch.optim.Optimizer, progress: Progress, model_file: bool = True) -> None:
+        """The training state, and (with `model_file`, at epoch ends) the native weights of `model`."""
         from c3dnet.engine.distributed import all_gather_objects
 
         rng = all_gather_objects(ckpt.rng_state())
-        if not self.dist.is_main:
-            barrier()
-            return
-        self.wait_saved()
-        model_state = _host_copy(self.model.state_dict())
-        native = None
-        if model_file:
-            from c3dnet.weights.native import NATIVE_FORMAT
-
-            m = self.model
-            extra = {"epoch": iteration // self.iters_per_epoch, "iteration": iteration, "val": self.last_val}
-            native = (model_state, m.config, m.preprocess, m.class_names,
-                      getattr(m, "source_format", NATIVE_FORMAT), extra)
-        state = {
-            "model": model_state,
-            "optimizer": _host_copy(self.optimizer.state_dict()),
-            "iteration": iteration,
-            "iters_per_epoch": self.iters_per_epoch,
-            "best_top1": self.best_top1,
-            "best_epoch": self.best_epoch,
-            "last_val": self.last_val,
-            "rng": rng,
-            "config": self.cfg.to_dict(),
-        }
-        if self.writer is None:
-            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="c3d-checkpoint")
-        self.saving = self.writer.submit(_write_checkpoint, self.work_dir, native, state)
+        if self.dist.is_main:
+            if model_file:
+                extra = {"epoch": progress.iteration // self.iters_per_epoch, "iteration": progress.iteration,
+                         "val": progress.last_val}
+                self.writer.save_model(model, self.work_dir / "last.safetensors", extra)
+            self.writer.save_state(self.state_path, {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": progress.iteration,
+                "iters_per_epoch": self.iters_per_epoch,
+                "best_top1": progress.best_top1,
+                "best_epoch": progress.best_epoch,
+                "last_val": progress.last_val,
+                "rng": rng,
+                "config": self.cfg.to_dict(),
+            })
         barrier()
 
-    def check_saved(self) -> None:
-        """Re-raise the error of a checkpoint write that has failed (a full disk, say), without waiting."""
-        if self.saving is not None and self.saving.done():
-            self.wait_saved()
+    def save_best(self, model: C3D, extra: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.writer.save_model(model, self.work_dir / "best.safetensors", extra)
 
-    def wait_saved(self) -> None:
-        """Wait for the checkpoint being written; re-raise its error."""
-        saving, self.saving = self.saving, None
-        if saving is not None:
-            saving.result()
+    def check(self) -> None:
+        """Re-raise the error of a write that has failed (a full disk, say), without waiting."""
+        self.writer.check()
 
-
-def _host_copy(obj: Any) -> Any:
-    """`obj` with every tensor copied to the host (never aliased, even on the CPU): a snapshot training may not
-    change while it is being written."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _host_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_host_copy(v) for v in obj)
-    return obj
-
-
-def _write_checkpoint(work_dir: Path, native: tuple | None, state: dict[str, Any]) -> None:
-    if native is not None:
-        from c3dnet.weights.native import save_native
-
-        model_state, config, preprocess, class_names, source_format, extra = native
-        save_native(work_dir / "last.safetensors", model_state, config, preprocess, class_names,
-                    source_format=source_format, extra=extra)
-    ckpt.save_state(work_dir / "last.state.pt", state)
-
-
-class _Prefetcher:
-    """Training batches on the device, one step ahead.
-
-    `prefetch()` takes the next batch from the loader and starts its host-to-device copy and normalisation on a
-    side CUDA stream, so they overlap the step the GPU is running; `next()` hands it over once the copy is done
-    (on the CPU everything simply runs in order). Both report the seconds spent waiting for the loader.
-    """
-
-    def __init__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], preprocess: Preprocess,
-                 device: torch.device, channels_last: bool) -> None:
-        self.batches, self.preprocess, self.device, self.channels_last = batches, preprocess, device, channels_last
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.ready: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def prefetch(self) -> float:
-        if self.ready is not None:
-            return 0.0
-        tick = time.perf_counter()
-        try:
-            clips, labels, _ = next(self.batches)
-        except StopIteration:  # the run's last batch has been trained on
-            return 0.0
-        wait = time.perf_counter() - tick
-        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            x = to_input(clips.flatten(0, 1), self.preprocess, self.device, self.channels_last)
-            self.ready = (x, labels.to(self.device, non_blocking=True))
-        return wait
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        wait = self.prefetch()
-        if self.ready is None:
-            raise RuntimeError("the training loader ran out of batches before the last epoch ended")
-        (x, y), self.ready = self.ready, None
-        if self.stream is not None:
-            current = torch.cuda.current_stream(self.device)
-            current.wait_stream(self.stream)
-            x.record_stream(current)  # made on the side stream, used (and freed) on this one
-            y.record_stream(current)
-        return x, y, wait
+    def close(self, raise_errors: bool = True) -> None:
+        self.writer.close(raise_errors)
 
 
 class _Window:
