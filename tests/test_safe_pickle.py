@@ -6,6 +6,7 @@ import builtins
 import os
 import pickle
 import subprocess
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from c3dnet.errors import WeightsError
-from c3dnet.safe_pickle import load_safe_pickle, loads_safe_pickle
+from c3dnet.safe_pickle import MAX_DEPTH, MAX_REFERENCES, load_safe_pickle, loads_safe_pickle
 
 
 class _Payload:
@@ -34,12 +35,13 @@ def test_arrays_and_containers_round_trip(protocol: int) -> None:
         fortran=np.asfortranarray(rng.normal(size=(2, 5))),
         ints=np.arange(7, dtype=np.int64),
         half=rng.normal(size=(4,)).astype(np.float16),
+        empty=np.zeros((0, 3), np.float32),  # protocol 2 writes its data as builtins.bytes()
         scalar=np.float32(2.5),
         nested={"names": ["a", "b"], "bytes": b"\x00\xff", "n": 3, "x": 1.5, "t": (1, None, True)},
     )
     out = loads_safe_pickle(pickle.dumps(state, protocol=protocol))
     assert isinstance(out, OrderedDict) and list(out) == list(state)
-    for key in ("w", "fortran", "ints", "half"):
+    for key in ("w", "fortran", "ints", "half", "empty"):
         assert out[key].dtype == state[key].dtype
         np.testing.assert_array_equal(out[key], state[key])
     assert out["scalar"] == np.float32(2.5)
@@ -134,3 +136,117 @@ def test_truncated_and_garbage_pickles_name_the_file(tmp_path: Path) -> None:
         assert str(path) in str(err.value)
     with pytest.raises(WeightsError, match="cannot read"):
         load_safe_pickle(tmp_path / "missing.pdparams")
+
+
+# ------------------------------------------------------------------------------------------------ resource bounds
+
+
+def _nested_pairs(levels: int) -> list:
+    x: list = []
+    for _ in range(levels):
+        x = [x, x]  # two references to the same list: 2**levels paths, `levels` objects
+    return x
+
+
+def test_shared_references_are_checked_in_linear_time() -> None:
+    data = pickle.dumps({"w": np.ones(3, np.float32), "nest": _nested_pairs(45)}, protocol=2)
+    assert len(data) < 600  # the issue's 524-byte .pdparams: 2**45 paths
+    start = time.perf_counter()
+    out = loads_safe_pickle(data)
+    assert time.perf_counter() - start < 1.0
+    node, depth = out["nest"], 0
+    while node:
+        assert node[0] is node[1]  # sharing survives the check
+        node, depth = node[0], depth + 1
+    assert depth == 45
+
+
+def test_depth_width_and_cycles_are_bounded() -> None:
+    with pytest.raises(WeightsError, match=f"nested more than {MAX_DEPTH} levels"):
+        loads_safe_pickle(pickle.dumps(_nested_pairs(MAX_DEPTH + 1), protocol=4), "deep.pdparams")
+    deep = b"\x80\x04" + b"]" * 200_000 + b"a" * 199_999 + b"."  # 200,000 nested lists by hand
+    with pytest.raises(WeightsError, match="deep.pickle: refused.*nested"):
+        loads_safe_pickle(deep, "deep.pickle")
+    wide = pickle.dumps([None] * (MAX_REFERENCES + 1), protocol=4)
+    with pytest.raises(WeightsError, match="more than 2,000,000 references"):
+        loads_safe_pickle(wide, "wide.pickle")
+    loop: list = [1]
+    loop.append(loop)
+    with pytest.raises(WeightsError, match="contains itself"):
+        loads_safe_pickle(pickle.dumps({"w": loop}, protocol=4), "loop.pickle")
+
+
+def test_arrays_get_their_memory_only_from_the_file() -> None:
+    from numpy._core import multiarray
+
+    direct = pickle.dumps({"w": _Payload(np.ndarray, (1000,), np.dtype("f4"))}, protocol=2)
+    with pytest.raises(WeightsError, match=r"refused.*numpy.ndarray\(...\) called directly"):
+        loads_safe_pickle(direct, "direct.pdparams")
+    no_state = pickle.dumps({"w": _Payload(multiarray._reconstruct, np.ndarray, (0,), b"b")}, protocol=2)
+    with pytest.raises(WeightsError, match="never received its data"):
+        loads_safe_pickle(no_state, "nostate.pdparams")
+    big = pickle.dumps({"w": _Payload(multiarray._reconstruct, np.ndarray, (10**6,), b"b")}, protocol=2)
+    with pytest.raises(WeightsError, match=r"_reconstruct of shape \(1000000,\)"):
+        loads_safe_pickle(big, "big.pdparams")
+
+
+class _ArrayWithState:
+    """Pickles as numpy does, with a state of our choosing: _reconstruct(ndarray, (0,), b'b') + BUILD state."""
+
+    def __init__(self, state: tuple) -> None:
+        self.state = state
+
+    def __reduce__(self):
+        from numpy._core import multiarray
+
+        return multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ((1, (4, 4), np.dtype("f4"), False, bytes(60)), r"\(4, 4\) and dtype float32 \(64 bytes\) with 60 bytes"),
+        ((1, (2,), np.dtype("f4"), False, bytes(9)), r"\(8 bytes\) with 9 bytes"),
+        ((1, (10**12, 10**12), np.dtype("f8"), False, b""), "with 0 bytes"),
+        ((1, (2, -1), np.dtype("f4"), False, bytes(8)), "non-negative integers"),
+        ((1, (2,), np.dtype([("a", "f4")]), False, bytes(8)), "refused.*dtype"),
+        ((1, (2,), np.dtype("f4"), False, [1.0, 2.0]), "array data of type list"),
+        ((7, (2,), np.dtype("f4"), False, bytes(8)), "array state version 7"),
+        (("junk",), "not \\(version, shape, dtype, fortran, data\\)"),
+    ],
+)
+def test_array_states_must_match_their_data(state: tuple, message: str) -> None:
+    data = pickle.dumps({"w": _ArrayWithState(state)}, protocol=2)
+    with pytest.raises(WeightsError, match=message) as err:
+        loads_safe_pickle(data, "state.pdparams")
+    assert str(err.value).startswith("state.pdparams: ") and "\n" not in str(err.value)
+
+
+def test_arrays_are_read_only_views_of_the_file_bytes() -> None:
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = loads_safe_pickle(pickle.dumps({"w": values, "f": np.asfortranarray(values)}, protocol=4))
+    np.testing.assert_array_equal(out["w"], values)
+    np.testing.assert_array_equal(out["f"], values)
+    assert not out["w"].flags.writeable  # no second copy was made
+    assert out["f"].flags.f_contiguous
+
+
+def test_a_pickled_dtype_cannot_change_numpys_own() -> None:
+    # dtype('f4', align=False, copy=False) is numpy's shared float32; BUILD would then make it big-endian.
+    raw = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x89\x87R(K\x03X\x01\x00\x00\x00>NNNJ\xff\xff\xff\xff"
+           b"J\xff\xff\xff\xffK\x00tb.")
+    out = loads_safe_pickle(raw, "dtype.pickle")
+    assert out.byteorder == ">" and np.dtype("f4").byteorder == "="
+    assert np.frombuffer(np.float32(1.0).tobytes(), "f4")[0] == 1.0
+
+
+def test_lengths_beyond_the_file_are_refused_fast(tmp_path: Path) -> None:
+    # BINBYTES8 of 2**40 bytes, and a FRAME of 2**50: the reader never asks for more than the file holds.
+    for name, raw in (("bytes", b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"abc."),
+                      ("frame", b"\x80\x04\x95" + (1 << 50).to_bytes(8, "little") + b"N.")):
+        path = tmp_path / f"{name}.pdparams"
+        path.write_bytes(raw)
+        start = time.perf_counter()
+        with pytest.raises(WeightsError, match=f"{name}.pdparams: not a readable weights pickle"):
+            load_safe_pickle(path)
+        assert time.perf_counter() - start < 1.0

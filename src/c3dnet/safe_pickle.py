@@ -5,6 +5,15 @@ any importable callable (`os.system`, `builtins.eval`, ...) and have it called w
 from the internet, so this unpickler resolves only the handful of globals that numpy array reconstruction
 needs; any other global, a persistent id, or an object dtype stops the load before anything runs.
 
+Resources are bounded too, since a pickle of a few hundred bytes can describe an exponential structure or ask
+for gigabytes:
+- Arrays get their memory only from bytes in the file: `numpy.ndarray(shape, dtype)` called directly, and
+  `_reconstruct` of an array that never receives its data (its `BUILD` state), are refused, and every array's
+  byte count must equal its shape times its item size.
+- The loaded structure is checked in one linear pass (each object once, by id), with bounds on the number of
+  references, the nesting depth, and no container that contains itself.
+- Arrays are read-only views of the pickle's bytes (no second copy of the weights is made).
+
 Example:
     >>> from c3dnet.safe_pickle import load_safe_pickle
     >>> state = load_safe_pickle("model.pdparams")     # doctest: +SKIP
@@ -16,8 +25,10 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,42 +36,140 @@ import numpy as np
 
 from c3dnet.errors import WeightsError
 
-try:  # numpy >= 2 moved the pickling helpers to numpy._core; files name either module
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
-    from numpy.core import numeric as _numeric  # type: ignore[no-redef]
+MAX_REFERENCES = 2_000_000
+"""Most container entries (references, counting repeats) a loaded structure may have."""
+MAX_DEPTH = 64
+"""Deepest container nesting a loaded structure may have (weight files nest 2-4 levels)."""
+MAX_NDIM = 32
+# Scalar kinds a weight file can need: bool, signed/unsigned int, float, complex, bytes and str.
+_ARRAY_KINDS = frozenset("biufcSU")
 
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asked for something outside the allow-list; nothing it asked for was run."""
 
 
-def _dtype(*args: Any) -> np.dtype:
-    dtype = np.dtype(*args)
+class StructureError(pickle.UnpicklingError):
+    """The loaded structure is too large, too deep, cyclic, or holds an array without data."""
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """`dtype` if it is a plain numeric, bytes or str dtype; raises `UnsafePickleError` otherwise."""
+    if not isinstance(dtype, np.dtype):
+        raise UnsafePickleError(f"an array of dtype {type(dtype).__name__}")
     if dtype.hasobject:  # object arrays would unpickle arbitrary Python objects
+        raise UnsafePickleError(f"a numpy array of Python objects (dtype {dtype})")
+    if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.subdtype is not None or not dtype.itemsize:
+        raise UnsafePickleError(f"a numpy array of dtype {dtype} (weights are plain numbers)")
+    return dtype
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if type(shape) not in (tuple, list) or len(shape) > MAX_NDIM:
+        raise StructureError(f"an array shape that is not a tuple of at most {MAX_NDIM} sizes ({shape!r:.80})")
+    if not all(type(n) is int and n >= 0 for n in shape):
+        raise StructureError(f"an array shape of other than non-negative integers ({shape!r:.80})")
+    return tuple(shape)
+
+
+def _as_buffer(data: Any) -> bytes | bytearray | memoryview:
+    if isinstance(data, str):  # Python 2 pickles read with encoding="latin1": the raw bytes as latin1 text
+        return data.encode("latin1")
+    if isinstance(data, (bytes, bytearray)):
+        return data
+    if isinstance(data, pickle.PickleBuffer):
+        return data.raw()
+    raise StructureError(f"array data of type {type(data).__name__} (expected bytes)")
+
+
+def _array_from(data: Any, dtype: Any, shape: Any, fortran: bool) -> np.ndarray:
+    """A read-only array over `data`, whose length must be exactly shape x itemsize."""
+    dtype, shape = check_dtype(dtype), _shape(shape)
+    buffer = _as_buffer(data)
+    expected = math.prod(shape) * dtype.itemsize
+    if memoryview(buffer).nbytes != expected:
+        raise StructureError(
+            f"an array of shape {shape} and dtype {dtype} ({expected} bytes) with {memoryview(buffer).nbytes} "
+            f"bytes of data"
+        )
+    if expected == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(buffer, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+class _NDArrayType:
+    """What the global `numpy.ndarray` resolves to: an argument for `_reconstruct`, never callable.
+
+    Called directly, `numpy.ndarray(shape, dtype)` returns uninitialised memory (whatever the process freed
+    last), which `c3d convert` would then write out as weights.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise UnsafePickleError("numpy.ndarray(...) called directly (an array of uninitialised memory)")
+
+    def __reduce__(self) -> Any:  # pragma: no cover - never pickled
+        raise TypeError("not picklable")
+
+
+_NDARRAY = _NDArrayType()
+
+
+class _PendingArray:
+    """What `_reconstruct` returns: an array that exists once `BUILD` gives it shape, dtype and data."""
+
+    __slots__ = ("array",)
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None:
+            raise StructureError("an array given its data twice")
+        if type(state) is not tuple or len(state) not in (4, 5):
+            raise StructureError(f"an array state that is not (version, shape, dtype, fortran, data) ({state!r:.80})")
+        if len(state) == 5:
+            if state[0] != 1:
+                raise StructureError(f"array state version {state[0]!r}")
+            state = state[1:]
+        shape, dtype, fortran, data = state
+        self.array = _array_from(data, dtype, shape, bool(fortran))
+
+
+def _dtype(obj: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    # Always a copy: `BUILD` then sets its byte order, and must never change numpy's shared float32 dtype.
+    if not isinstance(obj, str):
+        raise UnsafePickleError(f"numpy.dtype of a {type(obj).__name__} (only type codes such as 'f4')")
+    dtype = np.dtype(obj, align=bool(align), copy=True)
+    if dtype.hasobject:
         raise UnsafePickleError(f"a numpy array of Python objects (dtype {dtype})")
     return dtype
 
 
-def _scalar(dtype: np.dtype, *args: Any) -> Any:
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise UnsafePickleError(f"a numpy scalar of dtype {dtype!r}")
-    return _multiarray.scalar(dtype, *args)
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    dtype = check_dtype(dtype)
+    if data is None:
+        return dtype.type(0)
+    buffer = _as_buffer(data)
+    if memoryview(buffer).nbytes != dtype.itemsize:
+        raise StructureError(f"a numpy scalar of dtype {dtype} with {memoryview(buffer).nbytes} bytes of data")
+    return np.frombuffer(buffer, dtype)[0].copy()
 
 
-def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise UnsafePickleError(f"an array of type {subtype!r}")
-    return _multiarray._reconstruct(np.ndarray, shape, typecode)
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _PendingArray:
+    # numpy pickles every array as _reconstruct(ndarray, (0,), b'b') followed by BUILD with the real state;
+    # anything else would allocate an array of `shape` that no data ever fills.
+    if subtype is not _NDARRAY:
+        raise UnsafePickleError(f"an array of type {subtype!r:.80}")
+    if shape not in ((0,), [0]) or typecode not in (b"b", "b"):
+        raise UnsafePickleError(f"numpy _reconstruct of shape {shape!r:.80} (uninitialised memory)")
+    return _PendingArray()
 
 
-def _frombuffer(buffer: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     # Pickle protocol 5 stores contiguous arrays this way (numpy's __reduce_ex__).
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise UnsafePickleError(f"an array of dtype {dtype!r}")
-    return _numeric._frombuffer(buffer, dtype, shape, order)
+    if order not in ("C", "F"):
+        raise StructureError(f"array order {order!r:.20}")
+    return _array_from(buffer, dtype, shape, order == "F")
 
 
 def _encode(text: Any, encoding: str = "latin1") -> bytes:
@@ -78,14 +187,29 @@ def _tuple(items: Any = ()) -> tuple[Any, ...]:
     return tuple(items)
 
 
+def _bytes(*args: Any) -> bytes:
+    # Protocol 2 writes an empty bytes object (an empty array's data) as bytes(); nothing else is needed.
+    if args:
+        raise UnsafePickleError("builtins.bytes with arguments")
+    return b""
+
+
+def _ordered_dict(items: Any = ()) -> collections.OrderedDict:
+    if type(items) not in (tuple, list, dict, collections.OrderedDict):
+        raise UnsafePickleError(f"collections.OrderedDict of a {type(items).__name__}")
+    return collections.OrderedDict(items)
+
+
 # (module, name) -> what it resolves to. Both numpy module spellings appear in files in the wild.
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("numpy", "ndarray"): np.ndarray,
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _encode,
-    ("builtins", "tuple"): _tuple,
 }
+for _module in ("builtins", "__builtin__"):  # protocol 2 writes Python 2's module name
+    _ALLOWED[(_module, "tuple")] = _tuple
+    _ALLOWED[(_module, "bytes")] = _bytes
 for _module in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_module}.multiarray", "_reconstruct")] = _reconstruct
     _ALLOWED[(f"{_module}.multiarray", "scalar")] = _scalar
@@ -103,29 +227,152 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"the global `{module}.{name}`") from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"a persistent id {pid!r}")
+        raise UnsafePickleError(f"a persistent id {pid!r:.80}")
 
 
-def check_no_object_arrays(obj: Any, depth: int = 0) -> None:
-    """Refuse object arrays that slipped in through `__setstate__`, at any nesting level."""
-    if depth > 50:
-        raise pickle.UnpicklingError("containers nested more than 50 levels deep")
-    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise UnsafePickleError(f"a numpy array of Python objects (dtype {obj.dtype})")
-    if isinstance(obj, dict):
-        for value in obj.values():
-            check_no_object_arrays(value, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            check_no_object_arrays(value, depth + 1)
+_ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), np.dtype)
+_KEY_TYPES = (str, bytes, int, float, bool, type(None), tuple)
 
 
-def _load(file: IO[bytes], source: str) -> Any:
+def _pickle_leaf(obj: Any) -> Any:
+    """What a leaf of a restricted pickle may be: atoms, arrays that received their data, numpy scalars."""
+    if isinstance(obj, _PendingArray):
+        if obj.array is None:
+            raise StructureError("an array that never received its data (numpy _reconstruct without its state)")
+        return obj.array
+    if isinstance(obj, np.ndarray):
+        check_dtype(obj.dtype)
+        return obj
+    if isinstance(obj, np.generic):
+        check_dtype(obj.dtype)
+        return obj
+    if isinstance(obj, _ATOMS):
+        return obj
+    raise UnsafePickleError(f"an object of type {type(obj).__name__}")
+
+
+def check_structure(obj: Any, leaf: Callable[[Any], Any] = _pickle_leaf, max_references: int = MAX_REFERENCES,
+                    max_depth: int = MAX_DEPTH) -> Any:
+    """Check a loaded structure in linear time and return it with each leaf replaced by `leaf(leaf)`.
+
+    Every container is visited once (by id), however often it is referenced, so a list holding two references
+    to a list, nested 45 levels, costs 90 steps rather than 2**45. Dicts and lists are updated in place;
+    tuples, sets and frozensets are rebuilt when a leaf inside them changes.
+
+    Args:
+        obj: what an unpickler returned.
+        leaf: called once per distinct non-container object; returns what replaces it, or raises.
+        max_references: most container entries (keys and values, repeats included) in the whole structure.
+        max_depth: deepest nesting of containers.
+
+    Raises:
+        StructureError: more references or deeper nesting than allowed, or a container that contains itself.
+        UnsafePickleError: whatever `leaf` refuses.
+    """
+    done: dict[int, Any] = {}
+    active: set[int] = set()
+    count = 0
+
+    def visit(x: Any, depth: int) -> Any:
+        nonlocal count
+        key = id(x)
+        if key in done:
+            return done[key]
+        if key in active:
+            raise StructureError("a container that contains itself")
+        if isinstance(x, (dict, list, tuple, set, frozenset)):
+            if depth >= max_depth:
+                raise StructureError(f"containers nested more than {max_depth} levels deep")
+            count += len(x) * (2 if isinstance(x, dict) else 1)
+            if count > max_references:
+                raise StructureError(f"more than {max_references:,} references in one structure")
+            active.add(key)
+            if isinstance(x, dict):
+                for k in x:  # keys stay as they are: atoms, or tuples of them
+                    if not isinstance(k, _KEY_TYPES) or (isinstance(k, tuple) and visit(k, depth + 1) is not k):
+                        raise StructureError(f"a dict key of type {type(k).__name__}")
+                for k, v in x.items():
+                    new = visit(v, depth + 1)
+                    if new is not v:
+                        x[k] = new
+                result: Any = x
+            elif isinstance(x, list):
+                for i, v in enumerate(x):
+                    new = visit(v, depth + 1)
+                    if new is not v:
+                        x[i] = new
+                result = x
+            else:
+                items = [visit(v, depth + 1) for v in x]
+                result = x
+                if any(a is not b for a, b in zip(items, x)):
+                    if type(x) is not tuple:  # sets hold only hashable atoms; tuple subclasses are torch's own
+                        raise StructureError(f"an array inside a {type(x).__name__}")
+                    result = tuple(items)
+            active.discard(key)
+        else:
+            result = leaf(x)
+        done[key] = result
+        return result
+
+    try:
+        return visit(obj, 0)
+    finally:
+        done.clear()  # `visit` is a closure referring to itself: free what it saw now, not at the next GC
+
+
+def check_no_object_arrays(obj: Any) -> None:
+    """Refuse object arrays and unbounded structures, at any nesting level, in linear time.
+
+    Raises:
+        UnsafePickleError: an array of Python objects.
+        StructureError: too many references, too deep, or cyclic.
+    """
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, (np.ndarray, np.generic)) and x.dtype.hasobject:
+            raise UnsafePickleError(f"a numpy array of Python objects (dtype {x.dtype})")
+        return x
+
+    check_structure(obj, leaf)
+
+
+class _BoundedReader(io.RawIOBase):
+    """A file whose reads never ask for more than what is left, so a corrupt length cannot allocate gigabytes."""
+
+    def __init__(self, file: IO[bytes], size: int) -> None:
+        super().__init__()
+        self._file, self._left = file, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._file.readinto(view[: min(len(view), self._left)])
+        self._left -= n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._file.read(size)
+        self._left -= len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        line = self._file.readline(size)
+        self._left -= len(line)
+        return line
+
+
+def _load(file: IO[bytes], size: int, source: str) -> Any:
     try:
         # latin1 reads Python 2 pickles (old Caffe conversions): their str arrays' raw bytes survive intact.
-        obj = _RestrictedUnpickler(file, encoding="latin1").load()
-        check_no_object_arrays(obj)
-        return obj
+        unpickler = _RestrictedUnpickler(_BoundedReader(file, size), encoding="latin1")
+        obj = unpickler.load()
+        del unpickler  # its memo holds every bytes object; the arrays keep only their own
+        return check_structure(obj)
     except UnsafePickleError as e:
         raise WeightsError(
             f"{source}: refused to load: the pickle asks for {e}, which weight files never need (only numpy "
@@ -133,10 +380,21 @@ def _load(file: IO[bytes], source: str) -> Any:
             f"pickle, paddle.load or torch.load(weights_only=False) could run code from it; treat the file as "
             f"untrusted and get the weights from a trusted source"
         ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            OverflowError, MemoryError, UnicodeDecodeError) as e:
+    except StructureError as e:
         raise WeightsError(
-            f"{source}: not a readable weights pickle ({type(e).__name__}: {e}); the file is truncated or "
+            f"{source}: refused to load: the pickle holds {e}, which no weight file does; the file is corrupt "
+            f"or hostile, get the weights from a trusted source"
+        ) from None
+    except MemoryError:
+        raise WeightsError(
+            f"{source}: not a readable weights pickle (a length in it asks for more memory than the file could "
+            f"hold); the file is truncated or corrupt, download or copy it again"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            OverflowError, UnicodeDecodeError, RecursionError) as e:
+        message = str(e).splitlines()[0][:200] if str(e) else ""
+        raise WeightsError(
+            f"{source}: not a readable weights pickle ({type(e).__name__}: {message}); the file is truncated or "
             f"corrupt, download or copy it again"
         ) from None
 
@@ -144,14 +402,17 @@ def _load(file: IO[bytes], source: str) -> Any:
 def loads_safe_pickle(data: bytes, source: str = "<bytes>") -> Any:
     """Unpickle `data` admitting only numpy arrays, numbers, strings, bytes and plain containers.
 
+    Arrays come back read-only (views of the pickle's bytes); copy one to change it.
+
     Args:
         data: the pickle's bytes.
         source: the file name used in error messages.
 
     Raises:
-        WeightsError: the pickle asks for anything else (it may be malicious), or is truncated or corrupt.
+        WeightsError: the pickle asks for anything else (it may be malicious), is too large or deep for a
+        weight file, or is truncated or corrupt.
     """
-    return _load(io.BytesIO(data), source)
+    return _load(io.BytesIO(data), len(data), source)
 
 
 def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
@@ -159,15 +420,20 @@ def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return _load(f, str(path))
+            return _load(f, os.fstat(f.fileno()).st_size, str(path))
     except OSError as e:
         raise WeightsError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
 
 __all__ = [
     "ALLOWED_GLOBALS",
+    "MAX_DEPTH",
+    "MAX_REFERENCES",
+    "StructureError",
     "UnsafePickleError",
+    "check_dtype",
     "check_no_object_arrays",
+    "check_structure",
     "load_safe_pickle",
     "loads_safe_pickle",
 ]
