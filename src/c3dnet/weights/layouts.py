@@ -94,28 +94,46 @@ class Mapped:
     unexpected: tuple[str, ...]
 
 
-def _strip_outer_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class LayoutPlan:
+    """Where each c3dnet tensor is in a file, worked out from the key names alone.
+
+    Attributes:
+        layout: the detected layout.
+        keys: file key -> (c3dnet key, transpose it): Paddle's Linear weights are [in, out].
+        unexpected: file keys that map to no C3D parameter.
+    """
+
+    layout: Layout
+    keys: dict[str, tuple[str, bool]]
+    unexpected: tuple[str, ...]
+
+
+def _outer_prefix(keys: list[str]) -> str:
     for prefix in _OUTER_PREFIXES:
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            return {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
+        if keys and all(k.startswith(prefix) for k in keys):
+            return prefix
+    return ""
 
 
-def map_layout(source: str, tensors: dict[str, torch.Tensor]) -> Mapped:
-    """Detect the key layout of `tensors` and return them under c3dnet's names (Paddle Linears transposed).
+def plan_layout(source: str, shapes: dict[str, tuple[int, ...]]) -> LayoutPlan:
+    """Detect the key layout of a file from its key names (and tensor ranks, for Paddle's transposes).
+
+    Args:
+        source: the file name, for error messages.
+        shapes: file key -> tensor shape.
 
     Raises:
         WeightsError: no known layout has its conv1a weight in the file.
     """
-    tensors = _strip_outer_prefix(tensors)
+    outer = _outer_prefix(list(shapes))
+    names = {k[len(outer):]: k for k in shapes}
     best: tuple[int, Layout, bool] | None = None
     for layout in LAYOUTS:
         for prefixed in (False, True) if layout.backbone_prefix else (False,):
-            if layout.file_key("conv1a", "weight", prefixed) not in tensors:
+            if layout.file_key("conv1a", "weight", prefixed) not in names:
                 continue
-            hits = sum(
-                layout.file_key(m, p, prefixed) in tensors for m in MODULES for p in ("weight", "bias")
-            )
+            hits = sum(layout.file_key(m, p, prefixed) in names for m in MODULES for p in ("weight", "bias"))
             if best is None or hits > best[0]:
                 best = (hits, layout, prefixed)
     if best is None:
@@ -124,25 +142,112 @@ def map_layout(source: str, tensors: dict[str, torch.Tensor]) -> Mapped:
             f"{layout.file_key('conv1a', 'weight', False)}' ({layout.name})"
             for layout in LAYOUTS
         )
-        found = ", ".join(repr(k) for k in list(tensors)[:6])
+        found = ", ".join(repr(k) for k in list(shapes)[:6])
         raise WeightsError(
             f"{source}: unknown key layout: no C3D conv1a weight found. Expected one of {examples}; the file "
-            f"has {len(tensors)} tensors, e.g. {found}"
+            f"has {len(shapes)} tensors, e.g. {found}"
         )
     _, layout, prefixed = best
-    state, used = {}, set()
+    keys: dict[str, tuple[str, bool]] = {}
     for module in MODULES:
         for param in ("weight", "bias"):
-            key = layout.file_key(module, param, prefixed)
-            if key not in tensors:
-                continue
-            value = tensors[key]
-            if layout.linear_in_out and module in _LINEAR_MODULES and param == "weight" and value.ndim == 2:
-                value = value.t()  # Paddle's Linear weight is [in, out], PyTorch's [out, in]
-            state[f"{module}.{param}"] = value.contiguous()
-            used.add(key)
-    unexpected = tuple(k for k in tensors if k not in used)
-    return Mapped(layout, state, unexpected)
+            name = layout.file_key(module, param, prefixed)
+            if name in names:
+                file_key = names[name]
+                transpose = (layout.linear_in_out and module in _LINEAR_MODULES and param == "weight"
+                             and len(shapes[file_key]) == 2)
+                keys[file_key] = (f"{module}.{param}", transpose)
+    return LayoutPlan(layout, keys, tuple(k for k in shapes if k not in keys))
+
+
+def map_layout(source: str, tensors: dict[str, torch.Tensor], consume: bool = False,
+               dtype: torch.dtype | None = None) -> Mapped:
+    """Detect the key layout of `tensors` and return them under c3dnet's names (Paddle Linears transposed).
+
+    Args:
+        source: the file name, for error messages.
+        tensors: file key -> tensor.
+        consume: take the tensors out of `tensors` one by one, so that each original can be freed as soon as
+            its mapped (transposed, converted) version exists: the peak memory stays near one copy.
+        dtype: convert every mapped tensor to this dtype (None keeps each one's own).
+
+    Raises:
+        WeightsError: no known layout has its conv1a weight in the file.
+    """
+    plan = plan_layout(source, {k: tuple(v.shape) for k, v in tensors.items()})
+    state = {}
+    for file_key, (key, transpose) in plan.keys.items():
+        value = tensors.pop(file_key) if consume else tensors[file_key]
+        if transpose:
+            value = value.t()  # Paddle's Linear weight is [in, out], PyTorch's [out, in]
+        state[key] = value.to(dtype=dtype or value.dtype, memory_format=torch.contiguous_format)
+        del value
+    return Mapped(plan.layout, state, plan.unexpected)
+
+
+def expected_shapes(config: C3DConfig) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of `C3D(config)`, in its order, computed without building anything.
+
+    Raises:
+        ValueError: the crop is too small for five poolings.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    in_ch = config.in_channels
+    for names, width, depth in zip(CONV_NAMES, config.widths, config.temporal_depths):
+        for name in names:
+            shapes[f"{name}.weight"] = (width, in_ch, depth, 3, 3)
+            shapes[f"{name}.bias"] = (width,)
+            in_ch = width
+    pool5 = in_ch * math.prod(pool5_grid(config))
+    shapes.update({"fc6.weight": (config.fc_dim, pool5), "fc6.bias": (config.fc_dim,),
+                   "fc7.weight": (config.fc_dim, config.fc_dim), "fc7.bias": (config.fc_dim,),
+                   "head.weight": (config.num_classes, config.fc_dim), "head.bias": (config.num_classes,)})
+    return shapes
+
+
+MAX_UNBACKED_PARAMETERS = 1 << 24
+"""Most parameters a file's config may ask for beyond its own tensors (a missing classifier, say): 64 MB."""
+
+
+def check_architecture(source: str, config: C3DConfig, shapes: dict[str, tuple[int, ...]], describe: str = "",
+                       max_unbacked: int | None = MAX_UNBACKED_PARAMETERS) -> dict[str, tuple[int, ...]]:
+    """Check tensors (c3dnet keys -> shapes) against `config` before any model is built.
+
+    Every tensor must have the shape `C3D(config)` gives it, and the parameters the file does not hold (and a
+    model would allocate and initialise) are bounded by `max_unbacked`: a config of a few bytes cannot ask
+    for gigabytes. None skips that bound (for a classifier the caller asked for).
+
+    Returns:
+        The model's shapes (`expected_shapes(config)`).
+
+    Raises:
+        WeightsError: mismatched shapes (each key named with both shapes), an unusable geometry, or a config
+        much larger than the tensors in the file.
+    """
+    try:
+        expected = expected_shapes(config)
+    except ValueError as e:
+        raise WeightsError(f"{source}: the config does not describe a usable C3D ({e})") from None
+    mismatched = [
+        f"{key}: file {shape} vs model {expected[key]}"
+        for key, shape in shapes.items()
+        if key in expected and tuple(shape) != expected[key]
+    ]
+    if mismatched:
+        shown = "; ".join(mismatched[:8]) + (f"; ... ({len(mismatched) - 8} more)" if len(mismatched) > 8 else "")
+        raise WeightsError(
+            f"{source}: {len(mismatched)} tensor(s) do not fit the model{f' ({describe})' if describe else ''}: "
+            f"{shown}. The file is corrupt, or its config does not describe its weights"
+        )
+    unbacked = sum(math.prod(shape) for key, shape in expected.items() if key not in shapes)
+    if max_unbacked is not None and unbacked > max_unbacked:
+        missing = ", ".join(key for key in expected if key not in shapes)
+        raise WeightsError(
+            f"{source}: the config asks for {unbacked:,} parameters that the file does not hold ({missing}); "
+            f"at most {max_unbacked:,} are initialised from scratch. The file is incomplete, or its "
+            f"config is wrong"
+        )
+    return expected
 
 
 # Input geometry cannot be read from the weights, only the pool5 grid it leads to; try the reference
@@ -253,4 +358,17 @@ def feature_size(config: C3DConfig) -> int:
     return config.widths[-1] * math.prod(pool5_grid(config))
 
 
-__all__ = ["LAYOUTS", "Layout", "Mapped", "feature_size", "fit_geometry", "infer_config", "map_layout"]
+__all__ = [
+    "LAYOUTS",
+    "MAX_UNBACKED_PARAMETERS",
+    "Layout",
+    "LayoutPlan",
+    "Mapped",
+    "check_architecture",
+    "expected_shapes",
+    "feature_size",
+    "fit_geometry",
+    "infer_config",
+    "map_layout",
+    "plan_layout",
+]

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-from c3dnet.errors import WeightsError
+from c3dnet.errors import WeightsError, printable
 from c3dnet.log import get_logger
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights.files import read_raw
-from c3dnet.weights.layouts import fit_geometry, infer_config, map_layout
+from c3dnet.weights.layouts import check_architecture, fit_geometry, infer_config, map_layout
 from c3dnet.weights.native import NATIVE_FORMAT, parse_metadata
 
 log = get_logger(__name__)
@@ -60,13 +61,19 @@ class WeightFile:
 def read_weights(path: str | os.PathLike[str]) -> WeightFile:
     """Read a weight file of any supported format and layout into a `WeightFile` (no model is built).
 
+    Tensors come back as contiguous float32 under c3dnet's key names. The architecture (from the native
+    metadata, or inferred from the shapes) is checked against every tensor before anything else is allocated.
+
     Raises:
-        WeightsError: unreadable, unsafe, truncated, or of an unknown layout; the message names the file.
+        WeightsError: unreadable, unsafe, truncated, inconsistent, or of an unknown layout; the message names
+        the file.
     """
     path = Path(path)
     raw = read_raw(path)
-    mapped = map_layout(str(path), raw.tensors)
+    # Each original tensor is freed as soon as its float32 version exists: about one copy at any time.
+    mapped = map_layout(str(path), raw.tensors, consume=True, dtype=torch.float32)
     metadata = raw.metadata or {}
+    shapes = {k: tuple(v.shape) for k, v in mapped.state.items()}
     if metadata.get("format") == NATIVE_FORMAT:
         meta = parse_metadata(path, metadata)
         try:
@@ -76,10 +83,12 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
             )
         except (TypeError, ValueError) as e:
             raise WeightsError(f"{path}: invalid c3dnet metadata ({e}); re-save the file with save_model") from None
+        check_architecture(str(path), config, shapes, _describe(config))
         class_names, source_format, extra = meta["class_names"], meta["source_format"], meta["extra"]
     else:
         layout = mapped.layout
         config = infer_config(str(path), mapped.state, caffe=layout.caffe)
+        check_architecture(str(path), config, shapes, _describe(config))
         # Foreign files carry no preprocessing: use the format's known one, fitted to the inferred geometry.
         preprocess = Preprocess.from_dict(
             {**layout.preprocess.to_dict(), "clip_len": config.clip_len, "crop_size": config.crop_size}
@@ -126,18 +135,36 @@ def _describe(config: C3DConfig) -> str:
     )
 
 
+MAX_CLASSES = 1_000_000
+"""Largest classifier `model_from_weights` builds on request (ImageNet-21k has 21,841 classes)."""
+
+
 def model_from_weights(
-    weights: WeightFile, num_classes: int | None = None, class_names: list[str] | None = None, strict: bool = True
+    weights: WeightFile, num_classes: int | None = None, class_names: list[str] | None = None, strict: bool = True,
+    copy: bool = True,
 ) -> C3D:
-    """Build a C3D from a `WeightFile` and load its tensors (see `load_model`)."""
+    """Build a C3D from a `WeightFile` and load its tensors (see `load_model`).
+
+    Shapes are checked, and the model is built on the meta device, before any memory is allocated; the
+    parameters are then the file's tensors (copies of them with `copy`), and only layers the file lacks (a new
+    classifier) are allocated and initialised.
+
+    Args:
+        weights: what `read_weights` returned.
+        num_classes: classifier size wanted (see `load_model`).
+        class_names: names for the classes (see `load_model`).
+        strict: refuse files with missing backbone tensors.
+        copy: copy the tensors (the default). False makes the model's parameters the `WeightFile`'s own tensors,
+            so loading costs no second copy; do not use `weights` afterwards.
+    """
     config, names = weights.config, weights.class_names
     if class_names is not None and num_classes is None:
         num_classes = len(class_names)
     if class_names is not None and len(class_names) != num_classes:
         raise WeightsError(f"{len(class_names)} class names given for num_classes={num_classes}")
     state = dict(weights.state)
-    if num_classes is not None and num_classes < 1:
-        raise WeightsError(f"num_classes must be >= 1, got {num_classes}")
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise WeightsError(f"num_classes must be from 1 to {MAX_CLASSES:,}, got {num_classes}")
     reset_head = num_classes is not None and (num_classes != config.num_classes or not weights.has_head)
     if num_classes is not None and num_classes != config.num_classes:
         if weights.has_head:
@@ -152,18 +179,9 @@ def model_from_weights(
         state.pop("head.weight", None)
         state.pop("head.bias", None)
 
-    model = C3D(config, preprocess=weights.preprocess, class_names=names)
-    expected = model.state_dict()
-    mismatched = [
-        f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
-        for key, value in state.items()
-        if key in expected and tuple(value.shape) != tuple(expected[key].shape)
-    ]
-    if mismatched:
-        raise WeightsError(
-            f"{weights.path}: {len(mismatched)} tensor(s) do not fit the model ({_describe(config)}):\n  "
-            + "\n  ".join(mismatched)
-        )
+    # The file's own config was bounded by read_weights; what is added here (a classifier) the caller asked for.
+    expected = check_architecture(str(weights.path), config, {k: tuple(v.shape) for k, v in state.items()},
+                                  _describe(config), max_unbacked=None)
     missing = [k for k in expected if k not in state]
     missing_backbone = [k for k in missing if not k.startswith("head.")]
     if missing_backbone and strict:
@@ -171,8 +189,7 @@ def model_from_weights(
             f"{weights.path}: missing backbone weights {missing_backbone}; the file is incomplete or not a C3D "
             f"checkpoint (pass strict=False to keep those layers randomly initialised)"
         )
-    with torch.no_grad():
-        model.load_state_dict(state, strict=False)
+    model = _assemble(config, weights.preprocess, names, {k: v for k, v in state.items() if k in expected}, copy)
     loaded = sum(state[k].numel() for k in state if k in expected)
     log.info(
         "%s: loaded %d tensors (%s parameters) from %s weights", weights.path, len(state), f"{loaded:,}",
@@ -182,9 +199,44 @@ def model_from_weights(
         level = log.warning if missing_backbone or not reset_head else log.info
         level("%s: missing (randomly initialised): %s", weights.path, ", ".join(missing))
     if weights.unexpected:
-        log.warning("%s: unexpected keys (ignored): %s", weights.path, ", ".join(weights.unexpected))
+        log.warning("%s: unexpected keys (ignored): %s", weights.path,
+                    ", ".join(printable(k) for k in weights.unexpected[:20])
+                    + (f", ... ({len(weights.unexpected) - 20} more)" if len(weights.unexpected) > 20 else ""))
     model.source_format = weights.source_format  # recorded again by save_model
     return model.eval()
+
+
+class _SkipInitialisers(TorchFunctionMode):
+    """Inside, `torch.nn.init` functions and `Tensor.normal_` leave their tensor as it is.
+
+    For building a C3D skeleton on the meta device: its weights come from the file, and initialising meta
+    tensors is not free (meta `normal_` imports torch._dynamo and sympy: 70 MB and a second).
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.Tensor.normal_ or getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def _assemble(config: C3DConfig, preprocess: Preprocess, class_names: list[str] | None,
+              state: dict[str, torch.Tensor], copy: bool) -> C3D:
+    """A C3D whose parameters are `state`'s tensors; layers missing from `state` are initialised as C3D does."""
+    with torch.device("meta"), _SkipInitialisers():  # shapes only: nothing is allocated or initialised twice
+        model = C3D(config, preprocess=preprocess, class_names=class_names)
+    params = {k: (v.detach().clone() if copy else v.detach()).to(torch.float32) for k, v in state.items()}
+    model.load_state_dict(params, strict=False, assign=True)
+    del params
+    if model.head.weight.is_meta:  # a new classifier, initialised by C3D itself
+        model.head = torch.nn.Linear(config.fc_dim, config.num_classes)
+        model.reset_classifier(config.num_classes, class_names)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)) and module.weight.is_meta:
+            module.to_empty(device="cpu")  # strict=False and a missing backbone layer: C3D's own init
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(module.bias)
+    return model
 
 
 def load_model(path: str | os.PathLike[str], num_classes: int | None = None, class_names: list[str] | None = None,
@@ -226,7 +278,7 @@ def load_model(path: str | os.PathLike[str], num_classes: int | None = None, cla
             "%s: the file has no classifier; using a randomly initialised %d-class one (pass num_classes)",
             weights.path, weights.config.num_classes,
         )
-    return model_from_weights(weights, num_classes=num_classes, class_names=class_names, strict=strict)
+    return model_from_weights(weights, num_classes=num_classes, class_names=class_names, strict=strict, copy=False)
 
 
 __all__ = ["WeightFile", "load_model", "model_from_weights", "read_weights", "with_geometry_preprocess", "with_pool5"]
