@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -52,12 +53,32 @@ def read_class_names(spec: str) -> list[str]:
     return names
 
 
+def check_distinct(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Refuse a DST that is SRC itself (same path, a symlink to it, or a hard link): it would be overwritten."""
+    from c3dnet.errors import ConfigError
+
+    src, dst = Path(src), Path(dst)
+    same = src.resolve() == dst.resolve()
+    if not same and src.exists() and dst.exists():
+        try:
+            same = os.path.samefile(src, dst)
+        except OSError:
+            same = False
+    if same:
+        suggestion = src.with_name(f"{src.stem}{'_c3dnet' if src.suffix == '.safetensors' else ''}.safetensors")
+        raise ConfigError(
+            f"{dst}: is the source file {src}; converting in place would overwrite the original weights. Write to "
+            f"another file, e.g. `c3d convert {src} {suggestion}`"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    from c3dnet.errors import WeightsError
+    from c3dnet.errors import WeightsError, printable
     from c3dnet.model import count_parameters
     from c3dnet.preprocess import CAFFE_PREPROCESS, SEED_PREPROCESS
     from c3dnet.weights import model_from_weights, read_weights, save_model, with_geometry_preprocess, with_pool5
 
+    check_distinct(args.src, args.dst)
     class_names = read_class_names(args.class_names) if args.class_names else None
     weights = read_weights(args.src)
     if class_names is not None and args.num_classes is None and weights.has_head \
@@ -70,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
         weights = with_pool5(weights, args.pool5)
     if args.preprocess:
         weights = with_geometry_preprocess(weights, CAFFE_PREPROCESS if args.preprocess == "caffe" else SEED_PREPROCESS)
-    model = model_from_weights(weights, num_classes=args.num_classes, class_names=class_names)
     extra = {**weights.extra, "converted_from": Path(args.src).name}
+    model = model_from_weights(weights, num_classes=args.num_classes, class_names=class_names, copy=False)
     save_model(model, args.dst, extra=extra)
     c = model.config
-    names = f", names {', '.join(model.class_names[:3])}..." if model.class_names else ""
+    names = f", names {', '.join(printable(n) for n in model.class_names[:3])}..." if model.class_names else ""
     print(
         f"wrote {args.dst}: {weights.source_format} -> c3dnet, {count_parameters(model):,} parameters, "
         f"{c.num_classes} classes{names}, input {c.clip_len}x{c.crop_size}x{c.crop_size}, pool5 {c.pool5}, "
