@@ -284,7 +284,7 @@ def test_queued_batches_ring_slots_and_a_video_failing_midway(tmp_path, monkeypa
     fails after one clip: every other video's rows are right, and every slot is free at the end."""
     import importlib
 
-    module = importlib.import_module("c3dnet.features.extract")
+    module = importlib.import_module("c3dnet.features.decoders")
     paths = [_video(tmp_path / f"v{i}.avi", 14 + 5 * i, seed=i) for i in range(5)]
     real = module.clip_frames
 
@@ -295,15 +295,15 @@ def test_queued_batches_ring_slots_and_a_video_failing_midway(tmp_path, monkeypa
             yield item
 
     free_at_end = []
-    close = module._Rings.close
+    close = module.Rings.close
 
     def checked_close(rings):
         free_at_end.append([s.get_value() for s in rings.free])
         close(rings)
 
     monkeypatch.setattr(module, "clip_frames", failing)
-    monkeypatch.setattr(module, "_RING_SLOTS", 3)
-    monkeypatch.setattr(module._Rings, "close", checked_close)
+    monkeypatch.setattr(module, "RING_SLOTS", 3)
+    monkeypatch.setattr(module.Rings, "close", checked_close)
     model = _model()
     runner = _Queued(ClipRunner(model, "fc6"))
 
@@ -345,13 +345,13 @@ def test_extraction_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch):
 
 
 def test_leftovers_are_found_by_exact_key(tmp_path):
-    from c3dnet.features.extract import _leftovers
+    from c3dnet.features import OutputDir
 
     names = [".a.c3dpart-123-x1.npy.tmp", ".a.npy.abc.tmp", ".a.npy.b.c3dpart-9-y.npy.tmp", ".v[1].npy.zz.tmp",
              ".other.npy.q.tmp", "a.npy", ".a.npy"]
     for name in names:
         (tmp_path / name).write_bytes(b"")
-    found = _leftovers(tmp_path, {"a", "a.npy.b", "v[1]"})
+    found = OutputDir(tmp_path).leftovers({"a", "a.npy.b", "v[1]"})
     assert sorted(found["a"]) == [".a.c3dpart-123-x1.npy.tmp", ".a.npy.abc.tmp"]
     assert found["a.npy.b"] == [".a.npy.b.c3dpart-9-y.npy.tmp"] and found["v[1]"] == [".v[1].npy.zz.tmp"]
     assert "other" not in found
@@ -361,7 +361,7 @@ def test_a_full_disk_while_writing_stops_extraction_and_loses_nothing(tmp_path, 
     import errno
     import importlib
 
-    extract_module = importlib.import_module("c3dnet.features.extract")  # the module, not the function
+    extract_module = importlib.import_module("c3dnet.features.writers")  # where finished videos are published
 
     paths = [_video(tmp_path / f"v{i}.avi", 10, seed=i) for i in range(5)]
     records = [VideoRecord(p, -1) for p in paths]

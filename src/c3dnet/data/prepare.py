@@ -30,7 +30,7 @@ from c3dnet.data.decode import FRAME_TEMPLATE, iter_frames, video_info
 from c3dnet.data.resize import rescale_size, resize_frames
 from c3dnet.data.sources import SkippedItem, Source, available_splits, load_source
 from c3dnet.errors import DataError
-from c3dnet.fileio import atomic_write_text
+from c3dnet.fileio import atomic_write_text, pid_alive
 from c3dnet.log import get_logger
 
 log = get_logger(__name__)
@@ -227,20 +227,9 @@ def _remove_stale_partials(dst: Path) -> None:
     host = socket.gethostname()
     for p in dst.parent.glob(f".{dst.name}{PARTIAL}*"):
         owner_host, _, pid = p.name.rsplit(PARTIAL, 1)[1].rpartition("-")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+        # our own pid: a leftover of an earlier call in this process
+        if owner_host == host and pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftover from an earlier call in this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_failed(out: Path, failed: list[SkippedItem]) -> None:

@@ -21,16 +21,22 @@ Example:
     >>> runner = ClipRunner(model, "fc6", device)                                        # doctest: +SKIP
     >>> summary = extract(records, runner, "feats/", ExtractOptions(video_mean=True, l2=True))  # doctest: +SKIP
 
-Modules: `clips` (videos -> sliding clips: `stream_clips`), `manifest` (the output folder's layout and manifest
-entries), `locks` (per-video lock files), `extract` (the resumable, concurrent extraction). The model runs in
-`c3dnet.engine.runner.ClipRunner` (re-exported here), as for testing and prediction.
+Modules, by role:
+- `clips`: a video -> its sliding clips, decoded once in bounded memory (`stream_clips`);
+- `options`: what an extraction computes (`ExtractOptions`) and what it did (`ExtractSummary`);
+- `manifest`: the manifest entries and the merged manifest; `output`: the output folder (`OutputDir`: what is
+  done, temporaries, failures, locks); `locks`: per-video lock files;
+- `decoders`: the decoder processes and their messages; `batcher`: clips of many videos -> fixed-size batches
+  -> rows; `writers`: a video's rows and the threads that write finished videos;
+- `extract`: `extract()` itself: plan, dispatch, clean-up.
+The model runs in `c3dnet.engine.runner.ClipRunner` (re-exported here), as for testing and prediction.
 """
 
 from __future__ import annotations
 
 from c3dnet.engine.runner import OUTPUTS, ClipRunner, PendingRows  # re-exported: the runner extraction uses
 from c3dnet.features.clips import clip_frames, clip_starts, stream_clips
-from c3dnet.features.extract import ExtractOptions, ExtractSummary, extract
+from c3dnet.features.extract import extract
 from c3dnet.features.locks import VideoLock
 from c3dnet.features.manifest import (
     FAILED,
@@ -44,6 +50,8 @@ from c3dnet.features.manifest import (
     read_manifest,
     write_merged_manifest,
 )
+from c3dnet.features.options import ExtractOptions, ExtractSummary
+from c3dnet.features.output import OutputDir
 
 __all__ = [
     "FAILED",
@@ -56,6 +64,7 @@ __all__ = [
     "ExtractOptions",
     "ExtractSummary",
     "ManifestEntry",
+    "OutputDir",
     "PendingRows",
     "VideoLock",
     "clip_frames",

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from c3dnet.features.manifest import LOCKS_DIR, _is_done
+from c3dnet.fileio import pid_alive
 from c3dnet.log import get_logger
 
 log = get_logger(__name__)
@@ -47,7 +47,7 @@ class VideoLock:
             owner = self.path.read_text().strip()
         except FileNotFoundError:
             return True  # released meanwhile: try again
-        if not _is_dead(owner):
+        if not owner_is_dead(owner):
             return False
         # Rename (atomic) rather than unlink, and check that what we took is the dead owner's lock: a
         # process that reclaimed it first and wrote its own must keep it.
@@ -73,8 +73,8 @@ class VideoLock:
             self.held = False
 
 
-def _is_dead(owner: str) -> bool:
-    """True when the lock's owner "pid host" is a process on this host that no longer runs."""
+def owner_is_dead(owner: str) -> bool:
+    """True when a lock's owner "pid host" is a process on this host that no longer runs (or the file is torn)."""
     try:
         pid_text, host = owner.split(maxsplit=1)
         pid = int(pid_text)
@@ -82,29 +82,4 @@ def _is_dead(owner: str) -> bool:
         return True  # an empty or torn lock file: its writer died between create and write
     if host != socket.gethostname():
         return False  # cannot check another machine's processes
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _release_own_locks(out_dir: Path) -> None:
-    """Every lock in OUT/.locks taken for this process (by it or by its decoder processes)."""
-    token = VideoLock(out_dir).token
-    for path in (out_dir / LOCKS_DIR).glob("*.lock"):
-        with contextlib.suppress(FileNotFoundError):
-            if path.read_text().strip() == token:
-                path.unlink()
-
-
-def _clear_stale_locks(out_dir: Path) -> None:
-    """Locks of finished videos whose owner died between writing the outputs and releasing the lock."""
-    for path in (out_dir / LOCKS_DIR).glob("*.lock"):
-        if _is_done(out_dir, path.stem):
-            lock = VideoLock(path)
-            if lock.acquire():
-                lock.release()
-
+    return not pid_alive(pid)

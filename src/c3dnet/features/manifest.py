@@ -64,11 +64,12 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[ManifestEntry]:
     parts = sorted((out_dir / PARTS_DIR).glob("*.json"))
     if not parts and (out_dir / MANIFEST).is_file():  # a folder copied without its hidden parts
         lines = (out_dir / MANIFEST).read_text(encoding="utf-8").splitlines()
-        return [_parse_entry(line, f"{out_dir / MANIFEST}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
-    return [_parse_entry(p.read_text(encoding="utf-8"), str(p)) for p in parts]
+        return [parse_entry(line, f"{out_dir / MANIFEST}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+    return [parse_entry(p.read_text(encoding="utf-8"), str(p)) for p in parts]
 
 
-def _parse_entry(text: str, where: str) -> ManifestEntry:
+def parse_entry(text: str, where: str) -> ManifestEntry:
+    """A manifest entry from its JSON text; `DataError` naming `where` (file, or file:line) if it is not one."""
     try:
         return ManifestEntry.from_dict(json.loads(text))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -87,10 +88,6 @@ def output_keys(records: list[VideoRecord]) -> list[str]:
         counts[s] = counts.get(s, 0) + 1
     return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(str(r.path.resolve()).encode()).hexdigest()[:8]}"
             for s, r in zip(stems, records)]
-
-
-def _is_done(out_dir: Path, key: str) -> bool:
-    return (out_dir / PARTS_DIR / f"{key}.json").is_file() and (out_dir / f"{key}.npy").is_file()
 
 
 def write_merged_manifest(out_dir: str | os.PathLike[str]) -> int:

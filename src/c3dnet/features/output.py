@@ -1,0 +1,130 @@
+"""One extraction's output folder: which videos are done, their temporaries, their locks, failures, the manifest.
+
+Several processes (or torchrun ranks, or hosts on a shared disk) may extract into one folder. A video is done
+when both its `.npy` and its `.parts/<key>.json` exist: the `.npy` is renamed into place complete, and the part is
+written after it. Locks (`VideoLock`) keep two processes from working on one video; a process that died leaves
+its lock and temporaries behind, and whoever locks that video next removes them.
+
+Example:
+    >>> out = OutputDir("feats")                                   # doctest: +SKIP
+    >>> out.is_done("v_Drumming_g01_c01")                          # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from c3dnet.errors import DataError
+from c3dnet.features.locks import VideoLock
+from c3dnet.features.manifest import (
+    LOCKS_DIR,
+    PARTS_DIR,
+    TMP_TAG,
+    ManifestEntry,
+    parse_entry,
+    write_merged_manifest,
+)
+from c3dnet.fileio import atomic_write_text
+
+
+class OutputDir:
+    """The files of an extraction folder, by video key (`features.output_keys`)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def create(self) -> OutputDir:
+        (self.path / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        return self
+
+    def npy(self, key: str) -> Path:
+        return self.path / f"{key}.npy"
+
+    def part(self, key: str) -> Path:
+        return self.path / PARTS_DIR / f"{key}.json"
+
+    def is_done(self, key: str) -> bool:
+        return self.part(key).is_file() and self.npy(key).is_file()
+
+    def check_same_settings(self, key: str, wanted: dict[str, Any]) -> None:
+        """`DataError` when the finished video `key` was extracted with other `wanted` settings."""
+        part = self.part(key)
+        entry = parse_entry(part.read_text(encoding="utf-8"), str(part)).to_dict()
+        differ = {k: (entry[k], v) for k, v in wanted.items() if entry[k] != v}
+        if differ:
+            what = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in differ.items())
+            raise DataError(f"{part}: {self.path} already holds features extracted with other settings ({what}); "
+                            "use another --out folder, or the same settings to resume")
+
+    def write_part(self, entry: ManifestEntry) -> None:
+        """The mark of done (after the `.npy`); clears an earlier failure of the same video."""
+        atomic_write_text(self.part(entry.key), json.dumps(entry.to_dict()) + "\n")
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / PARTS_DIR / f"{entry.key}.failed").unlink()
+
+    def write_failed(self, key: str, video: str, error: str) -> None:
+        atomic_write_text(self.path / PARTS_DIR / f"{key}.failed", json.dumps({"video": video, "error": error}) + "\n")
+
+    def leftovers(self, keys: set[str]) -> dict[str, list[str]]:
+        """Temporary files of the videos `keys` (`.<key>.c3dpart-<pid>-*.npy.tmp`, `.<key>.npy.*.tmp`), by key.
+
+        Listed once for a whole run: a search per video would read the whole folder each time, which grows
+        quadratically with the number of videos. Each is removed only by the process that then locks its video.
+        """
+        found: dict[str, list[str]] = {}
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                name = entry.name
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                candidates = []  # every key the name could start with; the longest is the most specific
+                for marker in (f".{TMP_TAG}", ".npy."):
+                    cut = name.find(marker, 1)
+                    while cut > 1:
+                        if name[1:cut] in keys:
+                            candidates.append(name[1:cut])
+                        cut = name.find(marker, cut + 1)
+                if candidates:
+                    found.setdefault(max(candidates, key=len), []).append(name)
+        return found
+
+    def remove(self, names: list[str]) -> None:
+        """Temporary files of a process that died on a video (only its lock holder writes them)."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+
+    def lock(self, key: str, owner_pid: int | None = None) -> VideoLock:
+        """The (not yet acquired) lock of video `key`, taken for `owner_pid` (default this process)."""
+        return VideoLock(self.path / LOCKS_DIR / f"{key}.lock", owner_pid=owner_pid)
+
+    def held_lock(self, key: str) -> VideoLock:
+        """This process's view of a lock that one of its decoder processes took for it."""
+        lock = self.lock(key)
+        lock.held = True
+        return lock
+
+    def release_own_locks(self) -> None:
+        """Every lock taken for this process (by it or by its decoder processes)."""
+        token = self.lock("").token
+        for path in (self.path / LOCKS_DIR).glob("*.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_text().strip() == token:
+                    path.unlink()
+
+    def clear_stale_locks(self) -> None:
+        """Locks of finished videos whose owner died between writing the outputs and releasing the lock."""
+        for path in (self.path / LOCKS_DIR).glob("*.lock"):
+            if self.is_done(path.stem):
+                lock = VideoLock(path)
+                if lock.acquire():
+                    lock.release()
+
+    def merge_manifest(self) -> int:
+        """(Re)write `manifest.jsonl` and `failed.txt` from the per-video parts; returns the entry count."""
+        return write_merged_manifest(self.path)
