@@ -46,10 +46,10 @@ def test_keyframes_and_segments(index_video, monkeypatch):
     assert index.keyframes.tolist() == list(range(0, N, 12))  # GOP 12 in both test videos
     assert index.keyframes[index.keyframe_before(30)] == 24 and index.keyframe_before(0) == 0
     monkeypatch.setattr(decode, "SEEK_MIN_GAP", 16)
-    runs = decode._segments(index, np.array([5, 6, 100, 101, 112, 140]))
+    runs = decode.plan_reads(index, np.array([5, 6, 100, 101, 112, 140]))
     # frame 5: read on from the start; 100: seek to 96 (skips > 16 frames); 112 is 11 frames on: read on; 140: seek
     assert [(k, r.tolist()) for k, r in runs] == [(None, [5, 6]), (96, [100, 101, 112]), (132, [140])]
-    assert [(k, r.tolist()) for k, r in decode._segments(index, np.array([40, 41]))] == [(36, [40, 41])]
+    assert [(k, r.tolist()) for k, r in decode.plan_reads(index, np.array([40, 41]))] == [(36, [40, 41])]
 
 
 def test_seeks_are_taken_and_verified(index_video, monkeypatch, caplog):
@@ -205,7 +205,7 @@ def test_opencv_and_pil_decode_frame_folders_alike(tmp_path):
         (image.convert("L") if i == 3 else image).save(folder / f"img_{i + 1:05d}.jpg", quality=90)
     for i in range(6):
         file = folder / f"img_{i + 1:05d}.jpg"
-        np.testing.assert_array_equal(folders._read_jpeg_opencv(file), folders._read_image_pil(file, i, folder))
+        np.testing.assert_array_equal(folders.read_jpeg_opencv(file), folders.read_image_pil(file, i, folder))
     (folder / "img_00002.jpg").write_bytes((folder / "img_00002.jpg").read_bytes()[:-300])  # truncated
     with pytest.raises(DataError, match=r"img_00002\.jpg: cannot decode"):
         read_frames(folder, np.array([1]))  # OpenCV would only warn: PIL takes it, and refuses it

@@ -6,10 +6,8 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from c3dnet.features import ClipRunner, ExtractOptions, extract
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import save_model
+from tests import killpoint
 from tests.conftest import tiny_config
 
 PRE = Preprocess(clip_len=8, crop_size=32, short_side=36)
@@ -111,15 +110,12 @@ def test_sigkilled_extraction_resumes_to_identical_outputs(tmp_path, weights):
     out = tmp_path / "out"
     args = ["extract", "--weights", w, "--out", out, "--stride", "2", "--batch-size", "4", "--workers", "1",
             "--no-progress", tmp_path / "videos"]
-    proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list((out / ".parts").glob("*.json"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # Killed right after its second video is marked done: the writers stop there, so nothing races the kill.
+    marker = tmp_path / "killed.marker"
+    proc = killpoint.start(args, "c3dnet.features.output:OutputDir.write_part", "calls == 2", marker, _env())
+    killpoint.kill_at_marker(proc, marker, timeout=120)
     done = len(list((out / ".parts").glob("*.json")))
-    assert 2 <= done < 8, "the run finished before it could be killed: make the test videos longer"
+    assert done == 2
     assert list((out / ".locks").glob("*.lock")), "a killed run leaves its lock behind"
     rerun = subprocess.run(_cli(*args), env=_env(), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr

@@ -88,8 +88,8 @@ def test_caffe_pool5_windows_differ_from_padded() -> None:
     x = torch.randn(1, 4, 2, 7, 7)
     caffe = C3D(tiny_config(pool5="caffe", clip_len=16))
     padded = C3D(tiny_config(pool5="padded", clip_len=16))
-    got_caffe = caffe._pool(x, 4)[0, :, 0]
-    got_padded = padded._pool(x, 4)[0, :, 0]
+    got_caffe = caffe.pool(x, 4)[0, :, 0]
+    got_padded = padded.pool(x, 4)[0, :, 0]
     # Caffe (ceil mode): [0,1] [2,3] [4,5] [6]; padded ports: [-1,0] [1,2] [3,4] [5,6].
     torch.testing.assert_close(got_caffe, _pool5_by_hand(x[0], [(0, 1), (2, 3), (4, 5), (6, 6)]))
     torch.testing.assert_close(got_padded, _pool5_by_hand(x[0], [(-1, 0), (1, 2), (3, 4), (5, 6)]))

@@ -227,7 +227,8 @@ class C3D(nn.Module):
                 f"got {tuple(x.shape)}; check the clip length, crop size and channel-first layout"
             )
 
-    def _pool(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+    def pool(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The max pooling after conv stage `stage` (0-4), with this config's windows (Caffe's ceil mode or padded)."""
         p = self._pools[stage]
         return F.max_pool3d(x, p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
 
@@ -237,7 +238,7 @@ class C3D(nn.Module):
         for stage, names in enumerate(CONV_NAMES):
             for name in names:
                 x = F.relu(getattr(self, name)(x))
-            x = self._pool(x, stage)
+            x = self.pool(x, stage)
         return x.flatten(1)  # (N, C5 * T5 * H5 * W5), 8192 in the reference
 
     def forward_features(self, x: torch.Tensor, layer: FeatureLayer = "fc7") -> torch.Tensor:

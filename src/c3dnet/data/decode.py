@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
 
 __all__ = ["FRAME_START", "FRAME_TEMPLATE", "SEEK_MIN_GAP", "ArrayVideo", "VideoInfo", "count_frames", "iter_frames",
-           "read_frames", "set_decode_threads", "video_info"]
+           "plan_reads", "read_frames", "set_decode_threads", "video_info"]
 
 log = get_logger(__name__)
 
@@ -296,7 +296,7 @@ def _read_video(path: Path, indices: np.ndarray, size_hw: tuple[int, int] | None
         return np.stack([got[int(i)] for i in indices])
 
 
-def _segments(index: VideoIndex, wanted: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
+def plan_reads(index: VideoIndex, wanted: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
     """Split sorted `wanted` into runs decoded in one go: (keyframe to seek to, or None to decode from the start).
 
     A run begins with a seek when the keyframe before its first frame lies more than SEEK_MIN_GAP frames past
@@ -322,7 +322,7 @@ def _decode_wanted(
     """(frame number, RGB array) for frames in sorted `wanted`; a missed seek falls back to the start."""
     done: set[int] = set()
     try:
-        for i, frame in _decode_segments(path, index, _segments(index, wanted), convert):
+        for i, frame in _decode_segments(path, index, plan_reads(index, wanted), convert):
             done.add(i)
             yield i, frame
         return

@@ -69,7 +69,7 @@ def _image_size(file: Path) -> tuple[int, int]:
 _JPEG_END = b"\xff\xd9"
 
 
-def _read_jpeg_opencv(file: Path) -> np.ndarray | None:
+def read_jpeg_opencv(file: Path) -> np.ndarray | None:
     """An RGB frame decoded by OpenCV as the seed does, or None (not a complete JPEG, or unreadable) for PIL."""
     cv2 = opencv()
     if file.suffix.lower() not in (".jpg", ".jpeg"):
@@ -84,7 +84,7 @@ def _read_jpeg_opencv(file: Path) -> np.ndarray | None:
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _read_image_pil(file: Path, i: int, folder: Path) -> np.ndarray:
+def read_image_pil(file: Path, i: int, folder: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -105,9 +105,9 @@ def read_folder(path: Path, indices: np.ndarray, size_hw: tuple[int, int] | None
     loaded: dict[int, np.ndarray] = {}
     for i in np.unique(indices).tolist():
         file = path / template.format(i + start_index)
-        frame = _read_jpeg_opencv(file)
+        frame = read_jpeg_opencv(file)
         if frame is None:
-            frame = _read_image_pil(file, i, path)
+            frame = read_image_pil(file, i, path)
         if size_hw is not None:
             frame = resize_image(frame, size_hw)
         loaded[i] = frame
