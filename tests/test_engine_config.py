@@ -123,3 +123,14 @@ def test_edge_values_are_accepted() -> None:
     assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.train.seed) == (0.0, 0.0, 2**63 - 1)
     assert TrainConfig().with_overrides(["preprocess.resize_hw=[112, 112]"]).preprocess_record().resize_hw == (112, 112)
     assert TrainConfig().with_overrides(["train.seed=0"]).train.seed == 0
+
+
+def test_section_defaults_are_the_dataclasses_defaults():
+    """A default lives in one place: the config sections' come from C3DConfig and Preprocess."""
+    from c3dnet.model import TEMPORAL_DEPTHS, C3DConfig
+    from c3dnet.preprocess import Preprocess
+
+    cfg = TrainConfig()
+    model = cfg.model_config(101)
+    assert model == C3DConfig() and TEMPORAL_DEPTHS[cfg.model.variant] == C3DConfig().temporal_depths
+    assert cfg.preprocess_record() == Preprocess()

@@ -29,30 +29,32 @@ from c3dnet.errors import ConfigError
 from c3dnet.model import TEMPORAL_DEPTHS, C3DConfig
 from c3dnet.preprocess import Preprocess
 
+_MODEL, _PRE = C3DConfig(), Preprocess()  # each default lives in its dataclass; the sections take them from there
+
 
 @dataclass
 class ModelSection:
     """Architecture (see `C3DConfig`); `variant` names the temporal depths: d1, d3, d5, d7, increasing, ..."""
 
     variant: str = "d3"
-    width_mult: float = 1.0
-    fc_dim: int = 4096
-    clip_len: int = 16
-    crop_size: int = 112
-    pool5: Literal["padded", "caffe"] = "padded"
-    dropout: float = 0.5
+    width_mult: float = _MODEL.width_mult
+    fc_dim: int = _MODEL.fc_dim
+    clip_len: int = _MODEL.clip_len
+    crop_size: int = _MODEL.crop_size
+    pool5: Literal["padded", "caffe"] = _MODEL.pool5
+    dropout: float = _MODEL.dropout
 
 
 @dataclass
 class PreprocessSection:
     """Frame preprocessing (see `Preprocess`); clip length and crop come from the model section."""
 
-    mean: list[float] = field(default_factory=lambda: [104.0, 117.0, 128.0])
-    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    channel_order: Literal["RGB", "BGR"] = "RGB"
-    short_side: int = 128
+    mean: list[float] = field(default_factory=lambda: list(_PRE.mean))
+    std: list[float] = field(default_factory=lambda: list(_PRE.std))
+    channel_order: Literal["RGB", "BGR"] = _PRE.channel_order
+    short_side: int = _PRE.short_side
     resize_hw: list[int] | None = None
-    frame_interval: int = 1
+    frame_interval: int = _PRE.frame_interval
 
 
 @dataclass
