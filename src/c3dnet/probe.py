@@ -167,14 +167,13 @@ class LabelledVideo:
 
 def read_label_list(path: str | os.PathLike[str]) -> list[LabelledVideo]:
     """Lines `<video path or name> <label>` (extra fields between are ignored, `#` comments skipped)."""
+    from c3dnet.data.sources import text_lines
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label list not found; give lines '<video> <label>'")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in text_lines(path):
         fields = line.split()
         if len(fields) < 2:
             raise DataError(f"{path}:{n}: expected '<video> <label>', got {line!r}")

@@ -173,7 +173,7 @@ def load_video_list(paths: list[str | Path]) -> list[VideoRecord]:
         if p.is_dir():
             records.extend(_videos_under(p))
         elif p.suffix.lower() == ".txt":
-            for lineno, line in _lines(p):
+            for lineno, line in text_lines(p):
                 target = _resolve(p.parent, line.split()[0])
                 if not target.exists():
                     raise DataError(f"{p}:{lineno}: {target} does not exist; fix the path in the list")
@@ -188,7 +188,7 @@ def load_video_list(paths: list[str | Path]) -> list[VideoRecord]:
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
+def text_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-empty, non-comment lines of a text file."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -236,7 +236,7 @@ def _parse_int(text: str) -> int | None:
 
 def _read_class_names(path: Path) -> list[str]:
     """`classes.txt` (one name per line) or `classInd.txt` ("1 Name" per line, numbered from 1)."""
-    lines = _lines(path)
+    lines = text_lines(path)
     if not lines:
         raise DataError(f"{path}: empty class list; it needs one class per line")
     numbered = all(len(s.split()) == 2 and _parse_int(s.split()[0]) is not None for _, s in lines)
@@ -336,7 +336,7 @@ def _parse_list(path: Path, root: Path, classes: list[str] | None, problems: _Pr
     """mmaction2-style lines: `frame_dir total_frames label` or `video_path label` (one form per file)."""
     records = []
     form = None
-    for lineno, line in _lines(path):
+    for lineno, line in text_lines(path):
         where = f"{path}:{lineno}"
         parts = line.split()
         if len(parts) not in (2, 3):
@@ -393,7 +393,7 @@ def _load_ucf(data: Path, splits: Path, subset: str, split: int, problems: _Prob
         raise DataError(f"{splits}: no {subset}list{split:02d}.txt; UCF-101 has splits 1-3: pick another --split "
                         "or restore the official split files")
     records = []
-    for lineno, line in _lines(list_file):
+    for lineno, line in text_lines(list_file):
         where = f"{list_file}:{lineno}"
         parts = line.split()
         rel = parts[0].replace("\\", "/")
@@ -431,7 +431,7 @@ def _load_hmdb(data: Path, splits: Path, subset: str, split: int, problems: _Pro
     wanted = 1 if subset == "train" else 2
     records = []
     for label, (cls, list_file) in enumerate(zip(classes, files, strict=True)):
-        for lineno, line in _lines(list_file):
+        for lineno, line in text_lines(list_file):
             where = f"{list_file}:{lineno}"
             parts = line.split()
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
