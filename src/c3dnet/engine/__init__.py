@@ -1,4 +1,7 @@
-"""Training and testing: typed configs, the training loop, multi-clip evaluation and metrics.
+"""Training and testing: typed configs, the training loop, the inference core, multi-clip evaluation.
+
+`runner.ClipRunner` runs every model (test, validation, predict, extract); `evaluate` aggregates clip scores per
+video; `testing.test_weights` is the 10-clip test; `train.train` the training loop (`train_one_epoch`).
 
 Example:
     >>> from c3dnet.engine import load_config, train, test_weights          # doctest: +SKIP
