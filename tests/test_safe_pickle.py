@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import time
+import tracemalloc
 from collections import OrderedDict
 from pathlib import Path
 
@@ -250,3 +251,34 @@ def test_lengths_beyond_the_file_are_refused_fast(tmp_path: Path) -> None:
         with pytest.raises(WeightsError, match=f"{name}.pdparams: not a readable weights pickle"):
             load_safe_pickle(path)
         assert time.perf_counter() - start < 1.0
+
+
+def test_memo_indices_cannot_allocate() -> None:
+    # LONG_BINPUT 2**27: the C unpickler would grow its memo array to 2**28 entries (2 GB, zeroed) for 10 bytes.
+    raw = b"\x80\x02Nr" + (1 << 27).to_bytes(4, "little") + b"j" + (1 << 27).to_bytes(4, "little") + b"\x86."
+    tracemalloc.start()
+    try:
+        assert loads_safe_pickle(raw, "memo.pickle") == (None, None)
+        assert tracemalloc.get_traced_memory()[1] < 10 * 2**20
+    finally:
+        tracemalloc.stop()
+    with pytest.raises(WeightsError, match="memo.pickle: not a readable.*Memo value not found"):
+        loads_safe_pickle(b"\x80\x02j" + (1 << 27).to_bytes(4, "little") + b".", "memo.pickle")
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        (b"(K\x03X\x01\x00\x00\x00<(K\x02tNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t", "sub-array dtype"),
+        (b"(K\x03X\x01\x00\x00\x00<N(X\x01\x00\x00\x00atNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t", "structured"),
+        (b"(K\x03X\x01\x00\x00\x00!NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t", "byte order '!'"),
+        (b"(K\x03X\x01\x00\x00\x00<NNNK\x08J\xff\xff\xff\xffK\x00t", "item size 8"),
+        (b"(K\x03X\x01\x00\x00\x00<NNNt", "not numpy's"),
+        (b"}", "not numpy's"),
+    ],
+)
+def test_dtype_states_are_read_not_trusted(state: bytes, message: str) -> None:
+    # numpy's own dtype.__setstate__ fails with a SystemError on some of these; here each is a clear refusal.
+    raw = b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x88\x87R" + state + b"b."
+    with pytest.raises(WeightsError, match=message):
+        loads_safe_pickle(raw, "dtype.pickle")

@@ -28,6 +28,7 @@ import io
 import math
 import os
 import pickle
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +56,8 @@ class StructureError(pickle.UnpicklingError):
 
 def check_dtype(dtype: Any) -> np.dtype:
     """`dtype` if it is a plain numeric, bytes or str dtype; raises `UnsafePickleError` otherwise."""
+    if isinstance(dtype, _DtypeRecord):
+        dtype = dtype.dtype
     if not isinstance(dtype, np.dtype):
         raise UnsafePickleError(f"an array of dtype {type(dtype).__name__}")
     if dtype.hasobject:  # object arrays would unpickle arbitrary Python objects
@@ -135,14 +138,39 @@ class _PendingArray:
         self.array = _array_from(data, dtype, shape, bool(fortran))
 
 
-def _dtype(obj: Any, align: Any = False, copy: Any = True) -> np.dtype:
-    # Always a copy: `BUILD` then sets its byte order, and must never change numpy's shared float32 dtype.
-    if not isinstance(obj, str):
+class _DtypeRecord:
+    """What `numpy.dtype(code, align, copy)` returns in a pickle: a type code whose `BUILD` may set only its
+    byte order.
+
+    numpy's own `dtype.__setstate__` would accept fields, sub-arrays and flags from the file (and fails with a
+    SystemError on some malformed states); here the state is read and a fresh dtype made from code and byte
+    order, so numpy's shared dtypes are never modified.
+    """
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        if type(state) is not tuple or not ((len(state) == 8 and state[0] == 3) or (len(state) == 9 and state[0] == 4)):
+            raise StructureError(f"a dtype state that is not numpy's (3 or 4, byte order, ...) ({state!r:.80})")
+        order, subarray, names, fields, elsize = state[1:6]
+        if subarray is not None or names is not None or fields is not None or (len(state) == 9 and state[8]):
+            raise UnsafePickleError("a structured or sub-array dtype (weights are plain numbers)")
+        if order not in ("<", ">", "|", "=") or type(elsize) is not int or elsize not in (-1, self.dtype.itemsize):
+            raise StructureError(f"a dtype state with byte order {order!r:.10} and item size {elsize!r:.20}")
+        if order in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+def _dtype(obj: Any, align: Any = False, copy: Any = True) -> _DtypeRecord:
+    if not isinstance(obj, str) or len(obj) > 16:
         raise UnsafePickleError(f"numpy.dtype of a {type(obj).__name__} (only type codes such as 'f4')")
-    dtype = np.dtype(obj, align=bool(align), copy=True)
+    dtype = np.dtype(obj)
     if dtype.hasobject:
         raise UnsafePickleError(f"a numpy array of Python objects (dtype {dtype})")
-    return dtype
+    return _DtypeRecord(dtype)
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:
@@ -219,7 +247,67 @@ ALLOWED_GLOBALS: tuple[str, ...] = tuple(sorted(f"{m}.{n}" for m, n in _ALLOWED)
 """The only globals a weight pickle may name."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _BoundedReader(io.RawIOBase):
+    """A file that refuses reads beyond its end: every length in a pickle is exact, so a longer one is a
+    truncated or corrupt file, and nothing is read (or allocated) for it."""
+
+    def __init__(self, file: IO[bytes], size: int) -> None:
+        super().__init__()
+        self._file, self._left, self.size = file, size, size
+
+    def readable(self) -> bool:
+        return True
+
+    def _take(self, n: int) -> int:
+        if n > self._left:
+            raise pickle.UnpicklingError(f"pickle data was truncated ({n:,} bytes asked for, {self._left:,} left)")
+        self._left -= n
+        return n
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._file.readinto(view[: self._take(len(view))])
+        if n != len(view):
+            raise pickle.UnpicklingError("pickle data was truncated (the file changed while being read)")
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(self._take(self._left if size is None or size < 0 else size))
+        if len(data) != size and size is not None and size >= 0:
+            raise pickle.UnpicklingError("pickle data was truncated (the file changed while being read)")
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        line = self._file.readline(size)
+        self._left -= len(line)
+        return line
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler, restricted.
+
+    Not the C one: its memo is an array indexed by the file's `LONG_BINPUT` numbers, and a 5-byte opcode with
+    index 2**27 makes it allocate and zero 2 GB. Here the memo is a dict, and every length is checked against
+    the file before anything is allocated for it.
+    """
+
+    def __init__(self, file: _BoundedReader, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._size = file.size
+
+    def load_bytearray8(self) -> None:
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise pickle.UnpicklingError(f"a bytearray of {n:,} bytes in a file of {self._size:,}")
+        buffer = bytearray(n)
+        if self.readinto(buffer) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(buffer)
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
@@ -246,6 +334,8 @@ def _pickle_leaf(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         check_dtype(obj.dtype)
         return obj
+    if isinstance(obj, _DtypeRecord):
+        return obj.dtype
     if isinstance(obj, _ATOMS):
         return obj
     raise UnsafePickleError(f"an object of type {type(obj).__name__}")
@@ -337,35 +427,6 @@ def check_no_object_arrays(obj: Any) -> None:
     check_structure(obj, leaf)
 
 
-class _BoundedReader(io.RawIOBase):
-    """A file whose reads never ask for more than what is left, so a corrupt length cannot allocate gigabytes."""
-
-    def __init__(self, file: IO[bytes], size: int) -> None:
-        super().__init__()
-        self._file, self._left = file, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = self._file.readinto(view[: min(len(view), self._left)])
-        self._left -= n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        size = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._file.read(size)
-        self._left -= len(data)
-        return data
-
-    def readline(self, size: int = -1) -> bytes:
-        size = self._left if size is None or size < 0 else min(size, self._left)
-        line = self._file.readline(size)
-        self._left -= len(line)
-        return line
-
-
 def _load(file: IO[bytes], size: int, source: str) -> Any:
     try:
         # latin1 reads Python 2 pickles (old Caffe conversions): their str arrays' raw bytes survive intact.
@@ -391,7 +452,7 @@ def _load(file: IO[bytes], size: int, source: str) -> Any:
             f"hold); the file is truncated or corrupt, download or copy it again"
         ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            OverflowError, UnicodeDecodeError, RecursionError) as e:
+            OverflowError, UnicodeDecodeError, RecursionError, struct.error, SystemError) as e:
         message = str(e).splitlines()[0][:200] if str(e) else ""
         raise WeightsError(
             f"{source}: not a readable weights pickle ({type(e).__name__}: {message}); the file is truncated or "
