@@ -343,14 +343,17 @@ def infer_config(source: str, state: dict[str, torch.Tensor], caffe: bool = Fals
             raise WeightsError(f"{source}: classifier weight has shape {(n_cls, head_in)}; expected (N, {fc_dim})")
     else:
         n_cls = num_classes or C3DConfig().num_classes
-    config = C3DConfig(
-        num_classes=n_cls,
-        width_mult=width_mult,
-        fc_dim=fc_dim,
-        temporal_depths=tuple(depths),  # type: ignore[arg-type]
-        pool5="caffe" if caffe else "padded",
-        in_channels=in_channels,
-    )
+    try:
+        config = C3DConfig(
+            num_classes=n_cls,
+            width_mult=width_mult,
+            fc_dim=fc_dim,
+            temporal_depths=tuple(depths),  # type: ignore[arg-type]
+            pool5="caffe" if caffe else "padded",
+            in_channels=in_channels,
+        )
+    except ValueError as e:  # e.g. an even or zero temporal depth, a zero width: shapes no C3D has
+        raise WeightsError(f"{source}: the tensor shapes describe no C3D ({e})") from None
     return fit_geometry(source, config, pool5_dim)
 
 
