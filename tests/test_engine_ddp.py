@@ -72,9 +72,9 @@ def test_ddp_training_matches_one_process(dataset: Path, tmp_path: Path) -> None
     (tmp_path / "ddp.yaml").write_text(cfg.to_yaml())
     (tmp_path / "single.yaml").write_text(single.to_yaml())
     out_two = _run(["train", "--config", str(tmp_path / "ddp.yaml"), "--data", str(dataset), "--work-dir",
-                    str(tmp_path / "two"), "--device", "cpu"], 2)
+                    str(tmp_path / "two"), "--device", "cpu", "--json"], 2)
     out_one = _run(["train", "--config", str(tmp_path / "single.yaml"), "--data", str(dataset), "--work-dir",
-                    str(tmp_path / "one"), "--device", "cpu"], 1)
+                    str(tmp_path / "one"), "--device", "cpu", "--json"], 1)
     two, one = json.loads(out_two.strip().splitlines()[-1]), json.loads(out_one.strip().splitlines()[-1])
     assert two["iterations"] == one["iterations"] == 6  # 12 videos, 4 per step
     a, b = load_file(tmp_path / "two" / "last.safetensors"), load_file(tmp_path / "one" / "last.safetensors")

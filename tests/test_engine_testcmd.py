@@ -100,9 +100,12 @@ def test_train_command_prints_summary(setup: tuple[Path, Path], tmp_path: Path,
     data, _ = setup
     config = tmp_path / "tiny.yaml"
     config.write_text(tiny_train_config("data.batch_size=3", "optim.epochs=1").to_yaml())
-    summary = _json(capsys, ["train", "--config", str(config), "--data", str(data), "--work-dir", str(tmp_path / "w"),
-                             "--device", "cpu", "--set", "train.val_every=1"])
+    base = ["train", "--config", str(config), "--data", str(data), "--device", "cpu", "--set", "train.val_every=1"]
+    summary = _json(capsys, [*base, "--work-dir", str(tmp_path / "w"), "--json"])
     assert summary["iterations"] == 1 and summary["epochs"] == 1
     assert Path(summary["last"]).is_file() and Path(summary["best"]).is_file()
+    assert main([*base, "--work-dir", str(tmp_path / "w2"), "--no-progress"]) == 0  # without --json: one plain line
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("trained 1 epochs (1 iterations), final loss ") and "w2/last.safetensors" in line
     bad = main(["train", "--config", str(config), "--data", str(data), "--set", "optim.lr=fast"])
     assert bad == 2 and "optim.lr must be a number" in capsys.readouterr().err

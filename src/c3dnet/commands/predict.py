@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--skip-bad", action="store_true", help="report unreadable videos and go on")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the videos")
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep each video's coded orientation instead of turning it as its display matrix "
                              "says (FFmpeg's -noautorotate)")
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError, DataError
     from c3dnet.features import output_keys
+    from c3dnet.log import progress_bar
     from c3dnet.prediction import class_labels, predict_timeline, predict_video, save_timeline
 
     if args.top_k < 1 or args.clips < 1 or args.stride < 1:
@@ -59,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     runner = ClipRunner(model, "logits", device, amp=not args.fp32)
     names = class_labels(model.class_names, model.num_classes)
     results, failed = [], 0
+    bar = progress_bar(len(records), "predict", "video", enabled=not args.no_progress and len(records) > 1)
     for record, key in zip(records, output_keys(records)):
+        bar.update(1)
         try:
             prediction = predict_video(runner, record.path, names, args.clips, args.average, args.autorotate)
             if args.timeline:
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             top = ", ".join(f"{c['label']} {100 * c['prob']:.1f}%" for c in results[-1]["top_k"])
             print(f"{record.path}: {top}")
+    bar.close()
     if args.json:
         print(json.dumps(results, indent=2))
     if args.timeline and results:

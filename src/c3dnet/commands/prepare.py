@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out videos that fail to decode and bad annotation lines; all go to failed.txt")
     parser.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG quality 1-100 (default 95)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep each video's coded orientation instead of turning it as its display matrix "
                              "says (FFmpeg's -noautorotate)")
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
                           f"{args.short_side}, {args.quality}, {args.workers}")
     result = prepare_dataset(args.data, args.out, split=args.split, short_side=args.short_side,
                              workers=args.workers, skip_bad=args.skip_bad, quality=args.quality,
-                             splits_dir=args.splits, autorotate=args.autorotate)
+                             splits_dir=args.splits, autorotate=args.autorotate,
+                             progress=not args.no_progress)
     print(result.summary() + (f"; failures listed in {result.out / 'failed.txt'}" if result.failed else ""))
     return 0

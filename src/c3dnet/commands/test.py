@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep videos in their coded orientation instead of turning them as their display matrix "
                              "says (FFmpeg's -noautorotate); test as the weights were trained (data.autorotate)")
-    parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
+    parser.add_argument("--fp32", "--no-amp", dest="fp32", action="store_true",
+                        help="no bf16 autocast on CUDA (--no-amp: the same)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model first (seconds to a minute; pays off on large test sets)")
 
@@ -54,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
             (args.workers is not None and args.workers < 0):
         raise ConfigError("--clips and --batch-size must be >= 1 and --workers >= 0")
     options = TestOptions(split=args.split, splits_dir=args.splits_dir, clips=args.clips, average=args.average,
-                          batch_size=args.batch_size, workers=args.workers, device=args.device, amp=not args.no_amp,
-                          compile=args.compile, skip_bad=args.skip_bad, autorotate=args.autorotate, progress=True)
+                          batch_size=args.batch_size, workers=args.workers, device=args.device, amp=not args.fp32,
+                          compile=args.compile, skip_bad=args.skip_bad, autorotate=args.autorotate,
+                          progress=not args.no_progress)
     run = test_weights(args.weights, args.data, options)
     if not run.is_main:
         return 0

@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", metavar="DIR", default=None,
                         help="folder with the official split files if not inside or beside --data (data.splits_dir)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--workers", default=None, metavar="N|auto",
+                        help="loader processes per GPU (sets data.workers; default: the recipe's)")
+    parser.add_argument("--skip-bad", action="store_true", help="log and skip unreadable videos (data.skip_bad)")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA (train.amp=false)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (train.progress=false)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary of the run at the end")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.split={args.split}")
     if args.splits is not None:
         overrides.append(f"data.splits_dir={args.splits}")
+    if args.workers is not None:
+        overrides.append(f"data.workers={args.workers}")
+    overrides += ["data.skip_bad=true"] * args.skip_bad + ["train.amp=false"] * args.fp32 + \
+        ["train.progress=false"] * args.no_progress
     work_dir = args.work_dir or Path("work_dirs") / (args.config.stem if args.config else "c3d_ucf101_seed")
     result = train(args.config, args.data, weights=args.weights, work_dir=work_dir, resume=args.resume,
                    device=args.device, overrides=overrides)
@@ -62,5 +72,11 @@ def run(args: argparse.Namespace) -> int:
             "last": str(result.last_path),
             "best": str(result.best_path) if result.best_path.is_file() else None,
         }
-        print(json.dumps(summary))
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            best = f", best validation top-1 {100 * result.best_top1:.2f}% (epoch {result.best_epoch})" \
+                if result.best_top1 is not None else ""
+            print(f"trained {result.epochs} epochs ({result.iterations} iterations), final loss "
+                  f"{result.final_loss:.4f}{best}; weights: {result.last_path}")
     return 0

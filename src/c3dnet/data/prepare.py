@@ -31,7 +31,7 @@ from c3dnet.data.resize import rescale_size, resize_frames
 from c3dnet.data.sources import SkippedItem, Source, available_splits, load_source
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text, pid_alive
-from c3dnet.log import get_logger
+from c3dnet.log import get_logger, progress_bar
 
 log = get_logger(__name__)
 
@@ -87,7 +87,7 @@ def prepare_dataset(
         skip_bad: leave out (and report) bad annotation lines and videos that fail to decode, instead of failing.
         quality: JPEG quality 1-100.
         splits_dir: the official split files' folder, when not inside or beside `data`.
-        progress: show a tqdm progress bar.
+        progress: show progress (a bar on a terminal, periodic lines elsewhere).
         autorotate: turn frames as each video's display matrix says (FFmpeg's default); False keeps the coded
             orientation.
 
@@ -160,9 +160,7 @@ def _count_jpegs(folder: Path) -> int:
 
 
 def _run(tasks: list[_Task], workers: int, progress: bool):
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), unit="video", desc="prepare", disable=not progress or not tasks)
+    bar = progress_bar(len(tasks), "prepare", "video", enabled=progress and bool(tasks))
     try:
         if workers == 1 or len(tasks) <= 1:
             for task in tasks:

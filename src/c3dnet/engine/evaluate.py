@@ -22,6 +22,7 @@ import torch
 
 from c3dnet.engine.distributed import all_gather_objects
 from c3dnet.engine.runner import ClipRunner
+from c3dnet.log import progress_bar
 from c3dnet.metrics import (
     Average,
     as_numpy,
@@ -147,23 +148,21 @@ def evaluate(
     if runner.output != "logits":
         raise ValueError(f"evaluate needs a runner of logits, got one of {runner.output}")
     aggregator = ClipAggregator()
-    batches = loader
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="test", unit="batch", dynamic_ncols=True)
+    bar = progress_bar(len(loader) if hasattr(loader, "__len__") else None, "test", "batch", enabled=progress)
     pending = None  # (rows being computed, labels, indices, clips per video)
 
     def collect() -> None:
         rows, labels, indices, k = pending
         aggregator.add(indices, rows.result().reshape(len(indices), k, -1), labels)  # (B, K, C)
 
-    for clips, labels, indices in batches:
+    for clips, labels, indices in loader:
         queued = (runner.submit(clips.flatten(0, 1)), labels, indices, clips.shape[1])  # (B*K, 3, T, H, W)
         if pending is not None:
             collect()
         pending = queued
+        bar.update(1)
     if pending is not None:
         collect()
+    bar.close()
     aggregator.gather()
     return aggregator.result(average, num_classes or runner.dim)

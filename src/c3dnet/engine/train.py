@@ -42,7 +42,7 @@ from c3dnet.engine.runner import ClipRunner, Compiled, Prefetcher
 from c3dnet.engine.schedule import LRSchedule
 from c3dnet.errors import C3DError, ConfigError
 from c3dnet.fileio import atomic_write_text
-from c3dnet.log import get_logger
+from c3dnet.log import get_logger, progress_bar
 from c3dnet.model import C3D
 
 log = get_logger(__name__)
@@ -214,12 +214,8 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     checkpoints = Checkpoints(work_dir, cfg, iters_per_epoch, dist_info)
     log.info("training %d epochs x %d iterations (batch %d x %d processes) on %s; work dir %s", epochs,
              iters_per_epoch, cfg.data.batch_size, dist_info.world_size, device, work_dir)
-    bar = None
-    if main and cfg.train.progress:
-        from tqdm import tqdm
-
-        # One bar for the whole run, so its ETA is the run's; the postfix carries loss, lr, clips/s and data wait.
-        bar = tqdm(total=epochs * iters_per_epoch, initial=progress.iteration, unit="it", dynamic_ncols=True)
+    # One bar for the whole run, so its ETA is the run's; the postfix carries loss, lr, clips/s and data wait.
+    bar = progress_bar(epochs * iters_per_epoch, "train", "it", progress.iteration, main and cfg.train.progress)
     # The run's one pass over the training data, from where it stands.
     epoch = progress.iteration // iters_per_epoch
     loaders.train_batches.start(epoch, skip=(progress.iteration - epoch * iters_per_epoch) * cfg.data.batch_size)
@@ -230,8 +226,7 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     try:
         while progress.iteration < epochs * iters_per_epoch:
             epoch = progress.iteration // iters_per_epoch
-            if bar is not None:
-                bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            bar.set_description(f"epoch {epoch + 1}/{epochs}")
             final_loss = train_one_epoch(step, batches, epoch, progress, iters_per_epoch, cfg, metrics, checkpoints,
                                          dist_info, bar)
             val_due = cfg.train.val_every > 0 and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == epochs)
@@ -252,8 +247,7 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
         del batches  # ends the training loader's worker processes
         checkpoints.close(raise_errors=False)  # on the way out of an error: written what could be, not masking it
         metrics.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
     barrier()
     return TrainResult(work_dir, epochs, progress.iteration, progress.best_top1, progress.best_epoch,
                        progress.last_val, final_loss, model)

@@ -22,7 +22,7 @@ from c3dnet.features.manifest import output_keys
 from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import OutputDir
 from c3dnet.features.writers import VideoJob, WriterPool
-from c3dnet.log import get_logger
+from c3dnet.log import get_logger, progress_bar
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
@@ -84,14 +84,11 @@ class _Extraction:
     def __init__(self, todo: list[tuple[VideoRecord, str]], out: OutputDir, runner: ClipRunner,
                  options: ExtractOptions, summary: ExtractSummary, clip_shape: tuple[int, ...], progress: bool,
                  total: int) -> None:
-        from tqdm import tqdm
-
         self.todo, self.out, self.runner, self.options, self.summary = todo, out, runner, options, summary
         self.jobs: dict[int, VideoJob] = {}  # started and not yet written (or failed)
         self.batcher = Batcher(runner, options.batch_size, clip_shape, self._row, self._collect)
         self.writers = WriterPool(runner, options)
-        self.bar = tqdm(total=total, initial=summary.skipped, unit="video", desc="extract", dynamic_ncols=True,
-                        disable=not progress)
+        self.bar = progress_bar(total, "extract", "video", summary.skipped, progress)
         self.start = time.perf_counter()
 
     def dispatch(self, message: Skipped | Busy | Started | Clips | Failed, decoders: DecoderLoader) -> None:
