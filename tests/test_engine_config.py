@@ -134,3 +134,19 @@ def test_section_defaults_are_the_dataclasses_defaults():
     model = cfg.model_config(101)
     assert model == C3DConfig() and TEMPORAL_DEPTHS[cfg.model.variant] == C3DConfig().temporal_depths
     assert cfg.preprocess_record() == Preprocess()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=1e12", "optim.lr must be <= 100"),
+    ("optim.momentum=1", "optim.momentum must be < 1"),
+    ("optim.gamma=0", "optim.gamma must be in (0, 1]"),
+    ("optim.milestones=[5,500]", "optim.milestones must be epochs in 1 .. optim.epochs"),
+    ("model.fc_dim=2000000", "model.fc_dim must be in 1 .. 65536"),
+    ("model.width_mult=10000", "model.width_mult must be in (0, 16]"),
+    ("data.batch_size=10000000", "data.batch_size must be <= 65536"),
+    ("preprocess.std=[1,0,1]", "preprocess.std values must be in (0, 255]"),
+    ("data.split=0", "data.split must be in 1 .. 100"),
+])
+def test_every_numeric_field_is_bounded(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])

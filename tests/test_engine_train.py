@@ -61,14 +61,20 @@ def test_same_seed_same_weights_whatever_the_workers(dataset: Path, tmp_path: Pa
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset: Path, tmp_path: Path) -> None:
-    cfg = tiny_train_config("optim.lr=1e12", "optim.clip_grad_norm=null", "optim.warmup_iters=0",
-                            "train.checkpoint_every=1", "train.val_every=0")
+    blow_up = ("optim.lr=100", "optim.head_lr_mult=1000", "optim.clip_grad_norm=null", "optim.warmup_iters=0",
+               "train.val_every=0")
+    cfg = tiny_train_config(*blow_up, "train.checkpoint_every=1")
     with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf).*last\.state\.pt.*--resume") as info:
         train(cfg, dataset, work_dir=tmp_path, device="cpu")
     state = load_state(tmp_path / "last.state.pt")
     assert 1 <= state["iteration"] < 12
     assert f"iteration {state['iteration']}" in str(info.value)  # the failing step was never taken
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+    # With no checkpoint on disk yet, the message names none.
+    with pytest.raises(NonFiniteLossError, match=r"No checkpoint was written yet in .*fresh: start again") as info:
+        train(tiny_train_config(*blow_up, "train.checkpoint_every=0"), dataset, work_dir=tmp_path / "fresh",
+              device="cpu")
+    assert "last.state.pt" not in str(info.value) and not (tmp_path / "fresh" / "last.state.pt").exists()
 
 
 def test_checkpoints_are_snapshots_and_a_failed_write_stops_the_run(dataset: Path, tmp_path: Path, monkeypatch) -> None:

@@ -185,6 +185,28 @@ class TrainConfig:
             (t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: epoch ends only)"),
             (t.log_every >= 1, "train.log_every must be >= 1"),
             (0 <= t.seed < 2**63, "train.seed must be in 0 .. 2**63 - 1 (it seeds torch's and numpy's generators)"),
+            # Upper bounds: far beyond any sensible recipe, they keep a typo from asking for terabytes or years.
+            (o.epochs <= 100_000, "optim.epochs must be <= 100000"),
+            (o.lr <= 100, "optim.lr must be <= 100"),
+            (o.head_lr_mult <= 1000, "optim.head_lr_mult must be <= 1000"),
+            (o.momentum < 1, "optim.momentum must be < 1"),
+            (o.weight_decay < 1, "optim.weight_decay must be < 1"),
+            (0 < o.gamma <= 1, "optim.gamma must be in (0, 1]"),
+            (all(1 <= e <= o.epochs for e in o.milestones), "optim.milestones must be epochs in 1 .. optim.epochs"),
+            (d.batch_size <= 65_536 and d.val_batch_size <= 65_536, "data.batch_size must be <= 65536"),
+            (d.workers == "auto" or d.workers <= 1024, "data.workers must be <= 1024"),
+            (d.num_clips <= 1000, "data.num_clips must be <= 1000"),
+            (1 <= d.split <= 100, "data.split must be in 1 .. 100"),
+            (0 < m.width_mult <= 16, "model.width_mult must be in (0, 16]"),
+            (1 <= m.fc_dim <= 65_536, "model.fc_dim must be in 1 .. 65536"),
+            (1 <= m.clip_len <= 1024, "model.clip_len must be in 1 .. 1024"),
+            (m.crop_size <= 4096, "model.crop_size must be <= 4096"),
+            (self.preprocess.short_side <= 8192, "preprocess.short_side must be <= 8192"),
+            (1 <= self.preprocess.frame_interval <= 1000, "preprocess.frame_interval must be in 1 .. 1000"),
+            (all(-255 <= v <= 255 for v in self.preprocess.mean), "preprocess.mean values must be in -255 .. 255"),
+            (all(0 < v <= 255 for v in self.preprocess.std), "preprocess.std values must be in (0, 255]"),
+            (t.log_every <= 10**9 and t.val_every <= 10**9 and t.checkpoint_every <= 10**12,
+             "train.log_every, val_every and checkpoint_every are too large"),
         ]
         for ok, message in checks:
             if not ok:

@@ -15,6 +15,7 @@ same batches, the same masks and the same learning rates, so it ends with the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -357,8 +358,7 @@ def train_one_epoch(step: Step, batches: Prefetcher, epoch: int, progress: Progr
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {progress.iteration}; stopped. "
-                f"The last good checkpoint is {checkpoints.state_path}: lower optim.lr (or keep "
-                "optim.clip_grad_norm set) and resume with --resume"
+                f"{checkpoints.last_good()}: lower optim.lr (or keep optim.clip_grad_norm set)"
             )
         progress.iteration += 1
         done += 1
@@ -446,6 +446,14 @@ class Checkpoints:
     def check(self) -> None:
         """Re-raise the error of a write that has failed (a full disk, say), without waiting."""
         self.writer.check()
+
+    def last_good(self) -> str:
+        """Where to go on from after a failure: the checkpoint on disk (once its writes are done), or none."""
+        with contextlib.suppress(Exception):  # a failed write is reported by `check`, not here
+            self.writer.wait()
+        if self.state_path.is_file():
+            return f"The last good checkpoint is {self.state_path} (resume from it with --resume)"
+        return f"No checkpoint was written yet in {self.work_dir}: start again (without --resume)"
 
     def close(self, raise_errors: bool = True) -> None:
         self.writer.close(raise_errors)
