@@ -103,3 +103,20 @@ def test_checkpoints_are_snapshots_and_a_failed_write_stops_the_run(dataset: Pat
     with pytest.raises(OSError, match="No space left"):
         train(cfg, dataset, work_dir=tmp_path, device="cpu")
     assert load_state(tmp_path / "last.state.pt")["iteration"] == calls[0]
+
+
+def test_a_work_dir_with_an_earlier_run_needs_overwrite(dataset: Path, tmp_path: Path) -> None:
+    """A second run into the same work dir would mix two runs' files (an old best.safetensors beside a new last):
+    it is refused, and --overwrite deletes the earlier run's own files and nothing else."""
+    from c3dnet.errors import ConfigError
+
+    cfg = tiny_train_config("optim.epochs=1", "train.val_every=1")
+    train(cfg, dataset, work_dir=tmp_path, device="cpu")
+    (tmp_path / "notes.txt").write_text("mine")
+    old_best = (tmp_path / "best.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"holds an earlier run \(config\.yaml, last\.state\.pt, .*--overwrite"):
+        train(cfg.with_overrides(["train.val_every=0"]), dataset, work_dir=tmp_path, device="cpu")
+    train(cfg.with_overrides(["train.val_every=0"]), dataset, work_dir=tmp_path, device="cpu", overwrite=True)
+    assert not (tmp_path / "best.safetensors").exists()  # the earlier run's best is gone, not left beside the new last
+    assert (tmp_path / "last.safetensors").is_file() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert old_best  # (it existed)

@@ -177,7 +177,7 @@ def run_demo(
         cfg = demo_config(quick, list(overrides or []) + [f"model.variant={variant}"])
         log.info("training %s (%s) on %s", name, variant, data)
         t0 = time.perf_counter()
-        trained = train(cfg, data, work_dir=work / f"{tag}_{variant}", device=device)
+        trained = train(cfg, data, work_dir=work / f"{tag}_{variant}", device=device, overwrite=True)  # its own dirs
         train_seconds = time.perf_counter() - t0
         tested = test_weights(trained.last_path, data, TestOptions.from_config(cfg, device=device))
         result, test_seconds = tested.result, tested.seconds

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     cfg = load_config(None, list(scale.overrides) + args.overrides)
-    result = train(cfg, data, work_dir=work / "train", device=args.device)
+    result = train(cfg, data, work_dir=work / "train", device=args.device, overwrite=True)  # lite's own folder
     weights = result.last_path
     top1 = result.last_val.get("top1") if result.last_val else None
     val = f"val top-1 {100 * top1:.1f}%" if top1 is not None else "no validation"

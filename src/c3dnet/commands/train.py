@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="checkpoints, metrics and plots (default: work_dirs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue exactly from <work-dir>/last.state.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a work dir that holds an earlier run, deleting that run's files only")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set optim.lr=0.01 --set data.batch_size=16")
     parser.add_argument("--split", type=int, default=None, help="official split number (sets data.split)")
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         ["train.progress=false"] * args.no_progress
     work_dir = args.work_dir or Path("work_dirs") / (args.config.stem if args.config else "c3d_ucf101_seed")
     result = train(args.config, args.data, weights=args.weights, work_dir=work_dir, resume=args.resume,
-                   device=args.device, overrides=overrides)
+                   device=args.device, overrides=overrides, overwrite=args.overwrite)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

@@ -165,6 +165,7 @@ def train(
     resume: bool = False,
     device: str | None = "auto",
     overrides: list[str] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train (or fine-tune) a C3D on `data` with the recipe `config`; see the module docstring.
 
@@ -177,6 +178,8 @@ def train(
         resume: continue from `<work_dir>/last.state.pt` exactly where it stopped.
         device: "auto", "cpu" or "cuda"; under torchrun each process takes its LOCAL_RANK GPU.
         overrides: `section.key=value` strings applied on top of `config`.
+        overwrite: start afresh in a work dir that holds an earlier run, deleting that run's files (`RUN_FILES`)
+            first; without it such a work dir is refused (unless `resume`).
 
     Returns:
         A `TrainResult`; `<work_dir>/last.safetensors` and `best.safetensors` hold the weights.
@@ -184,16 +187,16 @@ def train(
     cfg = _as_config(config, overrides)
     dist_info = init_distributed(device)
     try:
-        return _train(cfg, data, weights, Path(work_dir), resume, device, dist_info)
+        return _train(cfg, data, weights, Path(work_dir), resume, device, dist_info, overwrite)
     finally:
         cleanup_distributed()
 
 
 def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_dir: Path, resume: bool,
-           device_name: str | None, dist_info: DistInfo) -> TrainResult:
+           device_name: str | None, dist_info: DistInfo, overwrite: bool = False) -> TrainResult:
     device = configure_for(select_device(device_name, dist_info.local_rank if dist_info.is_distributed else None))
     main = dist_info.is_main
-    state_path = _check_work_dir(work_dir, resume)
+    state_path = _check_work_dir(work_dir, resume, overwrite, main)
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(work_dir / "config.yaml", cfg.to_yaml())
@@ -254,15 +257,35 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
                        progress.last_val, final_loss, model)
 
 
-def _check_work_dir(work_dir: Path, resume: bool) -> Path:
-    """The training state's path in `work_dir`, which `--resume` needs and a fresh run overwrites (with a warning)."""
+RUN_FILES = ("config.yaml", "last.state.pt", "last.safetensors", "best.safetensors", "metrics.jsonl", "curves.png",
+             "tensorboard")
+"""What a training run writes into its work dir: what `--overwrite` deletes, and nothing else."""
+
+
+def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool, main: bool) -> Path:
+    """The training state's path in `work_dir`. `resume` needs it; a fresh run refuses a work dir holding an
+    earlier run's files unless `overwrite`, which deletes those files (and only those) first."""
     state_path = work_dir / "last.state.pt"
-    if resume and not state_path.is_file():
-        raise ConfigError(f"{work_dir}: --resume given but {state_path.name} is missing there; check --work-dir "
-                          "or start without --resume")
-    if not resume and state_path.is_file():
-        log.warning("%s holds an earlier run; starting afresh and overwriting it (pass --resume to continue it)",
-                    work_dir)
+    if resume:
+        if not state_path.is_file():
+            raise ConfigError(f"{work_dir}: --resume given but {state_path.name} is missing there; check --work-dir "
+                              "or start without --resume")
+        return state_path
+    earlier = [name for name in RUN_FILES if (work_dir / name).exists()]
+    if earlier and not overwrite:
+        raise ConfigError(f"{work_dir}: holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
+                          "--overwrite to start afresh (deleting those files only), or choose another --work-dir")
+    if earlier and main:
+        import shutil
+
+        log.warning("%s: deleting the earlier run's %s (--overwrite)", work_dir, ", ".join(earlier))
+        for name in earlier:
+            path = work_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    barrier()  # every rank starts once the old files are gone
     return state_path
 
 
