@@ -120,3 +120,36 @@ def test_a_work_dir_with_an_earlier_run_needs_overwrite(dataset: Path, tmp_path:
     assert not (tmp_path / "best.safetensors").exists()  # the earlier run's best is gone, not left beside the new last
     assert (tmp_path / "last.safetensors").is_file() and (tmp_path / "notes.txt").read_text() == "mine"
     assert old_best  # (it existed)
+
+
+def test_fine_tuning_takes_the_weights_architecture_or_names_the_contradiction(dataset: Path, tmp_path: Path) -> None:
+    """A model field the recipe leaves to its default comes from the weights (and config.yaml says so); one it
+    sets and the weights contradict is an error naming both values (it used to train the weights' architecture
+    silently while config.yaml recorded the recipe's)."""
+    import yaml
+
+    from c3dnet.errors import ConfigError
+    from c3dnet.model import C3D
+    from c3dnet.weights import save_model
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    pretrained = C3D(tiny_config(num_classes=7, temporal_depths=(1, 1, 1, 1, 1)))  # the 2D twin, 7 classes
+    save_model(pretrained, tmp_path / "w.safetensors")
+    recipe = tiny_train_config("optim.epochs=1", "train.val_every=0").to_dict()
+    recipe["model"] = {"clip_len": 8, "crop_size": 32}  # (agreeing); variant, widths: nothing
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = train(tmp_path / "r.yaml", dataset, weights=tmp_path / "w.safetensors", work_dir=tmp_path / "ft",
+                   device="cpu")
+    written = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["model"]
+    assert written["variant"] == "d1" and (written["width_mult"], written["fc_dim"]) == (0.125, 32)
+    assert result.model.config.temporal_depths == (1, 1, 1, 1, 1) and result.model.num_classes == 3
+    assert result.model.config.dropout == written["dropout"] == 0.5  # the recipe's dropout (the default here)
+    with pytest.raises(ConfigError, match=r"model\.variant is 'd3' in the recipe but 'd1' in the weights"):
+        train(tmp_path / "r.yaml", dataset, weights=tmp_path / "w.safetensors", work_dir=tmp_path / "x",
+              device="cpu", overrides=["model.variant=d3"])
+    recipe["model"] = {"clip_len": 8, "crop_size": 32, "fc_dim": 64}
+    (tmp_path / "r64.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match=r"model\.fc_dim is 64 in the recipe but 32 in the weights"):
+        train(tmp_path / "r64.yaml", dataset, weights=tmp_path / "w.safetensors", work_dir=tmp_path / "y",
+              device="cpu")

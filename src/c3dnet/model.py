@@ -277,6 +277,11 @@ class C3D(nn.Module):
         self.config = self.config.replace(num_classes=num_classes)
         self.class_names = list(class_names) if class_names is not None else None
 
+    def set_dropout(self, p: float) -> None:
+        """Dropout probability after fc6 and before the classifier (a training choice, kept in the config)."""
+        self.config = self.config.replace(dropout=p)  # validates p
+        self.dropout.p = p
+
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -259,6 +260,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
     return TrainConfig.from_dict(raw or {}, str(path)).with_overrides(overrides)
+
+
+def explicit_keys(config: TrainConfig | str | Path | None, overrides: list[str] | None = None) -> set[str]:
+    """The keys ("section.key") a recipe sets itself: present in its YAML file, or given with --set. For a
+    `TrainConfig` object, the fields that differ from the defaults. What is not explicit may be filled in from
+    pretrained weights (`c3dnet.engine.train`)."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides or []}
+    if isinstance(config, TrainConfig):
+        default, given = TrainConfig().to_dict(), config.to_dict()
+        return keys | {f"{s}.{k}" for s in given for k in given[s] if given[s][k] != default[s][k]}
+    if config is not None and Path(config).is_file():
+        with contextlib.suppress(yaml.YAMLError, OSError, UnicodeDecodeError):
+            raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+            if isinstance(raw, dict):
+                keys |= {f"{s}.{k}" for s, values in raw.items() if isinstance(values, dict) for k in values}
+    return keys
 
 
 def _section(cfg: TrainConfig, name: str, source: str) -> Any:

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from c3dnet.data.samplers import EpochBatches, EpochDataset, ResumableSampler
+from c3dnet.data.sources import Source, load_source
 from c3dnet.engine import checkpoint as ckpt
-from c3dnet.engine.config import TrainConfig, load_config
+from c3dnet.engine.config import TrainConfig, explicit_keys, load_config
 from c3dnet.engine.device import autocast, configure_for, loader_workers, prepare_model, select_device
 from c3dnet.engine.distributed import (
     DistInfo,
@@ -83,12 +84,11 @@ class _Loaders:
     class_names: list[str]
 
 
-def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: torch.device) -> _Loaders:
+def _loaders(cfg: TrainConfig, source: Source, data: str | Path, dist_info: DistInfo,
+             device: torch.device) -> _Loaders:
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
-    from c3dnet.data.sources import load_source
 
     d = cfg.data
-    source = load_source(data, "train", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
     preprocess = cfg.preprocess_record()
     workers = loader_workers(d.workers, device)
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
@@ -117,23 +117,54 @@ def _loaders(cfg: TrainConfig, data: str | Path, dist_info: DistInfo, device: to
     return _Loaders(train_loader, batches, val_loader, source.class_names)
 
 
-def _build_model(cfg: TrainConfig, class_names: list[str], weights: str | Path | None) -> C3D:
-    torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
-    preprocess = cfg.preprocess_record()
-    if weights is None:
-        return C3D(cfg.model_config(len(class_names)), preprocess, class_names)
+ARCHITECTURE = ("variant", "width_mult", "fc_dim", "pool5", "clip_len", "crop_size")
+"""The model fields pretrained weights fix (not num_classes, which fine-tuning changes, nor dropout, a recipe
+choice)."""
+
+
+def _pretrained(weights: str | Path, class_names: list[str], cfg: TrainConfig,
+                explicit: set[str]) -> tuple[C3D, TrainConfig]:
+    """The weights loaded for fine-tuning, and the recipe with their architecture.
+
+    A model field the recipe sets itself (in its file or with --set) must agree with the weights: a contradiction
+    is an error naming both values. A field it leaves to its default takes the weights' value, so `config.yaml`
+    records the architecture that is trained.
+    """
+    from c3dnet.model import TEMPORAL_DEPTHS
     from c3dnet.weights import load_model
 
     model = load_model(weights, num_classes=len(class_names), class_names=class_names)
     m = model.config
-    if (m.clip_len, m.crop_size) != (preprocess.clip_len, preprocess.crop_size):
-        raise ConfigError(f"{weights}: the weights take {m.clip_len} frames of {m.crop_size}px but the config asks "
-                          f"for {preprocess.clip_len} of {preprocess.crop_size}; set model.clip_len/crop_size to match")
+    if m.in_channels != 3:
+        raise ConfigError(f"{weights}: the weights take {m.in_channels} input channels; c3dnet trains on RGB (3)")
+    variant = next((name for name, depths in TEMPORAL_DEPTHS.items() if depths == m.temporal_depths), None)
+    if variant is None:
+        raise ConfigError(f"{weights}: temporal depths {m.temporal_depths} are none of the variants "
+                          f"{sorted(TEMPORAL_DEPTHS)}; c3dnet cannot fine-tune them")
+    theirs = {"variant": variant, "width_mult": m.width_mult, "fc_dim": m.fc_dim, "pool5": m.pool5,
+              "clip_len": m.clip_len, "crop_size": m.crop_size}
+    conflicts, fill = [], []
+    for name in ARCHITECTURE:
+        ours = getattr(cfg.model, name)
+        if ours == theirs[name]:
+            continue
+        if f"model.{name}" in explicit:
+            conflicts.append(f"model.{name} is {ours!r} in the recipe but {theirs[name]!r} in the weights")
+        else:
+            fill.append(f"model.{name}={theirs[name]}")
+    if conflicts:
+        raise ConfigError(f"{weights}: the recipe's model section contradicts the weights: {'; '.join(conflicts)}; "
+                          "remove those keys (the weights' values are then used) or fine-tune other weights")
+    if fill:
+        log.info("%s: taking %s from the weights", weights, ", ".join(fill))
+        cfg = cfg.with_overrides(fill)
+    model.set_dropout(cfg.model.dropout)
+    preprocess = cfg.preprocess_record()
     if model.preprocess != preprocess:
         log.warning("%s was made with preprocessing %s; fine-tuning with the config's %s", weights,
                     model.preprocess.to_dict(), preprocess.to_dict())
     model.preprocess = preprocess
-    return model
+    return model, cfg
 
 
 def _optimizer(model: C3D, cfg: TrainConfig) -> torch.optim.SGD:
@@ -187,21 +218,29 @@ def train(
     cfg = _as_config(config, overrides)
     dist_info = init_distributed(device)
     try:
-        return _train(cfg, data, weights, Path(work_dir), resume, device, dist_info, overwrite)
+        return _train(cfg, data, weights, Path(work_dir), resume, device, dist_info, overwrite,
+                      explicit_keys(config, overrides))
     finally:
         cleanup_distributed()
 
 
 def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_dir: Path, resume: bool,
-           device_name: str | None, dist_info: DistInfo, overwrite: bool = False) -> TrainResult:
+           device_name: str | None, dist_info: DistInfo, overwrite: bool = False,
+           explicit: set[str] | None = None) -> TrainResult:
     device = configure_for(select_device(device_name, dist_info.local_rank if dist_info.is_distributed else None))
     main = dist_info.is_main
     state_path = _check_work_dir(work_dir, resume, overwrite, main)
+    d = cfg.data
+    source = load_source(data, "train", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
+    torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
+    if weights is None:
+        model = C3D(cfg.model_config(len(source.class_names)), cfg.preprocess_record(), source.class_names)
+    else:
+        model, cfg = _pretrained(weights, source.class_names, cfg, explicit if explicit is not None else set())
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(work_dir / "config.yaml", cfg.to_yaml())
-    loaders = _loaders(cfg, data, dist_info, device)
-    model = _build_model(cfg, loaders.class_names, weights)
+        atomic_write_text(work_dir / "config.yaml", cfg.to_yaml())  # the recipe trained, weights' fields filled in
+    loaders = _loaders(cfg, source, data, dist_info, device)
     prepare_model(model, device, cfg.train.channels_last)
     optimizer = _optimizer(model, cfg)
     iters_per_epoch, epochs = len(loaders.train), cfg.optim.epochs
