@@ -123,6 +123,8 @@ def with_pool5(weights: WeightFile, pool5: Pool5Mode) -> WeightFile:
         raise WeightsError(f"pool5 must be 'padded' or 'caffe', got {pool5!r}")
     if pool5 == weights.config.pool5:
         return weights
+    if "fc6.weight" not in weights.state:
+        raise WeightsError(f"{weights.path}: no fc6.weight, so the input size for pool5={pool5!r} cannot be worked out")
     config = fit_geometry(str(weights.path), weights.config.replace(pool5=pool5), weights.state["fc6.weight"].shape[1])
     return with_geometry_preprocess(dataclasses.replace(weights, config=config), weights.preprocess)
 
@@ -228,8 +230,8 @@ def _assemble(config: C3DConfig, preprocess: Preprocess, class_names: list[str] 
     params = {k: (v.detach().clone() if copy else v.detach()).to(torch.float32) for k, v in state.items()}
     model.load_state_dict(params, strict=False, assign=True)
     del params
-    if model.head.weight.is_meta:  # a new classifier, initialised by C3D itself
-        model.head = torch.nn.Linear(config.fc_dim, config.num_classes)
+    if model.head.weight.is_meta:  # a new classifier, initialised by C3D itself on the CPU
+        model.head = torch.nn.Linear(config.fc_dim, 1)  # tells reset_classifier the device; replaced at once
         model.reset_classifier(config.num_classes, class_names)
     for module in model.modules():
         if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)) and module.weight.is_meta:
