@@ -12,7 +12,8 @@ limit. A case ends in one of:
     crashed     the child died of a signal (out-of-memory kill, segfault) without reporting
 
 Run it by hand (`python -m tests.weights_fuzz --cases 200 --keep DIR`) to reproduce or explore; the tests in
-`tests/test_weights_fuzz.py` run it with fixed seeds. Mutators live in `tests/weights_mutators.py`.
+`tests/test_weights_fuzz.py` run it with fixed seeds. Mutators live in `tests/weights_mutators.py`, hostile
+values and the issue's files in `tests/weights_hostile.py`.
 """
 
 from __future__ import annotations
@@ -335,10 +336,10 @@ def hostile(workdir: Path, time_limit: float = 30.0) -> Report:
     """The issue's hostile files (`weights_mutators.hostile_files`), each loaded in a child."""
     import torch
 
-    from tests import weights_mutators as mutators
+    from tests.weights_hostile import hostile_files
 
     torch.set_num_threads(1)
-    files = mutators.hostile_files(workdir)
+    files = hostile_files(workdir)
     cases = [Case(name, i, name, path) for i, (name, path) in enumerate(files.items())]
     return run_cases(cases, workers=2, time_limit=time_limit, record=True)
 

@@ -12,11 +12,11 @@ Mutations, chosen per case by a seeded `random.Random`:
     metadata    native: config / preprocess / class_names / extra edits (huge sizes, wrong types, escapes)
     opcodes     pickles (also inside torch files): an opcode's argument, length or global changed, opcodes
                 dropped, repeated or inserted
-    objects     the state re-saved with hostile values: nested shared lists, deep nesting, cycles, direct
-                numpy.ndarray calls, arrays without data or with the wrong byte count, payloads, expanded
-                views, odd dtypes, wrong shapes, renamed keys
-    zip         torch zip records: data.pkl mutated and re-packed with valid CRCs, records truncated, dropped,
-                deflated, or the archive renamed
+    objects     the state re-saved with values from `tests.weights_hostile.hostile_value` (nested shared lists,
+                deep nesting, cycles, direct numpy.ndarray calls, arrays without data or with the wrong byte
+                count, payloads, expanded views, odd dtypes and shapes), keys renamed or dropped
+    zip         torch zip records: data.pkl mutated and re-packed with valid CRCs, storages truncated or grown,
+                records dropped or deflated, the version record changed
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import pickle
 import pickletools
 import random
@@ -38,10 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from c3dnet.model import C3D, C3DConfig
 from c3dnet.weights import save_model
+from tests.weights_hostile import deep, hostile_value, join_native, nest_pairs, split_native, tiny_model, torch_bytes
 
-CONFIG = C3DConfig(num_classes=3, width_mult=1 / 64, fc_dim=4, clip_len=8, crop_size=32)
 EXTREMES = (0, 1, 2, 3, 7, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**63 - 1, 2**64 - 1, -1, -2)
 
 
@@ -69,16 +67,6 @@ class Base:
     pickles: tuple[int, ...] = (0,)
 
 
-def _model() -> C3D:
-    torch.manual_seed(0)
-    model = C3D(CONFIG, class_names=["walk", "run", "jump"]).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.uniform_(0.0, 0.1)
-    return model
-
-
 def _pickle_regions(data: bytes, start: int = 0) -> tuple[list[tuple[int, int]], int]:
     """Byte ranges of a pickle's opcodes with their arguments' first bytes (lengths, not the long data
     they announce), and the offset just past its STOP."""
@@ -92,12 +80,6 @@ def _pickle_regions(data: bytes, start: int = 0) -> tuple[list[tuple[int, int]],
     for here, after in zip(positions, positions[1:] + [end]):
         regions.append((here, min(after, here + 16)))
     return regions, end
-
-
-def _torch_bytes(obj: Any, zip_format: bool) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer, _use_new_zipfile_serialization=zip_format)
-    return buffer.getvalue()
 
 
 def _zip_regions(data: bytes) -> list[tuple[int, int]]:
@@ -119,7 +101,7 @@ def make_bases(folder: Path) -> dict[str, Base]:
     from tests.test_weights import caffe_state, mmaction2_state, paddle_state, sequential_state
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = _model()
+    model = tiny_model()
     bases: dict[str, Base] = {}
 
     path = folder / "native.safetensors"
@@ -134,7 +116,7 @@ def make_bases(folder: Path) -> dict[str, Base]:
 
     meta = {"epoch": np.int64(45), "mmaction2_version": "1.2.0", "mean": np.array([104.0, 117.0, 128.0])}
     mm = {"state_dict": mmaction2_state(model, recognizer=True), "meta": meta}
-    data = _torch_bytes(mm, zip_format=True)
+    data = torch_bytes(mm, zip_format=True)
     bases["mmaction2"] = Base("mmaction2", ".pth", data, "torch-zip", _zip_regions(data), mm)
 
     caffe = OrderedDict((k, v.numpy()) for k, v in caffe_state(model).items())
@@ -142,7 +124,7 @@ def make_bases(folder: Path) -> dict[str, Base]:
     bases["caffe"] = Base("caffe", ".pickle", data, "pickle", _pickle_regions(data)[0], caffe, 0)
 
     sequential = sequential_state(model)
-    data = _torch_bytes(sequential, zip_format=False)
+    data = torch_bytes(sequential, zip_format=False)
     regions, starts, at = [], [], 0
     for _ in range(5):  # magic, protocol, sys_info, the state, the storage keys; then raw storage data
         starts.append(at)
@@ -198,26 +180,12 @@ def mutate_bytes(base: Base, data: bytes, rng: random.Random) -> tuple[bytes, st
 # ------------------------------------------------------------------------------------------------- native files
 
 
-def _split_native(data: bytes) -> tuple[dict, bytes]:
-    n = struct.unpack("<Q", data[:8])[0]
-    return json.loads(data[8: 8 + n]), data[8 + n:]
-
-
-def _join_native(header: Any, body: bytes, rng: random.Random | None = None) -> bytes:
-    """The file for `header` (a dict or JSON text) and `body`; with `rng`, a wrong length field."""
-    text = (header if isinstance(header, str) else json.dumps(header)).encode("utf-8", "surrogatepass")
-    length = len(text)
-    if rng is not None:
-        length = rng.choice((0, 1, length - 1, length + 1, length + 100, 2**31, 2**63))
-    return struct.pack("<Q", length % 2**64) + text + body
-
-
 _ODD_VALUES = (None, True, -1, 0, 1.5, float("inf"), "x", [], {}, [0], [1, 2, 3], 2**63, 10**30, "\x1b[2J")
 
 
 def mutate_header(base: Base, rng: random.Random) -> tuple[bytes, str]:
     """A JSON-level edit of a native file's safetensors header."""
-    header, body = _split_native(base.data)
+    header, body = split_native(base.data)
     names = [k for k in header if k != "__metadata__"]
     name = rng.choice(names)
     entry = header[name]
@@ -241,21 +209,21 @@ def mutate_header(base: Base, rng: random.Random) -> tuple[bytes, str]:
     elif kind == "duplicate":
         text = json.dumps(header)
         piece = json.dumps({name: entry})[1:-1]
-        return _join_native("{" + piece + "," + text[1:], body), f"header:{kind}:{name}"
+        return join_native("{" + piece + "," + text[1:], body), f"header:{kind}:{name}"
     elif kind == "rename":
         header[rng.choice(("", "x" * 1000, "conv1a.weight", "head.weight", "\x1b]0;t\x07", "\ud800"))] = (
             header.pop(name))
     elif kind == "nest":
         depth = rng.choice((4, 50, 1000, 200_000))
         text = json.dumps(header)
-        return _join_native(text[:-1] + ',"deep":' + "[" * depth + "]" * depth + "}", body), f"header:nest{depth}"
+        return join_native(text[:-1] + ',"deep":' + "[" * depth + "]" * depth + "}", body), f"header:nest{depth}"
     elif kind == "length":
-        return _join_native(header, body, rng), "header:length"
+        return join_native(header, body, rng), "header:length"
     elif kind == "body":
         body = rng.choice((body[:-4], body + bytes(4), b"", body * 2))
     else:
         header[name] = rng.choice(_ODD_VALUES)
-    return _join_native(header, body), f"header:{kind}:{name}"
+    return join_native(header, body), f"header:{kind}:{name}"
 
 
 _CONFIG_EDITS = {
@@ -284,7 +252,7 @@ _PREPROCESS_EDITS = {
 
 def mutate_metadata(base: Base, rng: random.Random) -> tuple[bytes, str]:
     """An edit of a native file's c3dnet metadata: config, preprocessing, class names, extra or format."""
-    header, body = _split_native(base.data)
+    header, body = split_native(base.data)
     meta = header["__metadata__"]
     kind = rng.choice(("config", "config", "config", "preprocess", "class_names", "extra", "raw", "drop"))
     if kind == "config":
@@ -318,7 +286,7 @@ def mutate_metadata(base: Base, rng: random.Random) -> tuple[bytes, str]:
         key = rng.choice(("config", "preprocess", "class_names", "format"))
         meta.pop(key, None)
         how = f"metadata:drop:{key}"
-    return _join_native(header, body), how
+    return join_native(header, body), how
 
 
 # ------------------------------------------------------------------------------------------------------ pickles
@@ -356,91 +324,6 @@ def mutate_opcodes(data: bytes, rng: random.Random, start: int = 0) -> tuple[byt
     return bytes(data), f"opcodes:{kind}:{op.name}@{pos}"
 
 
-class Call:
-    """Pickles as `func(*args)` (optionally with a BUILD state): what a hand-crafted hostile file holds."""
-
-    def __init__(self, func: Any, *args: Any, state: Any = None) -> None:
-        self.func, self.args, self.state = func, args, state
-
-    def __reduce__(self) -> Any:
-        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
-
-
-def _nest_pairs(levels: int) -> list:
-    x: list = []
-    for _ in range(levels):
-        x = [x, x]
-    return x
-
-
-def _deep(levels: int) -> list:
-    x: list = []
-    for _ in range(levels):
-        x = [x]
-    return x
-
-
-def hostile_value(rng: random.Random, like: Any, torch_file: bool) -> tuple[Any, str]:
-    """A value to put in place of (or beside) a weight: valid variants and hostile objects."""
-    from numpy._core import multiarray
-
-    array = np.zeros(3, np.float32)  # unless `like` is a plain weight (an earlier mutation may have replaced it)
-    if (isinstance(like, torch.Tensor) and like.layout == torch.strided and like.ndim
-            and like.dtype in (torch.float16, torch.float32, torch.float64)):
-        array = like.contiguous().numpy()
-    elif isinstance(like, np.ndarray) and like.dtype.kind in "fiub" and like.dtype.isnative and like.ndim:
-        array = like
-    choices = [
-        ("nest45", lambda: _nest_pairs(45)),
-        ("deep", lambda: _deep(rng.choice((60, 70, 500)))),
-        ("wide", lambda: [0] * rng.choice((1000, 100_000))),
-        ("cycle", lambda: (lambda x: (x.append(x), x)[1])([1])),
-        ("float16", lambda: array.astype(np.float16)),
-        ("float64", lambda: array.astype(np.float64)),
-        ("int8", lambda: array.astype(np.int8)),
-        ("bool", lambda: array.astype(bool)),
-        ("bigendian", lambda: array.astype(array.dtype.newbyteorder(">"))),
-        ("fortran", lambda: np.asfortranarray(array)),
-        ("transposed", lambda: array.T.copy()),
-        ("flat", lambda: array.reshape(-1).copy()),
-        ("extra-dim", lambda: array[None].copy()),
-        ("empty", lambda: np.zeros((0,) + array.shape[1:], array.dtype)),
-        ("scalar", lambda: np.float32(1.5)),
-        ("string", lambda: "\x1b[2Jweights"),
-        ("none", lambda: None),
-        ("complex", lambda: array.astype(np.complex64)),
-        ("unicode-array", lambda: np.array(["a", "b"])),
-    ]
-    if torch_file:
-        tensor = torch.as_tensor(np.ascontiguousarray(array))
-        choices += [
-            ("expanded", lambda: torch.zeros(1).expand(rng.choice((10**6, 10**7)))),
-            ("strided", lambda: torch.zeros(4).as_strided((10**4, 10**4), (0, 0))),
-            ("view", lambda: tensor.reshape(-1)[1:].clone()[: max(tensor.numel() - 1, 0)]),
-            ("bfloat16", lambda: tensor.to(torch.bfloat16)),
-            ("complex-tensor", lambda: tensor.to(torch.complex64)),
-            ("sparse", lambda: torch.zeros(3, 3).to_sparse()),
-            ("int-tensor", lambda: tensor.to(torch.int64)),
-            ("non-contiguous", lambda: tensor.t() if tensor.ndim == 2 else tensor.flip(0)),
-        ]
-    else:
-        choices += [
-            ("ndarray-call", lambda: Call(np.ndarray, (1000,), np.dtype("f4"))),
-            ("reconstruct-no-state", lambda: Call(multiarray._reconstruct, np.ndarray, (0,), b"b")),
-            ("reconstruct-shape", lambda: Call(multiarray._reconstruct, np.ndarray, (10**6,), b"b")),
-            ("short-data", lambda: Call(multiarray._reconstruct, np.ndarray, (0,), b"b",
-                                        state=(1, array.shape, array.dtype, False, array.tobytes()[:-4]))),
-            ("long-data", lambda: Call(multiarray._reconstruct, np.ndarray, (0,), b"b",
-                                       state=(1, (10**6,), np.dtype("f4"), False, array.tobytes()))),
-            ("object-array", lambda: np.array([1, "a", None], dtype=object)),
-            ("payload", lambda: Call(os.system, "true")),
-            ("eval", lambda: Call(eval, "1+1")),
-            ("tuple-of-str", lambda: Call(tuple, "abc")),
-        ]
-    name, make = rng.choice(choices)
-    return make(), name
-
-
 def mutate_objects(base: Base, rng: random.Random) -> tuple[bytes, str]:
     """Re-save the base's state with one to three values replaced or added (keys renamed or odd too)."""
     torch_file = base.kind.startswith("torch")
@@ -464,13 +347,13 @@ def mutate_objects(base: Base, rng: random.Random) -> tuple[bytes, str]:
     if isinstance(state, dict) and "state_dict" in state:
         outer = dict(state, state_dict=new)
         if rng.random() < 0.3:
-            outer["meta"] = dict(outer["meta"], history=_nest_pairs(40), deep=_deep(30))
+            outer["meta"] = dict(outer["meta"], history=nest_pairs(40), nested=deep(30))
         new = outer
     how = "objects:" + ",".join(hows)
     try:
         if base.kind == "pickle":
             return pickle.dumps(new, protocol=rng.choice((0, 1, 2, 4, 5, base.protocol))), how
-        return _torch_bytes(new, zip_format=base.kind == "torch-zip"), how
+        return torch_bytes(new, zip_format=base.kind == "torch-zip"), how
     except (pickle.PicklingError, TypeError, ValueError, RuntimeError, RecursionError, AttributeError) as e:
         return base.data, f"{how} (not picklable: {type(e).__name__}; base file)"
 
@@ -553,64 +436,7 @@ def mutate(base: Base, rng: random.Random, path: Path) -> str:
     return how
 
 
-__all__ = ["CONFIG", "Base", "Call", "make_bases", "mutate", "mutate_bytes", "mutate_header", "mutate_metadata",
-           "mutate_objects", "mutate_opcodes", "mutate_zip"]
+__all__ = ["Base", "make_bases", "mutate", "mutate_bytes", "mutate_header", "mutate_metadata", "mutate_objects",
+           "mutate_opcodes", "mutate_zip"]
 
 
-# ---------------------------------------------------------------------------------------- the issue's examples
-
-
-def hostile_files(folder: Path) -> dict[str, Path]:
-    """The hostile files of issue 17, written to `folder`: each must be refused fast, within 2N + 64 MB."""
-    from tests.test_weights import mmaction2_state, paddle_state
-
-    folder.mkdir(parents=True, exist_ok=True)
-    model = _model()
-    files: dict[str, bytes] = {}
-    files["nest45.pdparams"] = pickle.dumps({"w": _nest_pairs(45)}, protocol=2)  # 2**45 paths in 300 bytes
-    files["nest45-weights.pdparams"] = pickle.dumps({**paddle_state(model), "x": _nest_pairs(45)}, protocol=4)
-    files["nest45.pth"] = _torch_bytes({"w": _nest_pairs(45)}, zip_format=True)
-    files["nest45-meta.pth"] = _torch_bytes({"state_dict": mmaction2_state(model, True), "meta": _nest_pairs(45)},
-                                            zip_format=True)
-    files["ndarray.pdparams"] = pickle.dumps({"w": Call(np.ndarray, (10**8,), np.dtype("f4"))}, protocol=2)
-    files["deep.pdparams"] = b"\x80\x04" + b"]" * 200_000 + b"a" * 199_999 + b"."
-    path = folder / "tmp.safetensors"
-    save_model(model, path)
-    native = path.read_bytes()
-    path.unlink()
-    header, body = _split_native(native)
-    for name, change in (("fc_dim", 2_000_000), ("num_classes", 1_000_000_000), ("width_mult", 10000.0)):
-        edited = json.loads(json.dumps(header))
-        config = json.loads(edited["__metadata__"]["config"])
-        config[name] = change
-        edited["__metadata__"]["config"] = json.dumps(config)
-        files[f"meta-{name}.safetensors"] = _join_native(edited, body)
-    entry = '{"conv1a.weight":{"dtype":"F32","shape":[1],"data_offsets":%s}}'
-    for name, offsets in (("int", "5"), ("str", '"abc"'), ("empty", "[]")):
-        files[f"offsets-{name}.safetensors"] = _join_native(entry % offsets, bytes(4))
-    files["brackets.safetensors"] = _join_native('{"a":' + "[" * 200_000 + "]" * 200_000 + "}", b"")
-    # A zip bomb: 200 MB of zeros deflated to 200 kB, declared as the storage of a 50M-element tensor.
-    source = zipfile.ZipFile(io.BytesIO(_torch_bytes({"conv1a.weight": torch.zeros(4)}, zip_format=True)))
-    bomb = io.BytesIO()
-    with zipfile.ZipFile(bomb, "w") as out:
-        for info in source.infolist():
-            data = source.read(info)
-            if info.filename.endswith("data.pkl"):
-                data = data.replace(b"K\x04", b"J" + struct.pack("<i", 50_000_000))
-            if "/data/" in info.filename:
-                target = zipfile.ZipInfo(info.filename)
-                target.compress_type = zipfile.ZIP_DEFLATED
-                with out.open(target, "w", force_zip64=True) as f:
-                    chunk, left = bytes(1 << 24), 200_000_000
-                    while left:
-                        f.write(chunk[: min(left, len(chunk))])
-                        left -= min(left, len(chunk))
-                continue
-            out.writestr(info.filename, data)
-    files["bomb.pth"] = bomb.getvalue()
-    files["zero-stride.pth"] = _torch_bytes({"conv1a.weight": torch.zeros(1).expand(50_000_000)}, zip_format=True)
-    paths = {}
-    for name, data in files.items():
-        paths[name] = folder / name
-        paths[name].write_bytes(data)
-    return paths
