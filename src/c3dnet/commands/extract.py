@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 HELP = "extract per-clip (or per-video) C3D features of videos into .npy files with a manifest"
 
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable videos (listed in OUT/failed.txt) instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--break-locks", action="store_true",
+                        help="first remove every lock in OUT/.locks, saying what each was (locks of a crashed run "
+                             "are taken over by themselves once their heartbeat is a minute old)")
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep each video's coded orientation instead of turning it as its display matrix "
                              "says (FFmpeg's -noautorotate); the manifest records what was applied")
@@ -79,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size or (64 if runner.device.type == "cuda" else 32),
                              workers=workers, skip_bad=args.skip_bad,
                              weights=str(source), autorotate=args.autorotate)
+    if args.break_locks:
+        from c3dnet.features import OutputDir
+
+        for line in OutputDir(args.out).break_locks():
+            print(f"c3d extract: removed the lock of {line}", file=sys.stderr)
     s = extract(records, runner, args.out, options, keys=keys, progress=not args.no_progress)
     shard = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"extracted {s.done} videos{shard} in {s.seconds:.1f} s ({s.frames_per_s:.0f} frames/s, "

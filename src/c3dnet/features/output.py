@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from c3dnet.errors import DataError
-from c3dnet.features.locks import VideoLock
+from c3dnet.features.locks import VideoLock, break_locks
 from c3dnet.features.manifest import (
     LOCKS_DIR,
     PARTS_DIR,
@@ -39,7 +39,15 @@ class OutputDir:
         self.path = Path(path)
 
     def create(self) -> OutputDir:
-        (self.path / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        for name in (PARTS_DIR, LOCKS_DIR):
+            folder = self.path / name
+            if folder.exists() and not folder.is_dir():
+                raise DataError(f"{folder}: is a file where c3d extract keeps its {name[1:]}; remove it (or choose "
+                                "another --out folder)")
+        try:
+            (self.path / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise DataError(f"{self.path}: is not a folder; choose another --out") from e
         return self
 
     def npy(self, key: str) -> Path:
@@ -104,21 +112,29 @@ class OutputDir:
         return VideoLock(self.path / LOCKS_DIR / f"{key}.lock", owner_pid=owner_pid)
 
     def held_lock(self, key: str) -> VideoLock:
-        """This process's view of a lock that one of its decoder processes took for it."""
-        lock = self.lock(key)
-        lock.held = True
-        return lock
+        """This process's view of a lock that one of its decoder processes took for it (its heartbeat keeps it)."""
+        return self.lock(key).hold()
 
     def release_own_locks(self) -> None:
         """Every lock taken for this process (by it or by its decoder processes)."""
+        locks = self.path / LOCKS_DIR
+        if not locks.is_dir():
+            return
         token = self.lock("").token
-        for path in (self.path / LOCKS_DIR).glob("*.lock"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.read_text().strip() == token:
-                    path.unlink()
+        for path in locks.glob("*.lock"):
+            lock = VideoLock(path)
+            lock.token = token
+            lock.held = True
+            lock.release()  # only if it holds this process's token
+
+    def break_locks(self) -> list[str]:
+        """Remove every lock of this folder (`c3d extract --break-locks`); a line per lock says what it was."""
+        return break_locks(self.path / LOCKS_DIR)
 
     def clear_stale_locks(self) -> None:
         """Locks of finished videos whose owner died between writing the outputs and releasing the lock."""
+        if not (self.path / LOCKS_DIR).is_dir():
+            return
         for path in (self.path / LOCKS_DIR).glob("*.lock"):
             if self.is_done(path.stem):
                 lock = VideoLock(path)
