@@ -12,6 +12,8 @@ for gigabytes:
   byte count must equal its shape times its item size.
 - The loaded structure is checked in one linear pass (each object once, by id), with bounds on the number of
   references, the nesting depth, and no container that contains itself.
+- Every length in the file is checked against the bytes left before anything is read or allocated for it
+  (the pure-Python unpickler: the C one sizes its memo by any index the file names).
 - Arrays are read-only views of the pickle's bytes (no second copy of the weights is made).
 
 Example:
