@@ -74,3 +74,26 @@ def test_progress_lines_without_a_terminal():
     assert "\r" not in out.getvalue() and len(lines) == 3
     assert lines[0].startswith("extract: 3/10 video in ") and lines[-1].endswith("(120 frames/s)")
     assert lines[-1].startswith("extract: 10/10 video")
+
+
+def test_predict_prints_names_escaped_and_refuses_an_unusable_timeline_folder(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from c3dnet.data.encode import write_video
+    from c3dnet.model import C3D
+    from c3dnet.preprocess import Preprocess
+    from c3dnet.weights import save_model
+    from tests.conftest import tiny_config
+
+    names = ["ok\x1b[2Jcleared", "b", "c", "d", "e"]  # an escape sequence that would clear the terminal
+    torch.manual_seed(0)
+    model = C3D(tiny_config(), preprocess=Preprocess(clip_len=8, crop_size=32, short_side=36), class_names=names)
+    save_model(model, tmp_path / "w.safetensors")
+    write_video(tmp_path / "v.avi", np.random.default_rng(0).integers(0, 256, (12, 48, 64, 3), dtype=np.uint8))
+    assert main(["predict", "--weights", str(tmp_path / "w.safetensors"), "--top-k", "5", str(tmp_path / "v.avi")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "ok\\x1b[2Jcleared" in out
+    assert main(["predict", "--weights", str(tmp_path / "w.safetensors"), "--timeline", "/dev/null/x",
+                 str(tmp_path / "v.avi")]) == 2
+    assert "--timeline /dev/null/x: cannot create this folder (Not a directory)" in capsys.readouterr().err

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "classify videos: top-k classes from the average of 10 clips, optional per-clip timeline (JSON + PNG)"
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import load_video_list
     from c3dnet.engine.device import configure_for, select_device
     from c3dnet.engine.runner import ClipRunner
-    from c3dnet.errors import ConfigError, DataError
+    from c3dnet.errors import ConfigError, DataError, printable
     from c3dnet.features import output_keys
     from c3dnet.log import progress_bar
     from c3dnet.prediction import class_labels, predict_timeline, predict_video, save_timeline
@@ -49,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.clips < 1 or args.stride < 1:
         raise ConfigError(f"--top-k, --clips and --stride must be >= 1, got {args.top_k}, {args.clips}, "
                           f"{args.stride}")
+    if args.timeline:
+        try:
+            Path(args.timeline).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--timeline {args.timeline}: cannot create this folder ({e.strerror or e}); "
+                              "choose another") from None
     records = load_video_list(args.videos)
     if args.onnx:
         from c3dnet.export import OnnxC3D
@@ -77,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         results.append(prediction.to_dict(args.top_k))
         if not args.json:
-            top = ", ".join(f"{c['label']} {100 * c['prob']:.1f}%" for c in results[-1]["top_k"])
-            print(f"{record.path}: {top}")
+            top = ", ".join(f"{printable(c['label'])} {100 * c['prob']:.1f}%" for c in results[-1]["top_k"])
+            print(f"{printable(record.path)}: {top}")
     bar.close()
     if args.json:
         print(json.dumps(results, indent=2))
