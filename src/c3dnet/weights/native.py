@@ -145,25 +145,45 @@ class SafetensorsHeader:
     data_start: int
 
 
+JSON_CHUNK = 1 << 16
+"""Bytes of JSON text `check_json_shape` looks at a time."""
+
+
 def check_json_shape(raw: bytes, max_depth: int, max_items: int) -> str | None:
     """Why `raw` (JSON text) is too deep or has too many items to parse, or None if it is within bounds.
 
     Parsing JSON costs memory in proportion to its items (a 4-byte `"a",` becomes a 50-byte str object), and
-    Python's parser recurses once per nesting level; both are checked here on the text with strings removed,
-    in linear time and a few MB of memory.
+    Python's parser recurses once per nesting level; both are counted here on the text, outside its strings, in
+    64 KiB chunks: linear time, and a few MB of temporaries whatever the text's size (a substitution that
+    removed the strings first cost 30 times the text).
     """
-    skeleton = _JSON_STRING.sub(b'""', raw)
-    items = skeleton.count(b",") + skeleton.count(b":")
-    if items > max_items:
-        return f"{items:,} items (at most {max_items:,})"
-    depth, chunk = 0, 1 << 20
-    for i in range(0, len(skeleton), chunk):
-        part = np.frombuffer(skeleton, np.uint8, count=min(chunk, len(skeleton) - i), offset=i)
-        steps = (np.isin(part, (0x5B, 0x7B)).astype(np.int32) - np.isin(part, (0x5D, 0x7D)).astype(np.int32))
+    items, depth, inside, backslashes = 0, 0, False, 0  # carried from chunk to chunk
+    chunk = JSON_CHUNK
+    for i in range(0, len(raw), chunk):
+        b = np.frombuffer(raw, np.uint8, count=min(chunk, len(raw) - i), offset=i)
+        n = len(b)
+        is_bs = b == 0x5C
+        # For each position, the last one before it (or at it) that is not a backslash: -1 for the chunk's start.
+        last_other = np.maximum.accumulate(np.where(is_bs, -1, np.arange(n)))
+        quotes = np.flatnonzero(b == 0x22)
+        before = quotes - 1
+        lead = np.where(before >= 0, last_other[np.maximum(before, 0)], -1)
+        run = before - lead + np.where(lead < 0, backslashes, 0)  # backslashes right before each quote
+        toggles = np.zeros(n, np.int8)
+        toggles[quotes[run % 2 == 0]] = 1  # a quote after an even run of backslashes opens or closes a string
+        state = (np.cumsum(toggles, dtype=np.int32) + inside) % 2  # 1 inside a string, after each position
+        outside = (state == 0) & (toggles == 0)
+        items += int(np.count_nonzero(outside & ((b == 0x2C) | (b == 0x3A))))
+        if items > max_items:
+            return f"more than {max_items:,} items"
+        steps = (outside & ((b == 0x5B) | (b == 0x7B))).astype(np.int32) - \
+            (outside & ((b == 0x5D) | (b == 0x7D))).astype(np.int32)
         levels = depth + np.cumsum(steps, dtype=np.int64)
-        if levels.size and int(levels.max()) > max_depth:
+        if n and int(levels.max()) > max_depth:
             return f"nesting deeper than {max_depth} levels"
-        depth = int(levels[-1]) if levels.size else depth
+        depth = int(levels[-1]) if n else depth
+        inside = bool(state[-1]) if n else inside
+        backslashes = (n - 1 - int(last_other[-1])) + (backslashes if last_other[-1] < 0 else 0) if n else backslashes
     return None
 
 
