@@ -86,7 +86,7 @@ def test_malformed_data_offsets(tmp_path: Path, offsets: str, pattern: str) -> N
         ('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(2), "truncated safetensors file"),
         ('{"__metadata__":{"format":3},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(4),
          "__metadata__ is not a map of strings"),
-        ('{"a":[' + '"x",' * 400_000 + '"x"]}', b"", r"400,001 items \(at most 300,000\)"),
+        ('{"a":[' + '"x",' * 400_000 + '"x"]}', b"", r"more than 300,000 items"),
         ('{"a":[1,2}', b"", "corrupt safetensors header"),
         (b'{"a":"\xff\xfe"}', b"", "corrupt safetensors header"),
         ("[1, 2]", b"", "unknown file type"),  # not '{': not taken for safetensors at all
@@ -165,7 +165,7 @@ def test_a_config_bigger_than_its_file_is_refused(tmp_path: Path) -> None:
         ("preprocess", "[1]", "'preprocess' is a list"),
         ("class_names", '["a", 3]', "list of strings"),
         ("class_names", json.dumps(["a"] * 6), "6 class names for 5 classes"),
-        ("class_names", json.dumps(["a"] * 100_000), "corrupt metadata field 'class_names': 99,999 items"),
+        ("class_names", json.dumps(["a"] * 100_000), "corrupt metadata field 'class_names': more than 5 items"),
         ("extra", "[" * 100 + "]" * 100, "corrupt metadata field 'extra': nesting deeper"),
         ("config", "{", "corrupt metadata field 'config'"),
     ],
