@@ -12,9 +12,8 @@ Example:
 from c3dnet.api import extract_features, predict
 from c3dnet.model import C3D, C3DConfig, build_model, count_parameters
 from c3dnet.preprocess import Preprocess
+from c3dnet.version import __version__
 from c3dnet.weights import load_model, read_metadata, save_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "C3D",

@@ -44,7 +44,7 @@ def _verbosity() -> argparse.ArgumentParser:
 
 
 def build_parser(prog: str = "c3d") -> argparse.ArgumentParser:
-    from c3dnet import __version__
+    from c3dnet.version import __version__
 
     verbosity = _verbosity()
     parser = argparse.ArgumentParser(prog=prog, description="C3D video features: train, test, extract, export.",

@@ -48,7 +48,7 @@ def save_native(
     """Write `state` (c3dnet key names) and its metadata as a native `.safetensors` file, atomically."""
     from safetensors.torch import save
 
-    from c3dnet import __version__
+    from c3dnet.version import __version__
 
     if class_names is not None and len(class_names) != config.num_classes:
         raise WeightsError(f"{path}: {len(class_names)} class names for a {config.num_classes}-class model")
