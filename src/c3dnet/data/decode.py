@@ -96,8 +96,9 @@ class ArrayVideo:
         return VideoInfo(len(self.frames), float(self.fps), self.frames.shape[1], self.frames.shape[2])
 
     def read(self, indices: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
-        if indices.min() < 0 or indices.max() >= len(self.frames):
-            raise DataError(f"{self.name}: frame index {int(indices.max())} is outside its {len(self.frames)} frames")
+        bad = indices[(indices < 0) | (indices >= len(self.frames))]
+        if bad.size:
+            raise DataError(f"{self.name}: frame index {int(bad[0])} is outside its {len(self.frames)} frames")
         frames = self.frames[indices]
         return frames if size_hw is None else resize_frames(frames, size_hw)
 

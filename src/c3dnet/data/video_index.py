@@ -299,9 +299,10 @@ def _timed_index(path: Path) -> VideoIndex | None:
         raise DataError(f"{path}: the video stream has no frame size; {_ERR_CORRUPT}")
     pts_arr.sort()
     keyframes = np.searchsorted(pts_arr, np.asarray(key_pts, dtype=np.int64))
+    order = np.argsort(keyframes, kind="stable")  # `keyframe_before` and `_seek` search them sorted
     orientation = frame_orientation(first_frame) if first_frame is not None else NONE
     return VideoIndex(len(pts_arr), fps, (height, width), orientation, True, pts_arr, None,
-                      keyframes.astype(np.int64), np.asarray(key_ts, dtype=np.int64))
+                      keyframes[order].astype(np.int64), np.asarray(key_ts, dtype=np.int64)[order])
 
 
 def _counted_index(path: Path) -> VideoIndex:

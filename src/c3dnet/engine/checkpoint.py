@@ -120,11 +120,12 @@ class ModelSnapshot:
 class AsyncCheckpointer:
     """Writes checkpoints on one thread, in order, while training goes on.
 
-    `save_model` and `save_state` take their snapshot (tensors copied to the host) at once and queue the writing,
-    so a save costs the copy, not the disk (seconds a checkpoint on a virtual disk, with its fsyncs). Files are
-    replaced atomically: until a write is complete the previous file stands. `check()` re-raises a write that
-    failed (a full disk, say) without waiting; `wait()` waits for every queued write and re-raises its error;
-    `close()` waits and stops the thread. At most `max_pending` snapshots wait in memory.
+    `save_model` takes a snapshot (tensors copied to the host) at once, or is given one; `save_state` is given
+    host copies (`host_copy`, or a snapshot's tensors). The writing is queued, so a save costs the copy, not the
+    disk (seconds a checkpoint on a virtual disk, with its fsyncs). Files are replaced atomically: until a write
+    is complete the previous file stands. `check()` re-raises a write that failed (a full disk, say) without
+    waiting; `wait()` waits for every queued write and re-raises its error; `close()` waits and stops the thread.
+    At most `max_pending` snapshots wait in memory.
     """
 
     def __init__(self, max_pending: int = 2) -> None:
@@ -132,14 +133,15 @@ class AsyncCheckpointer:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
-    def save_model(self, model: C3D, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Queue `model` (as it is now) as a native weight file at `path`."""
-        snapshot = ModelSnapshot.of(model)
+    def save_model(self, model: C3D | ModelSnapshot, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Queue `model` (as it is now, or a snapshot of it) as a native weight file at `path`."""
+        snapshot = model if isinstance(model, ModelSnapshot) else ModelSnapshot.of(model)
         self._submit(snapshot.save, path, extra)
 
     def save_state(self, path: str | Path, state: dict[str, Any]) -> None:
-        """Queue a training state (as it is now) at `path` (`save_state`)."""
-        self._submit(save_state, path, host_copy(state))
+        """Queue a training state at `path` (`save_state`); its tensors must be host copies training will not
+        change (a `ModelSnapshot`'s, or `host_copy`'s)."""
+        self._submit(save_state, path, state)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         self.check()

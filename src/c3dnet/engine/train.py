@@ -484,13 +484,14 @@ class Checkpoints:
 
         rng = all_gather_objects(ckpt.rng_state())
         if self.dist.is_main:
+            snapshot = ckpt.ModelSnapshot.of(model)  # one host copy of the weights for both files
             if model_file:
                 extra = {"epoch": progress.iteration // self.iters_per_epoch, "iteration": progress.iteration,
                          "val": progress.last_val}
-                self.writer.save_model(model, self.work_dir / "last.safetensors", extra)
+                self.writer.save_model(snapshot, self.work_dir / "last.safetensors", extra)
             self.writer.save_state(self.state_path, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "model": snapshot.state,
+                "optimizer": ckpt.host_copy(optimizer.state_dict()),
                 "iteration": progress.iteration,
                 "iters_per_epoch": self.iters_per_epoch,
                 "best_top1": progress.best_top1,
