@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,37 @@ def test_extract_with_onnx_matches_pytorch(tmp_path, weights, capsys):
                                    np.load(tmp_path / "ref" / f"{p.stem}.npy"), rtol=1e-4, atol=1e-4)
     (entry,) = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()][:1]
     assert entry["weights"] == str(tmp_path / "m.onnx") and entry["layer"] == "fc7"
+
+
+class _Cycle:
+    """Garbage only the cyclic collector frees; its destructor records the process that freed it."""
+
+    def __init__(self, record: Path) -> None:
+        self.record, self.me = record, self
+
+    def __del__(self) -> None:
+        with open(self.record, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def test_a_forked_child_never_frees_what_it_inherited(tmp_path):
+    """The parent's cyclic garbage must not be freed in a forked child (c3dnet.forks). A decoder process of
+    `c3d extract` hung this way: its collector freed an ONNX Runtime session left from an earlier `--onnx` run, and
+    the session's destructor joined thread-pool threads that exist only in the parent."""
+    import gc
+    import multiprocessing
+
+    import c3dnet.forks  # noqa: F401 - registered by any import of c3dnet; named here for the reader
+
+    record = tmp_path / "freed_by.txt"
+    gc.disable()
+    try:
+        _Cycle(record)  # unreachable at once, and no collection runs before the fork
+        child = multiprocessing.get_context("fork").Process(target=gc.collect)
+        child.start()
+        child.join(60)
+    finally:
+        gc.enable()
+    gc.collect()
+    assert child.exitcode == 0
+    assert record.read_text().split() == [str(os.getpid())]  # freed once, by the parent; the child never saw it
