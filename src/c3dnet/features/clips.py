@@ -84,10 +84,16 @@ def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: i
         yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
 
 
+def mean_row(total: np.ndarray, count: int, l2: bool) -> np.ndarray:
+    """A video's feature (D,) from the float64 sum of its `count` clip rows: the mean, then L2 with `l2` (the
+    paper's order), as float32."""
+    feats = (total / max(count, 1)).astype(np.float32)
+    return l2_normalize(feats).astype(np.float32) if l2 else feats
+
+
 def finish_rows(rows: np.ndarray, video_mean: bool, l2: bool) -> np.ndarray:
     """A video's clip rows (N, D) as `c3d extract` stores them: float32 rows, or their mean (D,) with
     `video_mean`; L2-normalised (each row, or the mean after averaging, as the paper) with `l2`."""
     if video_mean:
-        feats = (np.asarray(rows, dtype=np.float64).sum(axis=0) / max(len(rows), 1)).astype(np.float32)
-        return l2_normalize(feats).astype(np.float32) if l2 else feats
+        return mean_row(np.asarray(rows, dtype=np.float64).sum(axis=0), len(rows), l2)
     return l2_normalize(rows).astype(np.float32) if l2 else np.asarray(rows, dtype=np.float32)

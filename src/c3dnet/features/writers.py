@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from c3dnet.engine.runner import ClipRunner
+from c3dnet.features.clips import mean_row
 from c3dnet.features.decoders import VideoMeta
 from c3dnet.features.locks import VideoLock
 from c3dnet.features.manifest import TMP_TAG, ManifestEntry
@@ -80,9 +81,7 @@ def write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions) ->
     out = job.out.npy(job.key)
     assert job.rows is not None and job.meta is not None
     if options.video_mean:
-        feats = (job.rows[0] / max(job.received, 1)).astype(np.float32)  # (dim,)
-        if options.l2:
-            feats = l2_normalize(feats).astype(np.float32)
+        feats = mean_row(job.rows[0], job.received, options.l2)  # (dim,) from the running sum
         with atomic_write(out, "wb") as f:
             np.save(f, feats)
     else:
