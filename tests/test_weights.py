@@ -429,7 +429,7 @@ def test_malicious_files_are_refused_and_never_run(tmp_path: Path) -> None:
         load_model(pdparams)
     pth = tmp_path / "evil.pth"
     torch.save({"state_dict": mmaction2_state(model, recognizer=True), "hook": Payload()}, pth)
-    with pytest.raises(WeightsError, match="refused to load.*weights_only=True"):
+    with pytest.raises(WeightsError, match="refused to load: the checkpoint asks for the global `(posix|os).system`"):
         load_model(pth)
     assert not marker.exists()
 

@@ -247,9 +247,77 @@ for _module in ("numpy.core", "numpy._core"):
 
 ALLOWED_GLOBALS: tuple[str, ...] = tuple(sorted(f"{m}.{n}" for m, n in _ALLOWED))
 """The only globals a weight pickle may name."""
+_ALLOWED_TEXT = f"only numpy arrays and plain containers are allowed: {', '.join(ALLOWED_GLOBALS)}"
 
 
-class _BoundedReader(io.RawIOBase):
+class InertObject:
+    """A stand-in for an object of a known-inert metadata class: it records what the pickle gave it, nothing more.
+
+    mmengine and mmaction2 checkpoints keep training bookkeeping beside the weights (`message_hub` with its
+    `HistoryBuffer`s, the `ConfigDict` of the run, a scheduler's `Counter` of milestones). Their real classes
+    are never imported or called: the pickle's `NEWOBJ`/`REDUCE` arguments, its `BUILD` state and any items it
+    appends or sets are kept here as plain data, checked and bounded like the rest, and then dropped.
+    Subclasses (one per name in `INERT_GLOBALS`) carry the global's name.
+    """
+
+    __slots__ = ("args", "state", "items")
+    global_name = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        obj = object.__new__(cls)
+        obj.args, obj.state, obj.items = (*args, *kwargs.items()), None, []
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing: `__new__` kept the arguments."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:  # SETITEM(S) on a dict subclass (ConfigDict)
+        self.items.append((key, value))
+
+    def append(self, value: Any) -> None:  # APPEND(S) on a list subclass
+        self.items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.items.extend(values)
+
+    def __reduce__(self) -> Any:  # pragma: no cover - never written back
+        raise TypeError(f"a placeholder for {self.global_name} cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"<{self.global_name} (not loaded)>"
+
+
+INERT_GLOBALS: tuple[str, ...] = (
+    "mmengine.logging.history_buffer.HistoryBuffer",
+    "mmengine.logging.message_hub.MessageHub",
+    "mmengine.config.config.ConfigDict",
+    "mmengine.config.config.Config",
+    "mmcv.utils.config.ConfigDict",
+    "mmcv.utils.config.Config",
+    "mmcv.Config",
+    "mmcv.ConfigDict",
+    "addict.addict.Dict",
+    "collections.Counter",
+    "collections.defaultdict",
+    "torch.torch_version.TorchVersion",
+)
+"""Classes whose objects in checkpoint metadata become `InertObject`s (see `inert_globals`); any other global
+outside `ALLOWED_GLOBALS` is still refused."""
+
+
+def inert_globals() -> dict[tuple[str, str], type[InertObject]]:
+    """(module, name) -> its placeholder class, for each of `INERT_GLOBALS`."""
+    table = {}
+    for full in INERT_GLOBALS:
+        module, _, name = full.rpartition(".")
+        table[(module, name)] = type(f"Inert{name}", (InertObject,), {"__slots__": (), "global_name": full})
+    return table
+
+
+class BoundedReader(io.RawIOBase):
     """A file that refuses reads beyond its end: every length in a pickle is exact, so a longer one is a
     truncated or corrupt file, and nothing is read (or allocated) for it."""
 
@@ -286,15 +354,17 @@ class _BoundedReader(io.RawIOBase):
         return line
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """The pure-Python unpickler, restricted.
+class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler, restricted to the globals in `allowed` (a subclass may add to them).
 
     Not the C one: its memo is an array indexed by the file's `LONG_BINPUT` numbers, and a 5-byte opcode with
     index 2**27 makes it allocate and zero 2 GB. Here the memo is a dict, and every length is checked against
     the file before anything is allocated for it.
     """
 
-    def __init__(self, file: _BoundedReader, **kwargs: Any) -> None:
+    allowed: dict[tuple[str, str], Any] = _ALLOWED
+
+    def __init__(self, file: BoundedReader, **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
         self._size = file.size
 
@@ -312,7 +382,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise UnsafePickleError(f"the global `{module}.{name}`") from None
 
@@ -324,7 +394,7 @@ _ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), np.dtype
 _KEY_TYPES = (str, bytes, int, float, bool, type(None), tuple)
 
 
-def _pickle_leaf(obj: Any) -> Any:
+def pickle_leaf(obj: Any) -> Any:
     """What a leaf of a restricted pickle may be: atoms, arrays that received their data, numpy scalars."""
     if isinstance(obj, _PendingArray):
         if obj.array is None:
@@ -343,7 +413,7 @@ def _pickle_leaf(obj: Any) -> Any:
     raise UnsafePickleError(f"an object of type {type(obj).__name__}")
 
 
-def check_structure(obj: Any, leaf: Callable[[Any], Any] = _pickle_leaf, max_references: int = MAX_REFERENCES,
+def check_structure(obj: Any, leaf: Callable[[Any], Any] = pickle_leaf, max_references: int = MAX_REFERENCES,
                     max_depth: int = MAX_DEPTH) -> Any:
     """Check a loaded structure in linear time and return it with each leaf replaced by `leaf(leaf)`.
 
@@ -372,6 +442,12 @@ def check_structure(obj: Any, leaf: Callable[[Any], Any] = _pickle_leaf, max_ref
             return done[key]
         if key in active:
             raise StructureError("a container that contains itself")
+        if isinstance(x, InertObject):  # its arguments, state and items, checked like a tuple of them
+            active.add(key)
+            x.args, x.state, x.items = visit((x.args, x.state, x.items), depth)
+            active.discard(key)
+            done[key] = x
+            return x
         if isinstance(x, (dict, list, tuple, set, frozenset)):
             if depth >= max_depth:
                 raise StructureError(f"containers nested more than {max_depth} levels deep")
@@ -429,23 +505,38 @@ def check_no_object_arrays(obj: Any) -> None:
     check_structure(obj, leaf)
 
 
-def _load(file: IO[bytes], size: int, source: str) -> Any:
+def restricted_load(file: IO[bytes], size: int, source: str,
+                    unpickler: Callable[[BoundedReader], pickle.Unpickler] | None = None,
+                    leaf: Callable[[Any], Any] = pickle_leaf, what: str = "the pickle",
+                    allowed: str = "only numpy arrays and plain containers are allowed",
+                    unsafe_loaders: str = "plain pickle, paddle.load or torch.load(weights_only=False)") -> Any:
+    """Unpickle `size` bytes of `file` with a restricted unpickler, check the structure, map errors to WeightsError.
+
+    Args:
+        file: the pickle's bytes, from their start.
+        size: how many bytes the pickle may read.
+        source: the file name used in error messages.
+        unpickler: makes the unpickler for a `BoundedReader` (default: `RestrictedUnpickler`, latin1 strings).
+        leaf: passed to `check_structure`.
+        what, allowed, unsafe_loaders: wording of the refusal ("the pickle", what is allowed, which loaders
+            would have run code).
+    """
     try:
+        reader = BoundedReader(file, size)
         # latin1 reads Python 2 pickles (old Caffe conversions): their str arrays' raw bytes survive intact.
-        unpickler = _RestrictedUnpickler(_BoundedReader(file, size), encoding="latin1")
-        obj = unpickler.load()
-        del unpickler  # its memo holds every bytes object; the arrays keep only their own
-        return check_structure(obj)
+        loader = unpickler(reader) if unpickler else RestrictedUnpickler(reader, encoding="latin1")
+        obj = loader.load()
+        del loader  # its memo holds every bytes object; the arrays keep only their own
+        return check_structure(obj, leaf)
     except UnsafePickleError as e:
         raise WeightsError(
-            f"{source}: refused to load: the pickle asks for {e}, which weight files never need (only numpy "
-            f"arrays and plain containers are allowed: {', '.join(ALLOWED_GLOBALS)}). Loading it with plain "
-            f"pickle, paddle.load or torch.load(weights_only=False) could run code from it; treat the file as "
-            f"untrusted and get the weights from a trusted source"
+            f"{source}: refused to load: {what} asks for {e}, which weight files never need ({allowed}). Loading "
+            f"it with {unsafe_loaders} could run code from it; treat the file as untrusted and get the weights "
+            f"from a trusted source"
         ) from None
     except StructureError as e:
         raise WeightsError(
-            f"{source}: refused to load: the pickle holds {e}, which no weight file does; the file is corrupt "
+            f"{source}: refused to load: {what} holds {e}, which no weight file does; the file is corrupt "
             f"or hostile, get the weights from a trusted source"
         ) from None
     except MemoryError:
@@ -475,7 +566,7 @@ def loads_safe_pickle(data: bytes, source: str = "<bytes>") -> Any:
         WeightsError: the pickle asks for anything else (it may be malicious), is too large or deep for a
         weight file, or is truncated or corrupt.
     """
-    return _load(io.BytesIO(data), len(data), source)
+    return restricted_load(io.BytesIO(data), len(data), source, allowed=_ALLOWED_TEXT)
 
 
 def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
@@ -483,13 +574,17 @@ def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return _load(f, os.fstat(f.fileno()).st_size, str(path))
+            return restricted_load(f, os.fstat(f.fileno()).st_size, str(path), allowed=_ALLOWED_TEXT)
     except OSError as e:
         raise WeightsError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
 
 __all__ = [
     "ALLOWED_GLOBALS",
+    "INERT_GLOBALS",
+    "BoundedReader",
+    "InertObject",
+    "RestrictedUnpickler",
     "MAX_DEPTH",
     "MAX_REFERENCES",
     "StructureError",
@@ -497,6 +592,9 @@ __all__ = [
     "check_dtype",
     "check_no_object_arrays",
     "check_structure",
+    "inert_globals",
     "load_safe_pickle",
     "loads_safe_pickle",
+    "pickle_leaf",
+    "restricted_load",
 ]

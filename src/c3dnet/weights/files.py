@@ -2,13 +2,14 @@
 
 Containers, told apart by their first bytes rather than by the file name:
     safetensors         8-byte header length + JSON header ("{")
-    torch zip           `torch.save` since PyTorch 1.6 ("PK\\x03\\x04"), loaded with `weights_only=True`
+    torch zip           `torch.save` since PyTorch 1.6 ("PK\\x03\\x04"), read by `c3dnet.weights.torchzip`
     torch legacy        `torch.save` before 1.6 (a pickled magic number first), `weights_only=True`
     pickle              `.pdparams`, `c3d.pickle` and friends: numpy arrays through `c3dnet.safe_pickle`
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import pickle
 import stat
@@ -24,8 +25,16 @@ import torch
 
 from c3dnet.errors import OnnxFileError, TrainingStateError, WeightsError, printable
 from c3dnet.log import get_logger
-from c3dnet.safe_pickle import StructureError, UnsafePickleError, check_dtype, check_structure, load_safe_pickle
+from c3dnet.safe_pickle import (
+    InertObject,
+    StructureError,
+    UnsafePickleError,
+    check_dtype,
+    check_structure,
+    load_safe_pickle,
+)
 from c3dnet.weights.native import read_safetensors, read_safetensors_header
+from c3dnet.weights.torchzip import TensorRef, is_tensor_like, read_torch_zip
 
 log = get_logger(__name__)
 
@@ -46,12 +55,15 @@ class RawWeights:
         metadata: the safetensors `__metadata__` map, or None for other containers.
         container: "safetensors", "torch" or "pickle".
         ignored: keys of non-tensor entries that were skipped (e.g. Paddle's `StructuredToParameterName@@`).
+        dropped: the checkpoint's entries beside its state dict (`meta`, `optimizer`, `message_hub`, ...), each
+            described by `describe_dropped`; none of their tensors is read.
     """
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] | None
     container: str
     ignored: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 # A training state written by c3dnet.engine.checkpoint (its "format" field): for --resume, not for loading.
@@ -124,7 +136,7 @@ def read_raw(path: str | Path) -> RawWeights:
         raise WeightsError(f"{path}: cannot read the file ({e.strerror or e})") from None
     if head.startswith(b"PK\x03\x04"):
         _check_torch_zip(path, size)
-        return _from_object(path, _torch_load(path), "torch", size)
+        return _from_object(path, read_torch_zip(path, size), "torch", size)
     if head.startswith(_TORCH_LEGACY_MAGIC):
         return _from_object(path, _torch_load(path), "torch", size)
     if head[:1] in (b"\x80", b"(", b"}", b"]", b"c"):  # pickle protocol 2+ / protocol 0-1 openings
@@ -281,6 +293,8 @@ def _torch_load(path: Path) -> Any:
 def _as_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
         value = value[1]  # paddle.save of a Tensor inside a larger object: (internal name, ndarray)
+    if isinstance(value, TensorRef):  # read from the torch zip now, and only if it is a weight
+        value = value.load() if not value.dtype.is_complex else None
     if isinstance(value, torch.Tensor):
         return value if (value.dtype.is_floating_point or not value.dtype.is_complex) else None
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
@@ -312,9 +326,10 @@ def _from_object(path: Path, obj: Any, container: str, size: int) -> RawWeights:
         )
     if isinstance(obj.get("format"), str) and obj["format"].startswith(_TRAIN_STATE_FORMAT):
         raise _training_state(path, obj)
+    top = obj
     for key in _WRAPPER_KEYS:
         inner = obj.get(key)
-        if isinstance(inner, Mapping) and any(_as_tensor(v) is not None for v in inner.values()):
+        if isinstance(inner, Mapping) and any(_is_weight(v) for v in inner.values()):
             log.debug("%s: weights found under %r", path, key)
             obj = inner
             break
@@ -342,7 +357,43 @@ def _from_object(path: Path, obj: Any, container: str, size: int) -> RawWeights:
             f"{path}: refused to load: its tensors hold {nbytes:,} bytes but the file has only {size:,} (tensors "
             f"that repeat or expand shared data), which no weight file does; the file is corrupt or hostile"
         )
-    return RawWeights(tensors, None, container, tuple(ignored))
+    dropped = tuple(f"{printable(k)} ({describe_dropped(v)})" for k, v in top.items() if v is not obj) \
+        if top is not obj else ()
+    return RawWeights(tensors, None, container, tuple(ignored), dropped)
 
 
-__all__ = ["MAX_ZIP_ENTRIES", "RawWeights", "looks_like_onnx", "read_raw"]
+def _is_weight(value: Any) -> bool:
+    """Whether a state dict's value is a tensor or array (checked without reading a lazy torch-zip tensor)."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        value = value[1]
+    return is_tensor_like(value) or (isinstance(value, np.ndarray) and value.dtype.kind in "fiub")
+
+
+def describe_dropped(value: Any) -> str:
+    """What a checkpoint entry beside the weights held, in a few words: its type and size, the tensors left
+    unread and the inert placeholders in it ("dict of 3 entries; 24 tensors not read; HistoryBuffer x5")."""
+    seen: set[int] = set()
+    tensors, inert = 0, collections.Counter()
+    stack = [value]
+    while stack:  # the structure was bounded and checked for cycles when it was loaded
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if is_tensor_like(x):
+            tensors += 1
+        elif isinstance(x, InertObject):
+            inert[x.global_name.rpartition(".")[2]] += 1
+            stack += [x.args, x.state, x.items]
+        elif isinstance(x, Mapping):
+            stack += list(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack += list(x)
+    kind = (f"{type(value).__name__} of {len(value)} entries" if isinstance(value, (Mapping, list, tuple))
+            else value.global_name if isinstance(value, InertObject) else type(value).__name__)
+    parts = [kind] + ([f"{tensors} tensors not read"] if tensors else [])
+    parts += [f"{name} x{n} (placeholder, never called)" for name, n in sorted(inert.items())]
+    return "; ".join(parts)
+
+
+__all__ = ["MAX_ZIP_ENTRIES", "RawWeights", "describe_dropped", "looks_like_onnx", "read_raw"]

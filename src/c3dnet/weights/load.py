@@ -37,6 +37,8 @@ class WeightFile:
         container: "safetensors", "torch" or "pickle".
         unexpected: file keys that map to no C3D parameter (reported, not loaded).
         extra: the native file's "extra" metadata ({} otherwise).
+        dropped: the checkpoint's entries beside its weights (mmengine's `meta`, `message_hub`, `optimizer`, ...),
+            described; nothing in them was read or run.
     """
 
     path: Path
@@ -48,6 +50,7 @@ class WeightFile:
     container: str
     unexpected: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
 
     @property
     def has_head(self) -> bool:
@@ -101,8 +104,11 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
     if class_names is not None and len(class_names) != config.num_classes:
         raise WeightsError(f"{path}: {len(class_names)} class names for {config.num_classes} classes in the config")
     unexpected = mapped.unexpected + raw.ignored
+    if raw.dropped:
+        log.info("%s: dropped (only the state dict's tensors are used; nothing else was read or run): %s", path,
+                 "; ".join(raw.dropped))
     return WeightFile(path, mapped.state, config, preprocess, class_names, source_format, raw.container,
-                      unexpected, extra)
+                      unexpected, extra, raw.dropped)
 
 
 def with_geometry_preprocess(weights: WeightFile, preprocess: Preprocess) -> WeightFile:
