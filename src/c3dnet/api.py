@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +54,18 @@ def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp:
     return ClipRunner(model, output, device, amp=amp)
 
 
-def _video(video: Any, fps: float) -> str | os.PathLike[str] | ArrayVideo:
+def _video(video: Any, source_fps: float | str) -> str | os.PathLike[str] | ArrayVideo:
     from c3dnet.data.decode import ArrayVideo
 
     if isinstance(video, np.ndarray):
-        return ArrayVideo(video, fps)
+        return ArrayVideo(video, float(Fraction(str(source_fps))) if source_fps else 0.0)
     return video
+
+
+def _rates(fps: float | str | None, source_fps: float | str | None) -> tuple[Fraction | None, Fraction | None]:
+    from c3dnet.data.timing import parse_fps
+
+    return (parse_fps(fps) if fps else None), (parse_fps(source_fps, "source_fps") if source_fps else None)
 
 
 def predict(
@@ -71,7 +78,8 @@ def predict(
     device: str | torch.device = "auto",
     amp: bool = True,
     autorotate: bool = True,
-    fps: float = 0.0,
+    fps: float | str | None = None,
+    source_fps: float | str | None = None,
 ) -> dict[str, Any]:
     """The most probable classes of one video: `{"video", "top_k": [{"label", "index", "prob"}, ...]}`.
 
@@ -84,13 +92,16 @@ def predict(
         device: "auto", "cpu" or "cuda[:N]".
         amp: bf16 autocast on CUDA.
         autorotate: turn frames as the video's display matrix says (files only).
-        fps: the frame rate of an array of frames (recorded only).
+        fps: sample the video at this frame rate by presentation time first (`c3d predict --fps`).
+        source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
     """
     from c3dnet.prediction import class_labels, predict_video
 
+    fps, source = _rates(fps, source_fps)
     runner = _runner(model_or_weights, "logits", device, amp)
     names = class_labels(runner.model.class_names, runner.dim)
-    return predict_video(runner, _video(video, fps), names, clips, average, autorotate).to_dict(top_k)
+    return predict_video(runner, _video(video, source_fps), names, clips, average, autorotate, fps,
+                         source).to_dict(top_k)
 
 
 def extract_features(
@@ -100,18 +111,21 @@ def extract_features(
     stride: int = 16,
     *,
     video_mean: bool = False,
-    l2: bool = False,
+    l2: str | bool | None = None,
+    segments: int = 0,
+    segment_rule: str = "uniform",
     batch_size: int = 32,
     device: str | torch.device = "auto",
     amp: bool = True,
     autorotate: bool = True,
-    fps: float = 0.0,
+    fps: float | str | None = None,
+    source_fps: float | str | None = None,
 ) -> np.ndarray:
     """C3D features of one video: the rows `c3d extract` writes, float32 (num_clips, dim), or (dim,).
 
     Clips start every `stride` frames (16: non-overlapping, the paper's); a video shorter than a clip gives one
-    clip that wraps around. `video_mean` averages the rows, `l2` L2-normalises each row (or the mean), as
-    `c3d extract --video-mean --l2` does.
+    clip that wraps around. `video_mean` averages the rows and `segments` pools them into that many segments;
+    `l2` normalises, as `c3d extract --video-mean/--segments/--l2` do (`features.pooling` has the rules).
 
     Args:
         model_or_weights: a weights path (any format; `.onnx` runs through ONNX Runtime) or a loaded model.
@@ -119,30 +133,40 @@ def extract_features(
         layer: "fc6" (the paper's), "fc7", "pool5" or "logits".
         stride: frames between clip starts.
         video_mean: return the mean row (dim,).
-        l2: L2-normalise each row, or the mean.
+        l2: "none", "clip" (each clip row, before pooling) or "output" (each returned row); None: "output" with
+            `segments`, else "none"; True/False: "output"/"none".
+        segments: return this many segment rows (segments, dim), each the mean of its clips (0: none).
+        segment_rule: "uniform" or "sultani" (UCF-Crime's released code).
         batch_size: clips per forward pass.
         device: "auto", "cpu" or "cuda[:N]".
         amp: bf16 autocast on CUDA.
         autorotate: turn frames as the video's display matrix says (files only).
-        fps: the frame rate of an array of frames (recorded only).
+        fps: sample the video at this frame rate by presentation time first (`c3d extract --fps`).
+        source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
     """
     import torch
 
     from c3dnet.data.decode import video_info
-    from c3dnet.features.clips import finish_rows, stream_clips
+    from c3dnet.features.clips import ClipPlan, finish_rows, stream_clips
+    from c3dnet.features.pooling import check_pooling, default_l2
 
     if stride < 1 or batch_size < 1:
         raise ValueError(f"stride and batch_size must be >= 1, got {stride} and {batch_size}")
+    l2 = default_l2(segments) if l2 is None else ("output" if l2 else "none") if isinstance(l2, bool) else l2
+    check_pooling(segments, segment_rule, l2, video_mean)
+    rate, source_rate = _rates(fps, source_fps)
     runner = _runner(model_or_weights, layer, device, amp)
-    source = _video(video, fps)
+    source = _video(video, source_fps)
     info = video_info(source, autorotate)
+    plan = ClipPlan.of(source, info.num_frames, runner.preprocess, stride, rate, source_rate)
     size = runner.preprocess.resize_target(info.height, info.width)
     rows, batch = [], []
-    for _, clip in stream_clips(source, runner.preprocess, stride, info.num_frames, size, autorotate=autorotate):
+    for _, clip in stream_clips(source, runner.preprocess, stride, info.num_frames, size, autorotate=autorotate,
+                                indices=plan.indices):
         batch.append(clip)
         if len(batch) == batch_size:
             rows.append(runner(torch.stack(batch)))
             batch = []
     if batch:
         rows.append(runner(torch.stack(batch)))
-    return finish_rows(np.concatenate(rows), video_mean, l2)
+    return finish_rows(np.concatenate(rows), video_mean, l2, segments, segment_rule)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +71,18 @@ def class_labels(model_class_names: list[str] | None, num_classes: int) -> list[
 
 
 def predict_video(runner: ClipRunner, video: str | os.PathLike[str] | ArrayVideo, class_names: list[str],
-                  num_clips: int = 10, average: Average = "score", autorotate: bool = True) -> Prediction:
+                  num_clips: int = 10, average: Average = "score", autorotate: bool = True,
+                  fps: Fraction | None = None, source_fps: Fraction | None = None) -> Prediction:
     """Class probabilities of a video from `num_clips` evenly spaced clips, cut as `c3d test` cuts them
     (`ClipDataset` in test mode): the softmax of the mean clip logits ("score", the reference's test protocol), or
-    the mean of the clips' softmax ("prob", mmaction2's). `video` is a path or an `ArrayVideo`."""
+    the mean of the clips' softmax ("prob", mmaction2's). `video` is a path or an `ArrayVideo`; with `fps` the
+    clips are chosen among its frames sampled at that rate (`data.timing`)."""
     from c3dnet.data.dataset import ClipDataset
     from c3dnet.data.sources import VideoRecord
 
     source = video if isinstance(video, ArrayVideo) else Path(video)
     dataset = ClipDataset([VideoRecord(source, -1)], "test", runner.preprocess, num_clips=num_clips,
-                          autorotate=autorotate)
+                          autorotate=autorotate, fps=fps, source_fps=source_fps)
     sample = dataset.sample(0)
     logits = runner(sample.clips)  # (K, C)
     scores = average_clips(logits, average)  # (C,) mean logits, or mean probabilities
@@ -95,37 +98,44 @@ class Timeline:
     video: str
     fps: float
     num_frames: int
-    clip_starts: np.ndarray
+    clip_starts: np.ndarray  # first source frame of each clip
     clip_span: int  # frames covered by one clip
     probs: np.ndarray
     class_names: list[str]
+    spans: np.ndarray | None = None  # (num_clips, 4): first, last source frame, start, end s (`ClipPlan.spans`)
+    sample_fps: str = ""  # the --fps the clips were cut at ("": the video's own frames)
 
     def to_dict(self, k: int = 5) -> dict[str, Any]:
         clips = []
-        for start, p in zip(self.clip_starts.tolist(), self.probs):
+        for c, p in enumerate(self.probs):
             order = np.argsort(-p, kind="stable")[:k]
+            first, last, start_s, end_s = self.spans[c]
             clips.append({
-                "start_frame": start,
-                "end_frame": min(start + self.clip_span, self.num_frames) - 1,
-                "time_s": start / self.fps if self.fps > 0 else None,
+                "start_frame": int(first),
+                "end_frame": int(last),
+                "time_s": None if np.isnan(start_s) else round(float(start_s), 6),
+                "end_s": None if np.isnan(end_s) else round(float(end_s), 6),
                 "top_k": [{"label": self.class_names[i], "index": int(i), "prob": float(p[i])} for i in order],
             })
         return {"video": self.video, "fps": self.fps, "num_frames": self.num_frames, "clip_span": self.clip_span,
-                "clips": clips}
+                "sample_fps": self.sample_fps, "clips": clips}
 
 
 def predict_timeline(runner: ClipRunner, path: str | os.PathLike[str], class_names: list[str], stride: int = 16,
-                     batch_size: int = 32, autorotate: bool = True) -> Timeline:
-    """Softmax of every sliding clip (every `stride` frames), decoding the video once in bounded memory."""
+                     batch_size: int = 32, autorotate: bool = True, fps: Fraction | None = None,
+                     source_fps: Fraction | None = None) -> Timeline:
+    """Softmax of every sliding clip (every `stride` frames; of the frames sampled at `fps` when given),
+    decoding the video once in bounded memory."""
     from c3dnet.data.decode import video_info
-    from c3dnet.features import clip_starts
+    from c3dnet.features.clips import ClipPlan
 
     pre = runner.preprocess
     info = video_info(path, autorotate)
     size = pre.resize_target(info.height, info.width)
-    starts = clip_starts(info.num_frames, pre, stride)
+    plan = ClipPlan.of(path, info.num_frames, pre, stride, fps, source_fps)
     probs, batch = [], []
-    for _, clip in stream_clips(path, pre, stride, info.num_frames, size, autorotate=autorotate):
+    for _, clip in stream_clips(path, pre, stride, info.num_frames, size, autorotate=autorotate,
+                                indices=plan.indices):
         batch.append(clip)
         if len(batch) == batch_size:
             probs.append(softmax(runner(torch.stack(batch))))
@@ -133,8 +143,9 @@ def predict_timeline(runner: ClipRunner, path: str | os.PathLike[str], class_nam
     if batch:
         probs.append(softmax(runner(torch.stack(batch))))
     span = (pre.clip_len - 1) * pre.frame_interval + 1
-    return Timeline(video=str(path), fps=info.fps, num_frames=info.num_frames, clip_starts=starts, clip_span=span,
-                    probs=np.concatenate(probs), class_names=class_names)
+    return Timeline(video=str(path), fps=info.fps, num_frames=info.num_frames, clip_starts=plan.indices[:, 0],
+                    clip_span=span, probs=np.concatenate(probs), class_names=class_names, spans=plan.spans(),
+                    sample_fps=str(fps) if fps is not None else "")
 
 
 def save_timeline(timeline: Timeline, out_dir: str | os.PathLike[str], key: str, k: int = 5,
@@ -147,8 +158,9 @@ def save_timeline(timeline: Timeline, out_dir: str | os.PathLike[str], key: str,
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / f"{key}.timeline.json", out_dir / f"{key}.timeline.png"
     atomic_write_text(json_path, json.dumps(timeline.to_dict(k), indent=1) + "\n")
-    centre = timeline.clip_starts + timeline.clip_span / 2.0
-    x, unit = (centre / timeline.fps, "time (s)") if timeline.fps > 0 else (centre, "frame")
+    spans = timeline.spans  # (clips, 4): first, last frame, start, end s
+    timed = not np.isnan(spans[:, 2:]).any()
+    x, unit = ((spans[:, 2] + spans[:, 3]) / 2, "time (s)") if timed else ((spans[:, 0] + spans[:, 1]) / 2, "frame")
     shown = np.argsort(-timeline.probs.mean(axis=0), kind="stable")[:classes_in_plot]
     fig, (ax,) = figure(1, 1, (10, 4))
     for i in shown:

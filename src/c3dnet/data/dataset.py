@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset
 from c3dnet.data import sampling
 from c3dnet.data.decode import count_frames, read_frames, set_decode_threads, video_info
 from c3dnet.data.sources import VideoRecord
+from c3dnet.data.timing import resample, video_times
 from c3dnet.data.transforms import eval_transform, train_transform
 from c3dnet.errors import DataError
 from c3dnet.log import get_logger
@@ -60,6 +62,9 @@ class ClipDataset(Dataset):
             so evaluation keyed by index never credits the broken video) instead of raising `DataError`.
         autorotate: turn video frames as their display matrix says (FFmpeg's default); False keeps the coded
             orientation.
+        fps: sample each video at this frame rate by presentation time before choosing clips
+            (`data.timing.resample`); None: its own frames.
+        source_fps: with `fps`, the frame rate of frame folders without recorded timestamps.
 
     Items are `(clips, label, index)`: clips uint8 (K, 3, T, crop, crop), K = 1 for train/val, `num_clips` for test.
     """
@@ -73,6 +78,8 @@ class ClipDataset(Dataset):
         seed: int = 0,
         skip_bad: bool = False,
         autorotate: bool = True,
+        fps: Fraction | None = None,
+        source_fps: Fraction | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -85,6 +92,7 @@ class ClipDataset(Dataset):
         self.seed = seed
         self.skip_bad = skip_bad
         self.autorotate = autorotate
+        self.fps, self.source_fps = fps, source_fps
         self.epoch = 0
         self.failed: dict[int, str] = {}  # index -> reason, in this process (each worker keeps its own)
 
@@ -114,7 +122,11 @@ class ClipDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         info = video_info(record.path, self.autorotate)  # cached per process: frame size (and count, for videos)
         num_frames = count_frames(record) if record.num_frames is not None else info.num_frames
-        indices = self.clip_indices(i, num_frames, rng)  # (K, T)
+        if self.fps is None:
+            indices = self.clip_indices(i, num_frames, rng)  # (K, T)
+        else:  # clips chosen among the frames sampled at fps, then mapped to source frames
+            frame_map = resample(video_times(record.path, self.source_fps), self.fps)
+            indices = frame_map[self.clip_indices(i, len(frame_map), rng)]  # (K, T)
         # Resize while decoding; frames already at the target size, such as those `c3d prepare` extracted at
         # short side 128, are not resized at all.
         size_hw = self.preprocess.resize_target(info.height, info.width)

@@ -25,6 +25,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,10 @@ class VideoIndex:
         checksums: counted only: a checksum (CRC-32) of every frame's decoded planes.
         keyframes: sorted frame numbers where a seek may start (0 is implied: the start of the file).
         seek_ts: for each keyframe, the timestamp to pass to `container.seek` (stream time base).
+        frame_ts: every frame's presentation timestamp in output order, as FFmpeg gives it
+            (`best_effort_timestamp`, stream time base); None for streams without timestamps.
+        last_duration: the last frame's duration (stream time base; 0: unknown).
+        time_base: seconds per timestamp unit.
     """
 
     num_frames: int
@@ -91,6 +96,9 @@ class VideoIndex:
     checksums: np.ndarray | None
     keyframes: np.ndarray
     seek_ts: np.ndarray
+    frame_ts: np.ndarray | None = None
+    last_duration: int = 0
+    time_base: Fraction = Fraction(1, 1)
 
     def info(self, autorotate: bool = True) -> VideoInfo:
         h, w = self.coded_hw
@@ -268,6 +276,7 @@ def _timed_index(path: Path) -> VideoIndex | None:
         if not _is_timed_container(container, stream):
             return None
         pts, key_pts, key_ts, first_frame, tally = [], [], [], None, PacketTally()
+        last_pts, last_duration = None, 0  # the last frame shown, and how long
         for packet in container.demux(stream):
             if packet.is_corrupt:  # the demuxer flags packets cut short by truncation
                 raise DataError(f"{path}: corrupt or truncated video data at packet {tally.present}; "
@@ -282,6 +291,8 @@ def _timed_index(path: Path) -> VideoIndex | None:
             if packet.pts is None:
                 return None
             pts.append(packet.pts)
+            if last_pts is None or packet.pts > last_pts:
+                last_pts, last_duration = packet.pts, int(packet.duration or 0)
             if packet.is_keyframe:
                 key_pts.append(packet.pts)
                 key_ts.append(packet.dts if packet.dts is not None else packet.pts)
@@ -291,6 +302,7 @@ def _timed_index(path: Path) -> VideoIndex | None:
         tally.check(path, container, stream)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         height, width = stream.codec_context.height, stream.codec_context.width
+        time_base = Fraction(stream.time_base or 1)
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the video's packets ({e}); {_ERR_CORRUPT}") from e
     finally:
@@ -302,7 +314,8 @@ def _timed_index(path: Path) -> VideoIndex | None:
     order = np.argsort(keyframes, kind="stable")  # `keyframe_before` and `_seek` search them sorted
     orientation = frame_orientation(first_frame) if first_frame is not None else NONE
     return VideoIndex(len(pts_arr), fps, (height, width), orientation, True, pts_arr, None,
-                      keyframes[order].astype(np.int64), np.asarray(key_ts, dtype=np.int64)[order])
+                      keyframes[order].astype(np.int64), np.asarray(key_ts, dtype=np.int64)[order],
+                      pts_arr, last_duration, time_base)
 
 
 def _counted_index(path: Path) -> VideoIndex:
@@ -313,6 +326,7 @@ def _counted_index(path: Path) -> VideoIndex:
     try:
         key_ts, has_ts, tally = [], True, PacketTally()
         checksums, key_positions, orientation, coded_hw = [], [], NONE, None
+        times, last_duration = BestEffortTimestamps(), 0
         for packet in container.demux(stream):
             if packet.is_corrupt:
                 raise DataError(f"{path}: corrupt or truncated video data at packet {tally.present}; "
@@ -328,8 +342,11 @@ def _counted_index(path: Path) -> VideoIndex:
                 if frame.key_frame:
                     key_positions.append(len(checksums))
                 checksums.append(checksum(frame))
+                times.add(frame.pts, frame.dts, frame.duration)
+                last_duration = int(frame.duration or 0)
         tally.check(path, container, stream)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        time_base = Fraction(stream.time_base or 1)
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: decoding failed at frame {len(checksums)} ({e}); {_ERR_CORRUPT}") from e
     finally:
@@ -343,4 +360,61 @@ def _counted_index(path: Path) -> VideoIndex:
     else:
         keyframes, seek_ts = np.zeros(0, np.int64), np.zeros(0, np.int64)
     return VideoIndex(len(checksums), fps, coded_hw, orientation, False, None,
-                      np.asarray(checksums, dtype=np.uint32), keyframes, seek_ts)
+                      np.asarray(checksums, dtype=np.uint32), keyframes, seek_ts, times.array(), last_duration,
+                      time_base)
+
+
+class BestEffortTimestamps:
+    """Frame timestamps in output order, as FFmpeg times decoded frames.
+
+    First choice is FFmpeg's `best_effort_timestamp` (libavcodec's `guess_correct_pts`: a frame's pts unless pts
+    have gone backwards more often than dts, else its dts). AVI stores decode-order timestamps only, and FFmpeg
+    versions differ on the pts they give reordered AVI frames (PyAV's FFmpeg gives B-frames pts that go backwards
+    where FFmpeg 5's CLI gives none), so where those are not all present and increasing, each frame's packet dts
+    is taken: in AVI it counts frame slots in output order, as `ffprobe -show_frames` reports them. Frames flushed
+    at the end without a timestamp follow the one before by its duration, as the FFmpeg CLI times them.
+    """
+
+    def __init__(self) -> None:
+        self.faulty_pts = self.faulty_dts = 0
+        self.last_pts: int | None = None
+        self.last_dts: int | None = None
+        self.best: list[int | None] = []
+        self.dts: list[int | None] = []
+        self.durations: list[int] = []
+
+    def add(self, pts: int | None, dts: int | None, duration: int | None) -> None:
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        elif dts is not None:
+            self.last_pts = dts
+        self.best.append(pts if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None) else dts)
+        self.dts.append(dts)
+        self.durations.append(int(duration or 0))
+
+    def array(self) -> np.ndarray | None:
+        """The timestamps, or None when neither kind increases throughout (the frame rate then times them)."""
+        for values in (self.best, self.dts):
+            ts = _fill_trailing(values, self.durations)
+            if ts is not None and bool(np.all(np.diff(ts) > 0)):
+                return ts
+        return None
+
+
+def _fill_trailing(values: list[int | None], durations: list[int]) -> np.ndarray | None:
+    """`values` with trailing Nones continued by each frame's duration (1 where unknown); None if others miss."""
+    n = len(values)
+    while n and values[n - 1] is None:
+        n -= 1
+    if n == 0 or any(v is None for v in values[:n]):
+        return None
+    filled = list(values)
+    for i in range(n, len(filled)):
+        filled[i] = filled[i - 1] + max(durations[i - 1], 1)
+    return np.asarray(filled, dtype=np.int64)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from c3dnet.data import sampling
+from c3dnet.data.timing import FrameTimes
 from c3dnet.data.transforms import center_offsets
 from c3dnet.errors import DataError
-from c3dnet.metrics import l2_normalize
 from c3dnet.preprocess import Preprocess
 
 # --------------------------------------------------------------------------------------------------- clips
@@ -21,6 +23,72 @@ from c3dnet.preprocess import Preprocess
 def clip_starts(num_frames: int, preprocess: Preprocess, stride: int) -> np.ndarray:
     """Start frames of the sliding clips of a video: 0, stride, 2*stride, ... while a clip fits; [0] if none fits."""
     return sampling.sliding_start_frames(num_frames, preprocess.clip_len, stride, preprocess.frame_interval)
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Which source frames each sliding clip of a video takes, and when they are shown.
+
+    Without `fps` the clips slide over the video's own frames. With `fps` the video is first sampled at that
+    rate by presentation time (`data.timing.resample`), and the clips slide over the sampled frames; `frame_map`
+    then gives the source frame of each sampled one.
+
+    Attributes:
+        num_frames: frames in the source video (FFmpeg's count).
+        starts: clip starts, in sampled frames (source frames without `fps`).
+        indices: (num_clips, T) source frame of each clip frame.
+        sampled: (num_clips, T) sampled frame of each clip frame (equal to `indices` without `fps`).
+        times: the source frames' times (None for a frame folder without them, when `fps` is not asked for).
+        fps: the sampling rate, or None.
+        num_sampled: frames after sampling (`num_frames` without `fps`).
+    """
+
+    num_frames: int
+    starts: np.ndarray
+    indices: np.ndarray
+    sampled: np.ndarray
+    times: FrameTimes | None
+    fps: Fraction | None
+    num_sampled: int
+
+    @classmethod
+    def of(cls, video: str | os.PathLike[str], num_frames: int, preprocess: Preprocess, stride: int,
+           fps: Fraction | None = None, source_fps: Fraction | None = None) -> ClipPlan:
+        from c3dnet.data.timing import resample, video_times
+
+        if fps is None:
+            try:
+                times = video_times(video, source_fps)
+            except DataError:
+                times = None  # a frame folder without timestamps: rows get frame numbers, no times
+            frame_map = None
+        else:
+            times = video_times(video, source_fps)
+            if times.num_frames != num_frames:
+                raise DataError(f"{video}: {times.num_frames} frame times for {num_frames} frames; "
+                                "the file is corrupt: re-encode it")
+            frame_map = resample(times, fps)
+        n = num_frames if frame_map is None else len(frame_map)
+        starts = clip_starts(n, preprocess, stride)
+        sampled = sampling.clip_indices(starts, n, preprocess.clip_len, preprocess.frame_interval)  # (K, T)
+        indices = sampled if frame_map is None else frame_map[sampled]
+        return cls(num_frames, starts, indices, sampled, times, fps, n)
+
+    def spans(self, groups: list[np.ndarray] | None = None) -> np.ndarray:
+        """(rows, 4) float64 [first source frame, last source frame, start s, end s] of each output row: one per
+        clip, or per group of clip numbers (a segment, the video mean). Times are NaN where unknown."""
+        groups = groups if groups is not None else [np.array([k]) for k in range(len(self.indices))]
+        out = np.full((len(groups), 4), np.nan)
+        for r, g in enumerate(groups):
+            src, smp = self.indices[g], self.sampled[g]
+            out[r, 0], out[r, 1] = src.min(), src.max()
+            if self.fps is not None:  # sampled frame j is shown from j / fps to (j + 1) / fps
+                out[r, 2], out[r, 3] = smp.min() / self.fps, (smp.max() + 1) / self.fps
+            elif self.times is not None:
+                t, last = self.times, int(src.max())
+                end = t.ts[last + 1] if last + 1 < t.num_frames else t.end
+                out[r, 2], out[r, 3] = t.seconds(t.ts[int(src.min())]), t.seconds(end)
+        return out
 
 
 def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
@@ -39,19 +107,22 @@ def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
 
 def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
                 size_hw: tuple[int, int] | None, chunk: int = 64, autorotate: bool = True,
-                ) -> Iterator[tuple[int, list[np.ndarray]]]:
+                indices: np.ndarray | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
     """(clip number, its T centre-cropped frames (crop, crop, 3)) for each sliding clip, decoding the video once.
 
     The frames are views into decoded chunks, valid until the next clip is asked for: stack them (into a
     buffer of your own, say) before going on. Only frames that a pending clip still needs are kept (at most
     about one clip span plus one chunk), so memory does not grow with the video's length. Short videos (fewer
-    frames than a clip) wrap around, as `sampling.clip_indices` does.
+    frames than a clip) wrap around, as `sampling.clip_indices` does. `indices` (num_clips, T) gives the clips'
+    source frames instead of the sliding clips (`ClipPlan.indices`, e.g. sampled at a fixed fps).
     """
     from c3dnet.data.decode import ArrayVideo, iter_frames
 
     path = path if isinstance(path, ArrayVideo) else Path(path)
-    starts = clip_starts(num_frames, preprocess, stride)
-    idx = sampling.clip_indices(starts, num_frames, preprocess.clip_len, preprocess.frame_interval)  # (K, T)
+    if indices is None:
+        starts = clip_starts(num_frames, preprocess, stride)
+        indices = sampling.clip_indices(starts, num_frames, preprocess.clip_len, preprocess.frame_interval)
+    idx = indices  # (K, T) source frames
     first_needed, last_needed = idx.min(axis=1), idx.max(axis=1)
     buffer: dict[int, np.ndarray] = {}
     k, j = 0, 0
@@ -74,26 +145,22 @@ def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: in
 
 def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
                  size_hw: tuple[int, int] | None, chunk: int = 64, autorotate: bool = True,
-                 ) -> Iterator[tuple[int, torch.Tensor]]:
+                 indices: np.ndarray | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """(clip number, uint8 clip (3, T, crop, crop)) for each sliding clip, decoding the video once, in order.
 
     `clip_frames` stacked into channel-first tensors; memory stays bounded as there.
     """
-    for k, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk, autorotate):
+    for k, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk, autorotate, indices):
         clip = np.stack(frames)  # (T, crop, crop, 3)
         yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
 
 
-def mean_row(total: np.ndarray, count: int, l2: bool) -> np.ndarray:
-    """A video's feature (D,) from the float64 sum of its `count` clip rows: the mean, then L2 with `l2` (the
-    paper's order), as float32."""
-    feats = (total / max(count, 1)).astype(np.float32)
-    return l2_normalize(feats).astype(np.float32) if l2 else feats
+def finish_rows(rows: np.ndarray, video_mean: bool, l2: str | bool, segments: int = 0,
+                segment_rule: str = "uniform") -> np.ndarray:
+    """A video's clip rows (N, D), as the network gives them, as `c3d extract` stores them (`features.pooling`):
+    float32 rows, `segments` segment rows, or their mean (D,) with `video_mean`; `l2` "none", "clip" or "output"
+    (True: "output", as before)."""
+    from c3dnet.features.pooling import pool_rows
 
-
-def finish_rows(rows: np.ndarray, video_mean: bool, l2: bool) -> np.ndarray:
-    """A video's clip rows (N, D) as `c3d extract` stores them: float32 rows, or their mean (D,) with
-    `video_mean`; L2-normalised (each row, or the mean after averaging, as the paper) with `l2`."""
-    if video_mean:
-        return mean_row(np.asarray(rows, dtype=np.float64).sum(axis=0), len(rows), l2)
-    return l2_normalize(rows).astype(np.float32) if l2 else np.asarray(rows, dtype=np.float32)
+    l2 = ("output" if l2 else "none") if isinstance(l2, bool) else l2
+    return pool_rows(rows, segments, segment_rule, video_mean, l2)

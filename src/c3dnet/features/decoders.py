@@ -25,7 +25,7 @@ import torch
 
 from c3dnet.engine.runner import ClipRunner
 from c3dnet.errors import DataError
-from c3dnet.features.clips import clip_frames, clip_starts
+from c3dnet.features.clips import ClipPlan, clip_frames
 from c3dnet.features.options import ExtractOptions
 from c3dnet.features.output import OutputDir
 
@@ -48,15 +48,20 @@ class VideoMeta:
     fps: float
     orientation: str
     size_hw: tuple[int, int]
-    starts: list[int]
+    plan: ClipPlan
+
+    @property
+    def starts(self) -> list[int]:
+        return self.plan.starts.tolist()
 
     @classmethod
     def of(cls, record: VideoRecord, preprocess: Preprocess, options: ExtractOptions) -> VideoMeta:
         from c3dnet.data.decode import video_info
 
         info = video_info(record.path, options.autorotate)
+        plan = ClipPlan.of(record.path, info.num_frames, preprocess, options.stride, options.fps, options.source_fps)
         return cls(info.num_frames, info.fps, info.orientation, preprocess.resize_target(info.height, info.width),
-                   clip_starts(info.num_frames, preprocess, options.stride).tolist())
+                   plan)
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,8 @@ class VideoDecoder(torch.utils.data.IterableDataset):
             meta = VideoMeta.of(record, self.preprocess, self.options)
             yield Started(i, meta)
             for k, frames in clip_frames(record.path, self.preprocess, self.options.stride, meta.num_frames,
-                                         meta.size_hw, self.options.chunk, self.options.autorotate):
+                                         meta.size_hw, self.options.chunk, self.options.autorotate,
+                                         meta.plan.indices):
                 if batch.add(k, frames):
                     yield batch.send()
             if batch.count:

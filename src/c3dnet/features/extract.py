@@ -129,7 +129,7 @@ class _Extraction:
 
     def _row(self, job: VideoJob, k: int, row: np.ndarray) -> None:
         self.summary.clips += 1
-        if job.add(k, row, self.options.video_mean):
+        if job.add(k, row, self.options.video_mean, self.options.l2):
             self.writers.submit(job)
 
     def _collect(self, wait: bool = False) -> None:

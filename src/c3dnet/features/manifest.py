@@ -28,6 +28,8 @@ LOCKS_DIR = ".locks"
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.txt"
 TMP_TAG = "c3dpart-"
+TIMES_SUFFIX = ".times.csv"
+TIMES_HEADER = "first_frame,last_frame,start_s,end_s"
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,24 @@ class ManifestEntry:
     frame_interval: int
     stride: int
     video_mean: bool
-    l2: bool
+    l2: str  # "none", "clip" or "output" (features.pooling)
     dim: int
     weights: str = ""
     orientation: str = "none"  # the turn applied to the coded frames ('none', 'transpose=clock', ...)
+    segments: int = 0
+    segment_rule: str = ""  # with segments: "uniform" or "sultani"
+    sample_fps: str = ""  # the --fps the video was sampled at ("" : its own frames); clip_starts count those
+    num_sampled_frames: int = 0  # frames after sampling (num_frames without --fps)
+    times: str = ""  # the rows' sidecar: first/last source frame and start/end seconds of each row
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ManifestEntry:
+        d = dict(d)
+        if isinstance(d.get("l2"), bool):  # written before --l2 took a mode
+            d["l2"] = "output" if d["l2"] else "none"
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -74,6 +84,29 @@ def parse_entry(text: str, where: str) -> ManifestEntry:
         return ManifestEntry.from_dict(json.loads(text))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{where}: not a c3d extract manifest entry ({e}); re-run `c3d extract` on that video") from e
+
+
+def format_times(spans: np.ndarray) -> str:
+    """The rows' sidecar (`<key>.times.csv`): a header, then per row its first and last source frame (0-based,
+    FFmpeg's numbering) and its start and end in seconds from the first frame (empty where unknown)."""
+    def sec(x: float) -> str:
+        return "" if np.isnan(x) else f"{x:.6f}"
+
+    return "".join([TIMES_HEADER + "\n"] + [f"{int(a)},{int(b)},{sec(t0)},{sec(t1)}\n" for a, b, t0, t1 in spans])
+
+
+def read_times(path: str | os.PathLike[str]) -> np.ndarray:
+    """A times sidecar as (rows, 4) float64 [first_frame, last_frame, start_s, end_s] (NaN where unknown)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != TIMES_HEADER:
+        raise DataError(f"{path}: not a c3d extract times file (header {TIMES_HEADER!r} expected)")
+    try:
+        rows = [[float(v) if v else np.nan for v in line.split(",")] for line in lines[1:]]
+    except ValueError as e:
+        raise DataError(f"{path}: a malformed row ({e}); re-run `c3d extract` on that video") from e
+    if any(len(r) != 4 for r in rows):
+        raise DataError(f"{path}: rows of 4 values expected; re-run `c3d extract` on that video")
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
 
 def load_features(out_dir: str | os.PathLike[str], entry: ManifestEntry) -> np.ndarray:

@@ -24,6 +24,7 @@ from c3dnet.features.locks import VideoLock, break_locks
 from c3dnet.features.manifest import (
     LOCKS_DIR,
     PARTS_DIR,
+    TIMES_SUFFIX,
     TMP_TAG,
     ManifestEntry,
     parse_entry,
@@ -53,6 +54,10 @@ class OutputDir:
     def npy(self, key: str) -> Path:
         return self.path / f"{key}.npy"
 
+    def times(self, key: str) -> Path:
+        """The rows' sidecar: for each row, its first and last source frame and its start and end in seconds."""
+        return self.path / f"{key}{TIMES_SUFFIX}"
+
     def part(self, key: str) -> Path:
         return self.path / PARTS_DIR / f"{key}.json"
 
@@ -79,7 +84,8 @@ class OutputDir:
         atomic_write_text(self.path / PARTS_DIR / f"{key}.failed", json.dumps({"video": video, "error": error}) + "\n")
 
     def leftovers(self, keys: set[str]) -> dict[str, list[str]]:
-        """Temporary files of the videos `keys` (`.<key>.c3dpart-<pid>-*.npy.tmp`, `.<key>.npy.*.tmp`), by key.
+        """Temporary files of the videos `keys` (`.<key>.c3dpart-<pid>-*.npy.tmp`, `.<key>.npy.*.tmp`,
+        `.<key>.times.csv.*.tmp`), by key.
 
         Listed once for a whole run: a search per video would read the whole folder each time, which grows
         quadratically with the number of videos. Each is removed only by the process that then locks its video.
@@ -91,7 +97,7 @@ class OutputDir:
                 if not (name.startswith(".") and name.endswith(".tmp")):
                     continue
                 candidates = []  # every key the name could start with; the longest is the most specific
-                for marker in (f".{TMP_TAG}", ".npy."):
+                for marker in (f".{TMP_TAG}", ".npy.", f"{TIMES_SUFFIX}."):
                     cut = name.find(marker, 1)
                     while cut > 1:
                         if name[1:cut] in keys:
