@@ -1,0 +1,228 @@
+"""The work behind one request, run in the decoding pool: check the upload, cut clips, get their rows from the
+model thread (`DynamicBatcher`), and build the same records as `c3d predict --json` / `--timeline` and the same
+rows as `c3d extract`.
+
+Clips are cut by the commands' own code: `prediction.predict_video` (the 10-clip test sampling) through
+`BatchedRunner`, a stand-in for `ClipRunner` whose forward passes are the model thread's shared batches, and
+`features.clips.stream_clips` for sliding clips, queued as they are decoded so that decoding overlaps the model.
+Every step checks the request's `cancel` event: a client that went away stops its decoding within a clip.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from c3dnet.data.decode import VideoInfo, read_frames, video_info
+from c3dnet.errors import DataError
+from c3dnet.features.clips import clip_starts, finish_rows, stream_clips
+from c3dnet.prediction import Timeline, predict_timeline, predict_video
+from c3dnet.preprocess import Preprocess
+from c3dnet.serve.batcher import Cancelled, DynamicBatcher
+from c3dnet.serve.uploads import RequestError, Upload
+
+CHUNK = 8
+"""Sliding clips queued together: small enough that other requests' clips join the same batches."""
+
+MAX_THUMBNAILS = 64
+THUMB_HEIGHT = 96
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_duration_s: float = 600.0
+    autorotate: bool = True
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    top_k: int = 5
+    clips: int = 10
+    average: str = "score"
+    stride: int = 16
+    thumbnails: int = 0
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    layer: str = "fc6"
+    stride: int = 16
+    video_mean: bool = False
+    l2: bool = False
+
+
+class BatchedRunner:
+    """What `predict_video` needs of a `ClipRunner` (`preprocess`, `runner(clips) -> rows`), computed in the model
+    thread's shared batches."""
+
+    def __init__(self, batcher: DynamicBatcher, output: str, cancel: threading.Event | None,
+                 on_clips: Callable[[int], object] | None = None) -> None:
+        self.batcher, self.output, self.cancel, self.on_clips = batcher, output, cancel, on_clips
+        self.preprocess: Preprocess = batcher.runner(output).preprocess
+
+    def __call__(self, clips: torch.Tensor) -> np.ndarray:
+        if self.on_clips is not None:
+            self.on_clips(len(clips))
+        return self.batcher.submit(clips, self.output, self.cancel)
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the request was cancelled")
+
+
+def probe(upload: Upload, limits: Limits) -> VideoInfo:
+    """The upload's frame count, rate and size, if PyAV finds a decodable video stream in it and it is no longer
+    than the limit.
+
+    Raises:
+        RequestError: 415 not a video (by content, whatever its name) or no video stream; 422 unreadable;
+            413 too long.
+    """
+    import av
+
+    path = upload.path
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+                raise RequestError(415, f"{upload.name}: has no video stream (it holds {', '.join(kinds)}); "
+                                        "upload a video file")
+    except RequestError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        raise RequestError(415, f"{upload.name}: not a video file that FFmpeg can read (checked by its content, "
+                                "not its name); upload a video such as .mp4, .avi, .webm or .mkv") from None
+    try:
+        info = video_info(path, limits.autorotate)
+    except DataError as e:
+        raise RequestError(422, _message(e, upload)) from None
+    duration = info.num_frames / info.fps if info.fps > 0 else 0.0
+    if duration > limits.max_duration_s:
+        raise RequestError(413, f"{upload.name}: the video is {duration:.0f} s long; this server takes videos up "
+                                f"to {limits.max_duration_s:g} s (--max-duration); trim it and try again")
+    if info.num_frames < 1:
+        raise RequestError(422, f"{upload.name}: the video has no frames")
+    return info
+
+
+def _message(error: Exception, upload: Upload) -> str:
+    """A decoding error as the client should read it: under its own file name, without CLI advice."""
+    text = str(error).replace(str(upload.path), upload.name)
+    return text.replace(" (or use --skip-bad)", "").replace("remove it from the dataset", "upload another file")
+
+
+def sliding_rows(batcher: DynamicBatcher, upload: Upload, info: VideoInfo, output: str, stride: int,
+                 limits: Limits, cancel: threading.Event | None, on_clips: Callable[[int], object] | None = None,
+                 ) -> np.ndarray:
+    """Rows (num_clips, D) of every sliding clip (every `stride` frames), decoding the video once, as `c3d extract`
+    cuts them; chunks are queued while the next ones decode."""
+    pre = batcher.runner(output).preprocess
+    size = pre.resize_target(info.height, info.width)
+    queued, chunk = [], []
+    for _, clip in stream_clips(upload.path, pre, stride, info.num_frames, size, autorotate=limits.autorotate):
+        check_cancel(cancel)
+        if on_clips is not None:
+            on_clips(1)
+        chunk.append(clip)
+        if len(chunk) == CHUNK:
+            queued += batcher.enqueue(torch.stack(chunk), output, cancel)
+            chunk = []
+    if chunk:
+        queued += batcher.enqueue(torch.stack(chunk), output, cancel)
+    return batcher.gather(queued, cancel)
+
+
+def timeline_record(timeline: Timeline, k: int, name: str) -> dict[str, Any]:
+    """`Timeline.to_dict` (what `c3d predict --timeline` writes) under the upload's name, with each clip's end time
+    (from its last frame and the video's frame rate, where the record does not give it)."""
+    record = timeline.to_dict(k)
+    record["video"] = name
+    for clip in record["clips"]:
+        if "end_s" not in clip:
+            clip["end_s"] = (clip["end_frame"] + 1) / timeline.fps if timeline.fps > 0 else None
+    return record
+
+
+def thumbnails(upload: Upload, info: VideoInfo, count: int, limits: Limits) -> list[dict[str, Any]]:
+    """`count` evenly spaced frames as small JPEG data URLs, for pages whose browser cannot play the video."""
+    import cv2
+
+    count = min(count, MAX_THUMBNAILS, info.num_frames)
+    frames_at = np.unique(np.linspace(0, info.num_frames - 1, count).round().astype(np.int64))
+    width = max(1, round(info.width * THUMB_HEIGHT / max(info.height, 1)))
+    frames = read_frames(upload.path, frames_at, (THUMB_HEIGHT, width), autorotate=limits.autorotate)
+    out = []
+    for i, frame in zip(frames_at.tolist(), frames):
+        ok, jpeg = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])  # RGB -> BGR
+        if ok:
+            out.append({"frame": i, "time_s": i / info.fps if info.fps > 0 else None,
+                        "image": "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii")})
+    return out
+
+
+def predict_job(batcher: DynamicBatcher, upload: Upload, options: PredictOptions, class_names: list[str],
+                limits: Limits, cancel: threading.Event | None = None,
+                on_clips: Callable[[int], object] | None = None) -> dict[str, Any]:
+    """The `c3d predict --json` record of the upload (its `video` is the uploaded file's name), plus its
+    `timeline` (the `--timeline` JSON, with clip end times) and, if asked, `thumbnails`.
+
+    The timeline's clips reach the model CHUNK at a time, so a cancelled request stops within CHUNK clips."""
+    info = probe(upload, limits)
+    check_cancel(cancel)
+    runner = BatchedRunner(batcher, "logits", cancel, on_clips)
+    try:
+        prediction = predict_video(runner, upload.path, class_names, options.clips, options.average,
+                                   limits.autorotate)
+        timeline = predict_timeline(runner, upload.path, class_names, options.stride, batch_size=CHUNK,
+                                    autorotate=limits.autorotate)
+        thumbs = thumbnails(upload, info, options.thumbnails, limits) if options.thumbnails > 0 else None
+    except DataError as e:
+        raise RequestError(422, _message(e, upload)) from None
+    record = prediction.to_dict(options.top_k)
+    record["video"] = upload.name
+    record["timeline"] = timeline_record(timeline, options.top_k, upload.name)
+    if thumbs is not None:
+        record["thumbnails"] = thumbs
+    return record
+
+
+@dataclass(frozen=True)
+class Features:
+    """The rows `c3d extract` would write for the upload, and where its clips start."""
+
+    video: str
+    layer: str
+    stride: int
+    rows: np.ndarray  # (num_clips, D) or (D,) with video_mean
+    clip_starts: np.ndarray
+    fps: float
+    num_frames: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"video": self.video, "layer": self.layer, "stride": self.stride, "shape": list(self.rows.shape),
+                "dtype": "float32", "fps": self.fps, "num_frames": self.num_frames,
+                "clip_starts": self.clip_starts.tolist(), "features": self.rows.tolist()}
+
+
+def features_job(batcher: DynamicBatcher, upload: Upload, options: FeatureOptions, limits: Limits,
+                 cancel: threading.Event | None = None, on_clips: Callable[[int], object] | None = None,
+                 ) -> Features:
+    """The upload's features, as `c3d extract --layer L --stride S [--video-mean] [--l2]` computes them."""
+    info = probe(upload, limits)
+    try:
+        rows = sliding_rows(batcher, upload, info, options.layer, options.stride, limits, cancel, on_clips)
+    except DataError as e:
+        raise RequestError(422, _message(e, upload)) from None
+    pre = batcher.runner(options.layer).preprocess
+    return Features(video=upload.name, layer=options.layer, stride=options.stride,
+                    rows=finish_rows(rows, options.video_mean, options.l2),
+                    clip_starts=clip_starts(info.num_frames, pre, options.stride), fps=info.fps,
+                    num_frames=info.num_frames)
+
