@@ -64,6 +64,10 @@ class WeightFile:
 def read_weights(path: str | os.PathLike[str]) -> WeightFile:
     """Read a weight file of any supported format and layout into a `WeightFile` (no model is built).
 
+    `path` may also be a name from `c3d weights list` (an existing path always wins): the file is downloaded
+    into the cache, or found there and checked against its recorded SHA-256 (`c3dnet.weights.download`), and
+    the entry's class names are used when the file records none.
+
     Tensors come back as contiguous float32 under c3dnet's key names. The architecture (from the native
     metadata, or inferred from the shapes) is checked against every tensor before anything else is allocated.
 
@@ -71,7 +75,9 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
         WeightsError: unreadable, unsafe, truncated, inconsistent, or of an unknown layout; the message names
         the file.
     """
-    path = Path(path)
+    from c3dnet.weights.download import resolve
+
+    path, entry = resolve(path)
     raw = read_raw(path)
     # Each original tensor is freed as soon as its float32 version exists: about one copy at any time.
     mapped = map_layout(str(path), raw.tensors, consume=True, dtype=torch.float32)
@@ -101,6 +107,9 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
             "%s: %s layout (%s container), inferred %s; preprocessing %s mean %s",
             path, layout.name, raw.container, _describe(config), preprocess.channel_order, list(preprocess.mean),
         )
+    if class_names is None and entry is not None and entry.class_names and len(entry.class_names) == config.num_classes:
+        class_names = list(entry.class_names)
+        log.info("%s: class names from the registry entry %s (%s, ...)", path, entry.name, class_names[0])
     if class_names is not None and len(class_names) != config.num_classes:
         raise WeightsError(f"{path}: {len(class_names)} class names for {config.num_classes} classes in the config")
     unexpected = mapped.unexpected + raw.ignored
