@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "lite": "c3dnet.commands.lite",
     "convert": "c3dnet.commands.convert",
     "info": "c3dnet.commands.info",
+    "weights": "c3dnet.commands.weights",
 }
 
 
