@@ -153,6 +153,9 @@ def export_onnx(
         raise ValueError(f"opset must be >= 17 (max_pool3d with ceil mode and dynamic shapes), got {opset}")
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0 (a relative difference, e.g. 1e-4), got {tolerance}")
+    if model.preprocess.volume_mean is not None:  # its values live in the native file, not in ONNX metadata
+        raise WeightsError("weights with a Caffe volume mean (c3d convert --mean-file) cannot be exported to ONNX; "
+                           "export weights converted without --mean-file")
     import copy
 
     path = Path(path)

@@ -6,6 +6,10 @@ import argparse
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported in run(): `c3d --help` stays fast
+    from c3dnet.preprocess import Preprocess
 
 HELP = "convert weights (mmaction2 .pth, Paddle .pdparams, Caffe conversions, Sequential ports) to native"
 
@@ -25,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preprocess", choices=("seed", "caffe"),
                         help="override the preprocessing: 'seed' (RGB, mean 104/117/128, short side 128) or "
                              "'caffe' (BGR, mean 90.25/97.66/101.41, resize 128x171)")
+    parser.add_argument("--mean-file", metavar="FILE",
+                        help="Caffe C3D's volume mean (sport1m_train16_128_mean.binaryproto): stored in DST and "
+                             "subtracted per pixel by predict, extract and test; implies BGR and the mean's fixed "
+                             "resize (128x171)")
 
 
 def read_class_names(spec: str) -> list[str]:
@@ -72,6 +80,29 @@ def check_distinct(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
         )
 
 
+def with_volume_mean(preprocess: Preprocess, mean_file: str) -> Preprocess:
+    """`preprocess` with Caffe's volume mean from `mean_file`: BGR, the mean's fixed resize, its per-channel
+    average as the `mean` (what a reader without the volume sees)."""
+    import dataclasses
+
+    from c3dnet.errors import ConfigError
+    from c3dnet.log import get_logger
+    from c3dnet.preprocess import VolumeMean
+    from c3dnet.weights.caffe_mean import read_mean_file
+
+    values = read_mean_file(mean_file)
+    volume = VolumeMean(values, Path(mean_file).name)
+    _, _, height, width = volume.shape
+    if preprocess.channel_order != "BGR":
+        get_logger(__name__).warning("%s: a Caffe mean implies BGR input; the weights' preprocessing said %s, now BGR",
+                                     mean_file, preprocess.channel_order)
+    try:
+        return dataclasses.replace(preprocess, channel_order="BGR", resize_hw=(height, width),
+                                   mean=tuple(float(m) for m in values.mean(axis=(1, 2, 3))), volume_mean=volume)
+    except ValueError as e:
+        raise ConfigError(f"--mean-file {mean_file}: does not fit the weights ({e})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from c3dnet.errors import WeightsError, printable
     from c3dnet.model import count_parameters
@@ -91,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         weights = with_pool5(weights, args.pool5)
     if args.preprocess:
         weights = with_geometry_preprocess(weights, CAFFE_PREPROCESS if args.preprocess == "caffe" else SEED_PREPROCESS)
+    if args.mean_file:
+        weights = with_geometry_preprocess(weights, with_volume_mean(weights.preprocess, args.mean_file))
     extra = {**weights.extra, "converted_from": Path(args.src).name}
     model = model_from_weights(weights, num_classes=args.num_classes, class_names=class_names, copy=False)
     save_model(model, args.dst, extra=extra)

@@ -102,7 +102,12 @@ def normalize(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     x = x.float()
     if preprocess.channel_order == "BGR":
         x = x.flip(-4)
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(3, 1, 1, 1)
+    if preprocess.volume_mean is not None:  # Caffe's per-pixel mean: its window under the centre crop
+        t, h, w = x.shape[-3:]
+        top, left = center_offsets(*preprocess.volume_mean.shape[2:], h)
+        mean = preprocess.volume_mean.window(top, left, h, w, t, x.device)
+    else:
+        mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device).view(3, 1, 1, 1)
     std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device).view(3, 1, 1, 1)
     return (x - mean) / std
 

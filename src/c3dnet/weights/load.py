@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 from c3dnet.errors import WeightsError, printable
 from c3dnet.log import get_logger
 from c3dnet.model import C3D, C3DConfig
-from c3dnet.preprocess import Preprocess
+from c3dnet.preprocess import VOLUME_MEAN_TENSOR, Preprocess, VolumeMean
 from c3dnet.weights.files import read_raw
 from c3dnet.weights.layouts import check_architecture, fit_geometry, infer_config, map_layout
 from c3dnet.weights.native import NATIVE_FORMAT, parse_metadata
@@ -79,6 +79,7 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
 
     path, entry = resolve(path)
     raw = read_raw(path)
+    volume = raw.tensors.pop(VOLUME_MEAN_TENSOR, None) if (raw.metadata or {}).get("format") == NATIVE_FORMAT else None
     # Each original tensor is freed as soon as its float32 version exists: about one copy at any time.
     mapped = map_layout(str(path), raw.tensors, consume=True, dtype=torch.float32)
     metadata = raw.metadata or {}
@@ -87,9 +88,8 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
         meta = parse_metadata(path, metadata)
         try:
             config = C3DConfig.from_dict(meta["config"])
-            preprocess = Preprocess.from_dict(meta["preprocess"]) if meta["preprocess"] else Preprocess(
-                clip_len=config.clip_len, crop_size=config.crop_size
-            )
+            preprocess = Preprocess.from_dict(meta["preprocess"], _volume_mean(path, meta["preprocess"], volume)) \
+                if meta["preprocess"] else Preprocess(clip_len=config.clip_len, crop_size=config.crop_size)
         except (TypeError, ValueError) as e:
             raise WeightsError(f"{path}: invalid c3dnet metadata ({e}); re-save the file with save_model") from None
         check_architecture(str(path), config, shapes, _describe(config))
@@ -120,11 +120,31 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
                       unexpected, extra, raw.dropped)
 
 
+def _volume_mean(path: Path, described: dict[str, Any] | None, values: torch.Tensor | None) -> VolumeMean | None:
+    """The volume mean that a native file's preprocessing describes, from its tensor (checked against it)."""
+    wanted = (described or {}).get("volume_mean")
+    if wanted is None:
+        if values is not None:
+            log.warning("%s: a %s tensor that the metadata does not describe; ignored", path, VOLUME_MEAN_TENSOR)
+        return None
+    if values is None or list(values.shape) != wanted["shape"]:
+        raise WeightsError(f"{path}: the preprocessing names a volume mean of shape {wanted['shape']} but the file's "
+                           f"{VOLUME_MEAN_TENSOR} tensor is {None if values is None else list(values.shape)}; the file "
+                           f"is corrupt, convert the original again")
+    try:
+        return VolumeMean(values.to(torch.float32).numpy(), wanted["source"])
+    except ValueError as e:
+        raise WeightsError(f"{path}: unusable volume mean ({e}); convert the original again") from None
+
+
 def with_geometry_preprocess(weights: WeightFile, preprocess: Preprocess) -> WeightFile:
     """`weights` with `preprocess`, its clip length and crop size set to the model's input geometry."""
     c = weights.config
     if (preprocess.clip_len, preprocess.crop_size) != (c.clip_len, c.crop_size):
-        preprocess = Preprocess.from_dict({**preprocess.to_dict(), "clip_len": c.clip_len, "crop_size": c.crop_size})
+        try:
+            preprocess = dataclasses.replace(preprocess, clip_len=c.clip_len, crop_size=c.crop_size)
+        except ValueError as e:
+            raise WeightsError(f"{weights.path}: the preprocessing does not fit the model's input ({e})") from None
     return dataclasses.replace(weights, preprocess=preprocess)
 
 

@@ -30,7 +30,7 @@ import torch
 from c3dnet.errors import WeightsError
 from c3dnet.fileio import atomic_write_bytes
 from c3dnet.model import C3D, C3DConfig
-from c3dnet.preprocess import CHANNEL_ORDERS, Preprocess
+from c3dnet.preprocess import CHANNEL_ORDERS, VOLUME_MEAN_TENSOR, Preprocess
 
 NATIVE_FORMAT = "c3dnet"
 FORMAT_VERSION = "1"
@@ -68,6 +68,8 @@ def save_native(
     }
     # safetensors wants contiguous CPU tensors that share no storage.
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    if preprocess.volume_mean is not None:  # ~4 MB of per-pixel mean: a tensor, not JSON in the header
+        tensors[VOLUME_MEAN_TENSOR] = torch.from_numpy(preprocess.volume_mean.values.copy())
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -372,6 +374,16 @@ def check_preprocess_dict(path: Path, preprocess: dict[str, Any]) -> dict[str, A
     if resize is not None and not (isinstance(resize, list) and len(resize) == 2
                                    and all(_is_int(v, 1, 65536) for v in resize)):
         raise _field_error(path, "preprocess", "resize_hw", resize, "null or [height, width]")
+    volume = preprocess.get("volume_mean")
+    if volume is not None and not (
+        isinstance(volume, dict) and set(volume) == {"shape", "sha256", "source", "tensor"}
+        and isinstance(volume["shape"], list) and len(volume["shape"]) == 4 and volume["shape"][0] == 3
+        and all(_is_int(v, 1, 4096) for v in volume["shape"]) and isinstance(volume["sha256"], str)
+        and re.fullmatch("[0-9a-f]{64}", volume["sha256"]) and isinstance(volume["source"], str)
+        and len(volume["source"]) <= 255 and volume["tensor"] == VOLUME_MEAN_TENSOR
+    ):
+        raise _field_error(path, "preprocess", "volume_mean", volume,
+                           f"null or {{shape: [3, T, H, W], sha256, source, tensor: {VOLUME_MEAN_TENSOR!r}}}")
     return preprocess
 
 
@@ -386,7 +398,7 @@ def parse_metadata(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
         raise WeightsError(f"{path}: c3dnet metadata has no 'config' object; re-save the file with save_model")
     check_config_dict(path, config)
     num_classes = config.get("num_classes", C3DConfig().num_classes)
-    preprocess = _json_field(path, metadata, "preprocess", None)
+    preprocess = _json_field(path, metadata, "preprocess", None, max_depth=3)
     if preprocess is not None and not isinstance(preprocess, dict):
         raise WeightsError(f"{path}: metadata 'preprocess' is a {type(preprocess).__name__}, not an object")
     if preprocess is not None:
