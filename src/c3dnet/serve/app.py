@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -28,6 +29,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from c3dnet.data.timing import parse_fps
+from c3dnet.errors import ConfigError
+from c3dnet.features.pooling import check_pooling, default_l2
 from c3dnet.log import get_logger
 from c3dnet.prediction import class_labels
 from c3dnet.serve.batcher import Cancelled, DynamicBatcher
@@ -156,6 +160,15 @@ class Service:
             "outputs": {"logits": model.num_classes, **model.feature_dims},
             "serving": asdict(self.config),
         }
+
+
+def _fps(text: str | None) -> Fraction | None:
+    if not text:
+        return None
+    try:
+        return parse_fps(text, "fps")
+    except ConfigError as e:
+        raise RequestError(422, str(e)) from None
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -306,12 +319,14 @@ def create_app(model: C3D | OnnxC3D, device: torch.device | str = "cpu", config:
         average: Annotated[Literal["score", "prob"], Query(description="softmax of mean logits, or mean probs")]
         = "score",
         stride: Annotated[int, Query(ge=1, le=10000, description="frames between timeline clips")] = 16,
+        fps: Annotated[str | None, Query(description="sample the video at this frame rate first (30, 29.97, "
+                                                     "30000/1001), as `c3d predict --fps`")] = None,
         thumbnails: Annotated[int, Query(ge=0, le=64, description="JPEG thumbnails for pages that cannot play "
                                                                   "the video")] = 0,
     ) -> Response:
         """The record `c3d predict --json` prints for the video, plus its `timeline` (as `--timeline` writes it,
         with clip end times) and, if asked, `thumbnails`."""
-        options = PredictOptions(top_k, clips, average, stride, thumbnails)
+        options = PredictOptions(top_k, clips, average, stride, _fps(fps), thumbnails)
 
         async def make() -> Response:
             record, _ = await run_request(service, request, "predict", predict_job, options, service.class_names)
@@ -324,12 +339,22 @@ def create_app(model: C3D | OnnxC3D, device: torch.device | str = "cpu", config:
         request: Request,
         layer: Annotated[Literal["fc6", "fc7", "pool5"], Query(description="feature layer")] = "fc6",
         stride: Annotated[int, Query(ge=1, le=10000, description="frames between clip starts")] = 16,
+        fps: Annotated[str | None, Query(description="sample the video at this frame rate first")] = None,
         video_mean: Annotated[bool, Query(description="the mean over the clips (dim,)")] = False,
-        l2: Annotated[bool, Query(description="L2-normalise each row (or the mean)")] = False,
+        segments: Annotated[int, Query(ge=0, le=100000, description="pool the clips into this many segments")] = 0,
+        segment_rule: Annotated[Literal["uniform", "sultani"], Query(description="segment boundaries")] = "uniform",
+        l2: Annotated[Literal["none", "clip", "output"] | None,
+                      Query(description="L2 normalisation: none, clip (before pooling), output (each row); "
+                                        "default: output with segments, else none")] = None,
     ) -> Response:
         """The rows `c3d extract` writes for the video: JSON, or `.npy` bytes when the Accept header asks for
         application/x-npy."""
-        options = FeatureOptions(layer, stride, video_mean, l2)
+        l2 = l2 or default_l2(segments)
+        try:
+            check_pooling(segments, segment_rule, l2, video_mean)
+        except ConfigError as e:
+            raise RequestError(422, str(e).replace("--", "").replace("-", "_")) from None
+        options = FeatureOptions(layer, stride, _fps(fps), video_mean, segments, segment_rule, l2)
         accept = request.headers.get("accept", "")
 
         async def make() -> Response:

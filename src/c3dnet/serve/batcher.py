@@ -41,7 +41,8 @@ class Cancelled(Exception):
 
 @dataclass
 class _Chunk:
-    """Clips (k, 3, T, H, W) of one request for one output; `rows` is set to their (k, D) rows."""
+    """Clips (k, 3, T, H, W) of one request (its `cancel` event tells requests apart) for one output; `rows` is
+    set to their (k, D) rows."""
 
     clips: torch.Tensor
     output: str
@@ -63,12 +64,12 @@ class DynamicBatcher:
         max_queue: most clips waiting; `submit` blocks past it and `saturated` turns true.
         max_wait_s: how long the model thread waits for more chunks once it has one.
         amp: bf16 autocast on CUDA.
-        on_batch: called with each batch's size and seconds (metrics).
+        on_batch: called with each batch's size in clips, the requests it served and its seconds (metrics).
     """
 
     def __init__(self, model: C3D | OnnxC3D, device: torch.device | str, max_batch: int = 64, max_queue: int = 256,
                  max_wait_s: float = 0.005, amp: bool = True,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, int, float], None] | None = None) -> None:
         if max_batch < 1 or max_queue < max_batch:
             raise ValueError(f"need 1 <= max_batch <= max_queue, got max_batch={max_batch}, max_queue={max_queue}")
         self.model, self.device, self.amp = model, device, amp
@@ -222,4 +223,4 @@ class DynamicBatcher:
                 chunk.rows.set_result(rows[start:start + chunk.size])
                 start += chunk.size
             if self.on_batch is not None:
-                self.on_batch(size, seconds)
+                self.on_batch(size, len({id(c.cancel) for c in batch}), seconds)

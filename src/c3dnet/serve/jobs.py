@@ -14,6 +14,7 @@ import base64
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ import torch
 
 from c3dnet.data.decode import VideoInfo, read_frames, video_info
 from c3dnet.errors import DataError
-from c3dnet.features.clips import clip_starts, finish_rows, stream_clips
-from c3dnet.prediction import Timeline, predict_timeline, predict_video
+from c3dnet.features.clips import ClipPlan, finish_rows, stream_clips
+from c3dnet.features.pooling import row_groups
+from c3dnet.prediction import predict_timeline, predict_video
 from c3dnet.preprocess import Preprocess
 from c3dnet.serve.batcher import Cancelled, DynamicBatcher
 from c3dnet.serve.uploads import RequestError, Upload
@@ -42,19 +44,27 @@ class Limits:
 
 @dataclass(frozen=True)
 class PredictOptions:
+    """`c3d predict --top-k --clips --average --stride --fps`, and thumbnails for the page."""
+
     top_k: int = 5
     clips: int = 10
     average: str = "score"
     stride: int = 16
+    fps: Fraction | None = None
     thumbnails: int = 0
 
 
 @dataclass(frozen=True)
 class FeatureOptions:
+    """`c3d extract --layer --stride --fps --video-mean --segments --segment-rule --l2`."""
+
     layer: str = "fc6"
     stride: int = 16
+    fps: Fraction | None = None
     video_mean: bool = False
-    l2: bool = False
+    segments: int = 0
+    segment_rule: str = "uniform"
+    l2: str = "none"
 
 
 class BatchedRunner:
@@ -98,7 +108,8 @@ def probe(upload: Upload, limits: Limits) -> VideoInfo:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
         raise RequestError(415, f"{upload.name}: not a video file that FFmpeg can read (checked by its content, "
-                                "not its name); upload a video such as .mp4, .avi, .webm or .mkv") from None
+                                "not its name), or one cut off before its end; upload a whole video such as .mp4, "
+                                ".avi, .webm or .mkv") from None
     try:
         info = video_info(path, limits.autorotate)
     except DataError as e:
@@ -118,15 +129,16 @@ def _message(error: Exception, upload: Upload) -> str:
     return text.replace(" (or use --skip-bad)", "").replace("remove it from the dataset", "upload another file")
 
 
-def sliding_rows(batcher: DynamicBatcher, upload: Upload, info: VideoInfo, output: str, stride: int,
+def sliding_rows(batcher: DynamicBatcher, upload: Upload, info: VideoInfo, output: str, plan: ClipPlan,
                  limits: Limits, cancel: threading.Event | None, on_clips: Callable[[int], object] | None = None,
                  ) -> np.ndarray:
-    """Rows (num_clips, D) of every sliding clip (every `stride` frames), decoding the video once, as `c3d extract`
-    cuts them; chunks are queued while the next ones decode."""
+    """Rows (num_clips, D) of the clips of `plan`, decoding the video once, as `c3d extract` cuts them; chunks are
+    queued while the next ones decode."""
     pre = batcher.runner(output).preprocess
     size = pre.resize_target(info.height, info.width)
     queued, chunk = [], []
-    for _, clip in stream_clips(upload.path, pre, stride, info.num_frames, size, autorotate=limits.autorotate):
+    for _, clip in stream_clips(upload.path, pre, 1, info.num_frames, size, autorotate=limits.autorotate,
+                                indices=plan.indices):
         check_cancel(cancel)
         if on_clips is not None:
             on_clips(1)
@@ -137,17 +149,6 @@ def sliding_rows(batcher: DynamicBatcher, upload: Upload, info: VideoInfo, outpu
     if chunk:
         queued += batcher.enqueue(torch.stack(chunk), output, cancel)
     return batcher.gather(queued, cancel)
-
-
-def timeline_record(timeline: Timeline, k: int, name: str) -> dict[str, Any]:
-    """`Timeline.to_dict` (what `c3d predict --timeline` writes) under the upload's name, with each clip's end time
-    (from its last frame and the video's frame rate, where the record does not give it)."""
-    record = timeline.to_dict(k)
-    record["video"] = name
-    for clip in record["clips"]:
-        if "end_s" not in clip:
-            clip["end_s"] = (clip["end_frame"] + 1) / timeline.fps if timeline.fps > 0 else None
-    return record
 
 
 def thumbnails(upload: Upload, info: VideoInfo, count: int, limits: Limits) -> list[dict[str, Any]]:
@@ -179,15 +180,15 @@ def predict_job(batcher: DynamicBatcher, upload: Upload, options: PredictOptions
     runner = BatchedRunner(batcher, "logits", cancel, on_clips)
     try:
         prediction = predict_video(runner, upload.path, class_names, options.clips, options.average,
-                                   limits.autorotate)
+                                   limits.autorotate, fps=options.fps)
         timeline = predict_timeline(runner, upload.path, class_names, options.stride, batch_size=CHUNK,
-                                    autorotate=limits.autorotate)
+                                    autorotate=limits.autorotate, fps=options.fps)
         thumbs = thumbnails(upload, info, options.thumbnails, limits) if options.thumbnails > 0 else None
     except DataError as e:
         raise RequestError(422, _message(e, upload)) from None
     record = prediction.to_dict(options.top_k)
     record["video"] = upload.name
-    record["timeline"] = timeline_record(timeline, options.top_k, upload.name)
+    record["timeline"] = {**timeline.to_dict(options.top_k), "video": upload.name}
     if thumbs is not None:
         record["thumbnails"] = thumbs
     return record
@@ -195,34 +196,38 @@ def predict_job(batcher: DynamicBatcher, upload: Upload, options: PredictOptions
 
 @dataclass(frozen=True)
 class Features:
-    """The rows `c3d extract` would write for the upload, and where its clips start."""
+    """The rows `c3d extract` would write for the upload, and the frames and times each row covers."""
 
     video: str
-    layer: str
-    stride: int
-    rows: np.ndarray  # (num_clips, D) or (D,) with video_mean
-    clip_starts: np.ndarray
+    options: FeatureOptions
+    rows: np.ndarray  # (num_clips, D), (segments, D), or (D,) with video_mean
+    spans: np.ndarray  # (rows, 4): first, last source frame, start s, end s (NaN: unknown)
     fps: float
     num_frames: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"video": self.video, "layer": self.layer, "stride": self.stride, "shape": list(self.rows.shape),
-                "dtype": "float32", "fps": self.fps, "num_frames": self.num_frames,
-                "clip_starts": self.clip_starts.tolist(), "features": self.rows.tolist()}
+        o = self.options
+        spans = [{"start_frame": int(a), "end_frame": int(b), "time_s": None if np.isnan(t0) else float(t0),
+                  "end_s": None if np.isnan(t1) else float(t1)} for a, b, t0, t1 in self.spans.tolist()]
+        return {"video": self.video, "layer": o.layer, "stride": o.stride,
+                "sample_fps": str(o.fps) if o.fps is not None else "", "segments": o.segments,
+                "segment_rule": o.segment_rule, "video_mean": o.video_mean, "l2": o.l2,
+                "fps": self.fps, "num_frames": self.num_frames, "shape": list(self.rows.shape), "dtype": "float32",
+                "spans": spans, "features": self.rows.tolist()}
 
 
 def features_job(batcher: DynamicBatcher, upload: Upload, options: FeatureOptions, limits: Limits,
                  cancel: threading.Event | None = None, on_clips: Callable[[int], object] | None = None,
                  ) -> Features:
-    """The upload's features, as `c3d extract --layer L --stride S [--video-mean] [--l2]` computes them."""
+    """The upload's features, as `c3d extract --layer --stride --fps --video-mean --segments --l2` computes them."""
     info = probe(upload, limits)
+    pre = batcher.runner(options.layer).preprocess
     try:
-        rows = sliding_rows(batcher, upload, info, options.layer, options.stride, limits, cancel, on_clips)
+        plan = ClipPlan.of(upload.path, info.num_frames, pre, options.stride, options.fps)
+        rows = sliding_rows(batcher, upload, info, options.layer, plan, limits, cancel, on_clips)
     except DataError as e:
         raise RequestError(422, _message(e, upload)) from None
-    pre = batcher.runner(options.layer).preprocess
-    return Features(video=upload.name, layer=options.layer, stride=options.stride,
-                    rows=finish_rows(rows, options.video_mean, options.l2),
-                    clip_starts=clip_starts(info.num_frames, pre, options.stride), fps=info.fps,
-                    num_frames=info.num_frames)
-
+    groups = row_groups(len(rows), options.segments, options.segment_rule, options.video_mean)
+    return Features(video=upload.name, options=options,
+                    rows=finish_rows(rows, options.video_mean, options.l2, options.segments, options.segment_rule),
+                    spans=plan.spans(groups), fps=info.fps, num_frames=info.num_frames)

@@ -26,6 +26,8 @@ class ServeMetrics:
         buckets = sorted({1, *(2**i for i in range(max_batch.bit_length() + 1) if 2**i <= max_batch), max_batch})
         self.batch_size = Histogram("c3d_batch_size", "clips per forward pass", buckets=[float(b) for b in buckets],
                                     registry=r)
+        self.batch_requests = Histogram("c3d_batch_requests", "requests whose clips share a forward pass",
+                                        buckets=[float(b) for b in buckets], registry=r)
         self.batch_seconds = Histogram("c3d_batch_seconds", "seconds per forward pass", buckets=LATENCY_BUCKETS,
                                        registry=r)
         self.clips_decoded = Counter("c3d_clips_decoded", "clips decoded for requests (queued for the model)",
@@ -42,8 +44,9 @@ class ServeMetrics:
         self.queue_clips.set_function(queued)
         self.in_progress.set_function(in_progress)
 
-    def on_batch(self, size: int, seconds: float) -> None:
+    def on_batch(self, size: int, requests: int, seconds: float) -> None:
         self.batch_size.observe(size)
+        self.batch_requests.observe(requests)
         self.batch_seconds.observe(seconds)
 
     def answered(self, endpoint: str, code: int, seconds: float) -> None:
