@@ -64,7 +64,8 @@ def test_predict_takes_frames_in_memory(setup):
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("flags", [(), ("--video-mean", "--l2"), ("--l2",)], ids=["rows", "mean-l2", "l2"])
+@pytest.mark.parametrize("flags", [(), ("--video-mean", "--l2", "output"), ("--l2", "output")],
+                         ids=["rows", "mean-l2", "l2"])
 def test_extract_features_are_the_c3d_extract_rows(setup, flags):
     root, video, _, _ = setup
     out = root / ("out" + "".join(flags).replace("-", "_"))

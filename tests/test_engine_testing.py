@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,13 @@ def test_workers_auto_and_a_given_model_and_source(setup: tuple[Path, Path]) -> 
 def test_options_from_a_training_config() -> None:
     cfg = tiny_train_config("data.split=2", "data.num_clips=3", "data.val_batch_size=5", "data.workers=auto",
                             "train.average=prob", "train.amp=false", "train.channels_last=false",
-                            "data.skip_bad=true", "data.splits_dir=lists", "data.autorotate=false")
+                            "data.skip_bad=true", "data.splits_dir=lists", "data.autorotate=false",
+                            "data.fps=30000/1001", "data.source_fps=25")
     options = testing.TestOptions.from_config(cfg, device="cpu", progress=True)
     assert dataclasses.asdict(options) == {
         "split": 2, "splits_dir": "lists", "clips": 3, "average": "prob", "batch_size": 5, "workers": "auto",
         "device": "cpu", "amp": False, "channels_last": False, "compile": False, "skip_bad": True,
-        "autorotate": False, "progress": True,
+        "autorotate": False, "progress": True, "fps": Fraction(30000, 1001), "source_fps": Fraction(25),
     }
     assert testing.TestOptions() == testing.TestOptions(split=1, clips=10, average="score", workers=None)
 

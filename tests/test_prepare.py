@@ -97,7 +97,7 @@ def test_extract_video_keeps_live_partials(ucf, tmp_path):
     live = dst.parent / f".vid.partial-{prepare_mod.socket.gethostname()}-1"  # pid 1 is always alive
     live.mkdir(parents=True)
     assert extract_video(ucf / "Jump/v_Jump_g01_c01.avi", dst, short_side=0) == 20
-    assert live.is_dir() and len(list(dst.iterdir())) == 20
+    assert live.is_dir() and len(list(dst.glob("img_*.jpg"))) == 20 and (dst / "timing.json").is_file()
 
 
 def test_prepare_bad_video(ucf, tmp_path):

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "test": "c3dnet.commands.test",
     "predict": "c3dnet.commands.predict",
     "extract": "c3dnet.commands.extract",
+    "pack": "c3dnet.commands.pack",
     "serve": "c3dnet.commands.serve",
     "probe": "c3dnet.commands.probe",
     "export": "c3dnet.commands.export",

@@ -1,6 +1,7 @@
 """`c3d extract`: C3D features of many videos, one .npy each plus a manifest; resumable and shareable.
 
-    c3d extract --weights W --out DIR [--layer fc6|fc7|pool5] [--stride 16] [--l2] [--video-mean] INPUTS...
+    c3d extract --weights W --out DIR [--layer fc6|fc7|pool5] [--stride 16] [--fps F]
+                [--segments S [--segment-rule uniform|sultani] | --video-mean] [--l2 none|clip|output] INPUTS...
 
 Several processes (or `torchrun --nproc-per-node N -m c3dnet.cli extract ...`, which shards the list by rank)
 may write one output folder; rerunning skips finished videos.
@@ -12,10 +13,40 @@ import argparse
 import os
 import sys
 
-HELP = "extract per-clip (or per-video) C3D features of videos into .npy files with a manifest"
+from c3dnet.commands.common import add_fps_arguments, fps_arguments
+
+HELP = "extract per-clip, per-segment or per-video C3D features of videos into .npy files with a manifest"
+
+EPILOG = """rows written per video (one .npy each, and <video>.times.csv with each row's first/last source frame and
+start/end seconds):
+  default          one row per clip: clips start every --stride frames (of the --fps frames, with --fps)
+  --segments S     S rows; "uniform" (default): segment k is the mean of clips [b_k, b_k+1),
+                   b_k = floor(k*N/S + 1/2) for N clips (a segment with no clip takes clip min(b_k, N-1));
+                   "sultani": UCF-Crime's released MATLAB code: 1-based b = round(linspace(1, N, S+1)), segment k
+                   = mean of clips b_k .. b_k+1 - 1 (clip b_k when empty); the last clip is never used
+  --video-mean     one row (dim,): the mean of all clips
+  --l2 none|clip|output   clip: each clip row before pooling; output: each written row (after the mean);
+                   default: output with --segments, none otherwise; --l2 alone means output
+example: 10 clips, --segments 4: uniform b = 0,3,5,8,10 -> clips {0,1,2} {3,4} {5,6,7} {8,9};
+         sultani b = 1,3,6,8,10 -> clips {1,2} {3,4,5} {6,7} {8,9} (1-based; clip 10 unused)
+recipes:
+  UCF-Crime:     c3d extract --weights W --fps 30 --segments 32 --segment-rule sultani --out feats videos/
+  localisation:  c3d extract --weights W --layer fc7 --stride 8 --out feats videos/
+  video means:   c3d extract --weights W --video-mean --l2 --out feats videos/
+then `c3d pack feats --to feats.h5` (or .txt folder / .pt folder) for downstream code"""
+
+
+def _l2_mode(text: str) -> str:
+    if text not in ("none", "clip", "output"):
+        raise argparse.ArgumentTypeError(
+            f"takes none, clip or output, and {text!r} is not one: write `--l2 output` (what `--l2` alone means) "
+            "when an input follows it")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="video files, folders (searched recursively; a folder of frames is one video) or "
                              ".txt lists of videos")
@@ -26,8 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", choices=("fc6", "fc7", "pool5"), default="fc6",
                         help="feature layer (default: fc6, the paper's)")
     parser.add_argument("--stride", type=int, default=16, help="frames between clip starts (default: 16)")
-    parser.add_argument("--l2", action="store_true", help="L2-normalise each row (after the mean with --video-mean)")
+    parser.add_argument("--l2", nargs="?", const="output", default=None, type=_l2_mode, metavar="none|clip|output",
+                        help="L2 normalisation: clip (each clip row, before pooling), output (each written row, "
+                             "after the segment or video mean) or none; --l2 alone: output (default: output with "
+                             "--segments, none otherwise)")
     parser.add_argument("--video-mean", action="store_true", help="store the mean over a video's clips (dim,)")
+    parser.add_argument("--segments", type=int, default=None, metavar="S",
+                        help="store S segment rows per video, each the mean of its clips (see below)")
+    parser.add_argument("--segment-rule", choices=("uniform", "sultani"), default="uniform",
+                        help="segment boundaries: uniform (default) or sultani (UCF-Crime's MATLAB code)")
+    add_fps_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per forward pass, across videos (default: 64 on a GPU, 32 on the CPU; a resumed "
                              "run is bit-identical with the same value)")
@@ -55,11 +94,19 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError
     from c3dnet.features import ExtractOptions, extract, output_keys
+    from c3dnet.features.pooling import check_pooling, default_l2
 
     if args.stride < 1 or (args.batch_size is not None and args.batch_size < 1) or \
             (args.workers is not None and args.workers < 1):
         raise ConfigError(f"--stride, --batch-size and --workers must be >= 1, got {args.stride}, "
                           f"{args.batch_size}, {args.workers}")
+    if args.segments is not None and args.segments < 1:
+        raise ConfigError(f"--segments must be a number of segments >= 1 (leave it out for one row per clip), got "
+                          f"{args.segments}")
+    segments = args.segments or 0
+    l2 = args.l2 or default_l2(segments)
+    check_pooling(segments, args.segment_rule, l2, args.video_mean)
+    fps, source_fps = fps_arguments(args)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     records = load_video_list(args.inputs)
     keys = output_keys(records)  # from the whole list, so every rank names files alike
@@ -79,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--compile applies to --weights; an --onnx model runs through ONNX Runtime")
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32, compile=args.compile)
     workers = loader_workers(args.workers, runner.device)
-    options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=args.l2,
+    options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=l2, segments=segments,
+                             segment_rule=args.segment_rule, fps=fps, source_fps=source_fps,
                              batch_size=args.batch_size or (64 if runner.device.type == "cuda" else 32),
                              workers=workers, skip_bad=args.skip_bad,
                              weights=str(source), autorotate=args.autorotate)

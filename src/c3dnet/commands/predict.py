@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from c3dnet.commands.common import add_fps_arguments, fps_arguments
+
 HELP = "classify videos: top-k classes from the average of 10 clips, optional per-clip timeline (JSON + PNG)"
 
 
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep each video's coded orientation instead of turning it as its display matrix "
                              "says (FFmpeg's -noautorotate)")
+    add_fps_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise ConfigError(f"--timeline {args.timeline}: cannot create this folder ({e.strerror or e}); "
                               "choose another") from None
+    fps, source_fps = fps_arguments(args)
     records = load_video_list(args.videos)
     if args.onnx:
         from c3dnet.export import OnnxC3D
@@ -72,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
     for record, key in zip(records, output_keys(records)):
         bar.update(1)
         try:
-            prediction = predict_video(runner, record.path, names, args.clips, args.average, args.autorotate)
+            prediction = predict_video(runner, record.path, names, args.clips, args.average, args.autorotate,
+                                       fps, source_fps)
             if args.timeline:
-                timeline = predict_timeline(runner, record.path, names, args.stride, autorotate=args.autorotate)
+                timeline = predict_timeline(runner, record.path, names, args.stride, autorotate=args.autorotate,
+                                            fps=fps, source_fps=source_fps)
                 save_timeline(timeline, args.timeline, key, args.top_k)
         except DataError as e:
             if not args.skip_bad:

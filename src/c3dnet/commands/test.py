@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from c3dnet.commands.common import add_fps_arguments, fps_arguments
+
 HELP = "test weights with the reference protocol: video top-1/top-5/mean class accuracy and clip top-1"
 
 
@@ -45,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model first (seconds to a minute; pays off on large test sets)")
+    add_fps_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if args.clips < 1 or (args.batch_size is not None and args.batch_size < 1) or \
             (args.workers is not None and args.workers < 0):
         raise ConfigError("--clips and --batch-size must be >= 1 and --workers >= 0")
+    fps, source_fps = fps_arguments(args)
     options = TestOptions(split=args.split, splits_dir=args.splits_dir, clips=args.clips, average=args.average,
                           batch_size=args.batch_size, workers=args.workers, device=args.device, amp=not args.fp32,
                           compile=args.compile, skip_bad=args.skip_bad, autorotate=args.autorotate,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, fps=fps, source_fps=source_fps)
     run = test_weights(args.weights, args.data, options)
     if not run.is_main:
         return 0

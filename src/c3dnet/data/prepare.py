@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 from c3dnet.data.decode import FRAME_TEMPLATE, iter_frames, video_info
 from c3dnet.data.resize import rescale_size, resize_frames
 from c3dnet.data.sources import SkippedItem, Source, available_splits, load_source
+from c3dnet.data.timing import TIMING_FILE, video_times
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text, pid_alive
 from c3dnet.log import get_logger, progress_bar
@@ -187,7 +189,8 @@ def extract_video(video: Path, dst: Path, short_side: int = 128, quality: int = 
 
     Frames are FFmpeg's, in its order, turned as the display matrix says (unless `autorotate=False`), resized
     to `short_side` by OpenCV `INTER_LINEAR` as the seed resizes (0: kept), then JPEG-encoded at `quality`.
-    Returns the number of frames. A `dst` that already exists is complete by construction and is kept.
+    Returns the number of frames. A `dst` that already exists is complete by construction and is kept. The
+    frames' presentation times go to `dst/timing.json` (`data.timing`), for sampling at a fixed fps later.
     """
     from PIL import Image
 
@@ -205,6 +208,9 @@ def extract_video(video: Path, dst: Path, short_side: int = 128, quality: int = 
             for frame in chunk:
                 count += 1
                 Image.fromarray(frame).save(tmp / FRAME_TEMPLATE.format(count), quality=quality)
+        times = video_times(video)  # when each frame is shown: what `--fps` needs, kept beside the frames
+        if times.num_frames == count:
+            atomic_write_text(tmp / TIMING_FILE, json.dumps(times.to_dict()) + "\n")
         try:
             os.rename(tmp, dst)
         except OSError:

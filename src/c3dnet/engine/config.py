@@ -21,6 +21,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +64,9 @@ class DataSection:
     """Loading. `batch_size` is per process (per GPU under torchrun); `workers` per process too ("auto": see
     `c3dnet.engine.device.loader_workers`); `drop_last` drops each epoch's last partial training batch (as the
     seed's loader does); `num_clips` is the test protocol's clips per video; `autorotate` turns video frames as
-    their display matrix says (FFmpeg's default; false keeps the coded orientation)."""
+    their display matrix says (FFmpeg's default; false keeps the coded orientation); `fps` samples every video at
+    that frame rate by presentation time before clips are chosen (null: its own frames; `c3d test --fps` and
+    `c3d predict --fps` then match training), `source_fps` is the rate of frame folders without timestamps."""
 
     split: int = 1
     batch_size: int = 32
@@ -74,6 +77,15 @@ class DataSection:
     skip_bad: bool = False
     splits_dir: str | None = None
     autorotate: bool = True
+    fps: float | str | None = None
+    source_fps: float | str | None = None
+
+    def rates(self) -> tuple[Fraction | None, Fraction | None]:
+        """`fps` and `source_fps` as exact fractions (None when not set)."""
+        from c3dnet.data.timing import parse_fps
+
+        return (parse_fps(self.fps, "data.fps") if self.fps is not None else None,
+                parse_fps(self.source_fps, "data.source_fps") if self.source_fps is not None else None)
 
 
 @dataclass
@@ -212,6 +224,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"{source}: {message}")
+        try:
+            d.rates()
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         try:
             self.model_config(num_classes=1)
             self.preprocess_record()

@@ -21,6 +21,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,8 @@ class TestOptions:
         autorotate: turn video frames as their display matrix says (FFmpeg's default); False keeps the coded
             orientation. Test as the weights were trained (`data.autorotate`).
         progress: a progress bar (on the main process only).
+        fps: sample each video at this frame rate by presentation time before choosing its clips (None: its own
+            frames); `source_fps`: the frame rate of frame folders without recorded timestamps.
     """
 
     __test__ = False  # a library class, not a pytest test class
@@ -72,6 +75,8 @@ class TestOptions:
     skip_bad: bool = False
     autorotate: bool = True
     progress: bool = False
+    fps: Fraction | None = None
+    source_fps: Fraction | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -89,11 +94,11 @@ class TestOptions:
     @classmethod
     def from_config(cls, cfg: TrainConfig, **changes: object) -> TestOptions:
         """The test settings of a training recipe: its split, clips, validation batch size, workers, averaging,
-        autocast, memory format, skip_bad and autorotate; `changes` set other fields (device, progress, ...)."""
+        autocast, memory format, skip_bad, autorotate and fps; `changes` set other fields (device, progress, ...)."""
         d, t = cfg.data, cfg.train
         options = cls(split=d.split, splits_dir=d.splits_dir, clips=d.num_clips, average=t.average,
                       batch_size=d.val_batch_size, workers=d.workers, amp=t.amp, channels_last=t.channels_last,
-                      skip_bad=d.skip_bad, autorotate=d.autorotate)
+                      skip_bad=d.skip_bad, autorotate=d.autorotate, fps=d.rates()[0], source_fps=d.rates()[1])
         return dataclasses.replace(options, **changes)
 
 
@@ -191,7 +196,8 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
     if model.class_names is not None and list(model.class_names) != list(source.class_names):
         log.warning("%s: class names differ from %s's; scoring by class index", data_name, weights_name)
     dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=options.clips,
-                          skip_bad=options.skip_bad, autorotate=options.autorotate)
+                          skip_bad=options.skip_bad, autorotate=options.autorotate, fps=options.fps,
+                          source_fps=options.source_fps)
     # Each rank scores every world_size-th video; the padding repeats are dropped when the scores are gathered.
     sampler = ResumableSampler(len(dataset), False, 0, dist_info.rank, dist_info.world_size)
     loader = torch.utils.data.DataLoader(

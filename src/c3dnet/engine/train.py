@@ -92,8 +92,9 @@ def _loaders(cfg: TrainConfig, source: Source, data: str | Path, dist_info: Dist
     preprocess = cfg.preprocess_record()
     workers = loader_workers(d.workers, device)
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+    fps, source_fps = d.rates()
     train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad,
-                            autorotate=d.autorotate)
+                            autorotate=d.autorotate, fps=fps, source_fps=source_fps)
     sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
     # One loader iterator serves the whole run (see EpochBatches), and the epoch travels with each index: every
     # sample's augmentation stays keyed by (seed, epoch, index) whatever the worker.
@@ -108,7 +109,7 @@ def _loaders(cfg: TrainConfig, source: Source, data: str | Path, dist_info: Dist
     if cfg.train.val_every > 0:
         val_source = load_source(data, "test", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
         val_set = ClipDataset(val_source.records, "val", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad,
-                              autorotate=d.autorotate)
+                              autorotate=d.autorotate, fps=fps, source_fps=source_fps)
         val_sampler = ResumableSampler(len(val_set), False, 0, dist_info.rank, dist_info.world_size)
         val_loader = torch.utils.data.DataLoader(
             val_set, batch_size=d.val_batch_size, sampler=val_sampler, persistent_workers=workers > 0,

@@ -15,7 +15,10 @@ from c3dnet.data import sampling
 from c3dnet.data.timing import FrameTimes
 from c3dnet.data.transforms import center_offsets
 from c3dnet.errors import DataError
+from c3dnet.log import get_logger
 from c3dnet.preprocess import Preprocess
+
+log = get_logger(__name__)
 
 # --------------------------------------------------------------------------------------------------- clips
 
@@ -68,6 +71,8 @@ class ClipPlan:
                 raise DataError(f"{video}: {times.num_frames} frame times for {num_frames} frames; "
                                 "the file is corrupt: re-encode it")
             frame_map = resample(times, fps)
+            if len(frame_map) > num_frames + 1:
+                _warn_repeats(video, fps, times)
         n = num_frames if frame_map is None else len(frame_map)
         starts = clip_starts(n, preprocess, stride)
         sampled = sampling.clip_indices(starts, n, preprocess.clip_len, preprocess.frame_interval)  # (K, T)
@@ -89,6 +94,18 @@ class ClipPlan:
                 end = t.ts[last + 1] if last + 1 < t.num_frames else t.end
                 out[r, 2], out[r, 3] = t.seconds(t.ts[int(src.min())]), t.seconds(end)
         return out
+
+
+_warned: set[str] = set()
+
+
+def _warn_repeats(video: object, fps: Fraction, times: FrameTimes) -> None:
+    """Sampling above a video's own rate repeats frames: said once per process (a dataset would say it per video)."""
+    if "repeats" not in _warned:
+        _warned.add("repeats")
+        rate = (times.num_frames / float(times.seconds(times.end))) if times.end else 0.0
+        log.warning("%s: --fps %s is above the video's own rate (%.3g fps): frames are repeated to fill it "
+                    "(said once)", video, fps, rate)
 
 
 def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:

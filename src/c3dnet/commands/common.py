@@ -1,0 +1,26 @@
+"""Options several commands share: sampling videos at a fixed frame rate (`--fps`, `--source-fps`)."""
+
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+
+FPS_HELP = ("sample each video at F frames per second by presentation time before forming clips: output frame k "
+            "is the source frame on screen at time k/F (frames repeat when F is above the video's rate); "
+            "F like 30, 29.97 or 30000/1001 (default: the video's own frames)")
+
+
+def add_fps_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fps", metavar="F", default=None, help=FPS_HELP)
+    parser.add_argument("--source-fps", metavar="F", default=None,
+                        help="with --fps: the frame rate of frame folders that hold no timestamps (`c3d prepare` "
+                             "records them in each folder's timing.json)")
+
+
+def fps_arguments(args: argparse.Namespace) -> tuple[Fraction | None, Fraction | None]:
+    """(--fps, --source-fps) as exact fractions, or None; `ConfigError` saying what is allowed."""
+    from c3dnet.data.timing import parse_fps
+
+    fps = parse_fps(args.fps, "--fps") if args.fps is not None else None
+    source = parse_fps(args.source_fps, "--source-fps") if args.source_fps is not None else None
+    return fps, source

@@ -1,0 +1,184 @@
+"""`c3d pack`: an extraction folder's finished per-video features in the forms downstream code reads.
+
+- "h5": one HDF5 file; the features of video `key` are the dataset `key` (rows, dim), or `key/NAME` with
+  `dataset_name` (ActivityNet's C3D features use `v_xxx/c3d_features`); each dataset's attributes hold its rows'
+  `frames` (rows, 2: first and last source frame) and `times` (rows, 2: start and end seconds), and the file's
+  attributes the extraction settings.
+- "txt": a folder of `<key>_C.txt`, the UCF-Crime form of Sultani et al.: each row's values printed with `%f`,
+  each followed by a space, one row per line (as their MATLAB code's `fprintf(fid, '%f ', row)`).
+- "pt": a folder of `<key>.pt`, each a float32 tensor (rows, dim) saved by `torch.save`.
+
+Folders also get `index.json` (settings, and each video's file, frames and times). The per-video `.npy` files stay
+the resumable store; packing reads only finished videos and replaces `--to` whole (written beside it, then
+renamed), so it can be rerun at any time. Features extracted with different settings are refused.
+
+Example:
+    >>> pack("feats", "feats.h5")                                    # doctest: +SKIP
+    PackSummary(videos=1900, path=PosixPath('feats.h5'), format='h5')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from c3dnet.errors import ConfigError, DataError
+from c3dnet.features.manifest import ManifestEntry, load_features, read_manifest, read_times
+from c3dnet.fileio import atomic_path, atomic_write_text
+
+FORMATS = ("h5", "txt", "pt")
+INDEX = "index.json"
+SETTINGS = ("layer", "dim", "clip_len", "frame_interval", "stride", "video_mean", "l2", "segments", "segment_rule",
+            "sample_fps", "weights")
+"""What must agree between the videos packed together."""
+
+
+@dataclass(frozen=True)
+class PackSummary:
+    videos: int
+    path: Path
+    format: str
+
+
+def pack_format(to: str | os.PathLike[str], fmt: str | None) -> str:
+    """The format asked for, or the one `to`'s extension names (.h5/.hdf5; .pt; a folder or .txt: txt)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return fmt
+    suffix = Path(to).suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return "h5"
+    if suffix == ".pt":
+        return "pt"
+    if suffix in ("", ".txt"):
+        return "txt"
+    raise ConfigError(f"{to}: cannot tell the format from the extension {suffix!r}; name it .h5, or give --format "
+                      f"({', '.join(FORMATS)})")
+
+
+def settings_of(entry: ManifestEntry) -> dict[str, Any]:
+    d = entry.to_dict()
+    return {k: d[k] for k in SETTINGS}
+
+
+def check_one_setting(entries: list[ManifestEntry], where: Path) -> dict[str, Any]:
+    """The settings all `entries` share; `DataError` naming two videos and what differs otherwise."""
+    first = settings_of(entries[0])
+    for e in entries[1:]:
+        other = settings_of(e)
+        differ = {k: (first[k], other[k]) for k in SETTINGS if first[k] != other[k]}
+        if differ:
+            what = "; ".join(f"{k}: {a!r} for {entries[0].key}, {b!r} for {e.key}" for k, (a, b) in differ.items())
+            raise DataError(f"{where}: holds features extracted with two different settings ({what}); pack each "
+                            "setting from its own --out folder")
+    return first
+
+
+def pack(features_dir: str | os.PathLike[str], to: str | os.PathLike[str], fmt: str | None = None,
+         dataset_name: str | None = None) -> PackSummary:
+    """Write every finished video of `features_dir` to `to` in `fmt` (see the module docstring)."""
+    src, to = Path(features_dir), Path(to)
+    fmt = pack_format(to, fmt)
+    if not src.is_dir():
+        raise DataError(f"{src}: no such folder; give the --out folder of `c3d extract`")
+    entries = read_manifest(src)
+    if not entries:
+        raise DataError(f"{src}: no finished videos (no manifest parts); run `c3d extract --out {src} ...` first")
+    if dataset_name is not None and (fmt != "h5" or not dataset_name or "/" in dataset_name):
+        raise ConfigError("--dataset-name applies to .h5 output and must be a plain name like c3d_features")
+    settings = check_one_setting(entries, src)
+    videos = [(e, load_features(src, e), _times(src, e)) for e in entries]
+    if fmt == "h5":
+        _write_h5(to, videos, settings, dataset_name)
+    else:
+        _write_folder(to, videos, settings, fmt)
+    return PackSummary(len(videos), to, fmt)
+
+
+def _times(src: Path, entry: ManifestEntry) -> np.ndarray | None:
+    if not entry.times:
+        return None  # extracted before rows had times
+    path = src / entry.times
+    if not path.is_file():
+        raise DataError(f"{path}: missing; re-run `c3d extract` on {entry.video} (remove {src / entry.output} first)")
+    return read_times(path)
+
+
+def _write_h5(to: Path, videos: list, settings: dict[str, Any], dataset_name: str | None) -> None:
+    try:
+        import h5py
+    except ImportError as e:
+        raise ConfigError("HDF5 output needs h5py: pip install 'c3dnet[h5]' (or pip install h5py)") from e
+    if to.is_dir():
+        raise ConfigError(f"{to}: is a folder; give a file name ending in .h5")
+    with atomic_path(to, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            for k, v in settings.items():
+                f.attrs[k] = v
+            for entry, feats, times in videos:
+                node = f.create_group(entry.key) if dataset_name else f
+                ds = node.create_dataset(dataset_name or entry.key, data=np.atleast_2d(feats))
+                if times is not None:
+                    ds.attrs["frames"] = times[:, :2].astype(np.int64)
+                    ds.attrs["times"] = times[:, 2:]
+                ds.attrs["video"] = entry.video
+
+
+def _write_folder(to: Path, videos: list, settings: dict[str, Any], fmt: str) -> None:
+    if to.exists() and not (to.is_dir() and (to / INDEX).is_file()):
+        raise ConfigError(f"{to}: exists and is not a `c3d pack` output; choose another --to or remove it")
+    tmp = to.parent / f".{to.name}.pack-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        index: dict[str, Any] = {"format": fmt, "settings": settings, "videos": {}}
+        for entry, feats, times in videos:
+            name = f"{entry.key}_C.txt" if fmt == "txt" else f"{entry.key}.pt"
+            _write_rows(tmp / name, np.atleast_2d(feats), fmt)
+            index["videos"][entry.key] = {
+                "file": name, "video": entry.video,
+                "frames": None if times is None else times[:, :2].astype(int).tolist(),
+                "times": None if times is None else [[_num(a), _num(b)] for a, b in times[:, 2:]]}
+        atomic_write_text(tmp / INDEX, json.dumps(index, indent=1) + "\n")
+        _replace_folder(tmp, to)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _num(x: float) -> float | None:
+    return None if np.isnan(x) else round(float(x), 6)
+
+
+def _write_rows(path: Path, rows: np.ndarray, fmt: str) -> None:
+    if fmt == "txt":
+        with open(path, "w", encoding="ascii") as f:
+            for row in rows:
+                f.write("".join(f"{v:f} " for v in row.tolist()) + "\n")
+    else:
+        import torch
+
+        torch.save(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)), path)
+
+
+def _replace_folder(tmp: Path, to: Path) -> None:
+    """Put the finished folder `tmp` at `to`, replacing an earlier pack there; `to` is never half-written."""
+    old = to.parent / f".{to.name}.old-{os.getpid()}"
+    if to.exists():
+        os.rename(to, old)
+    try:
+        os.rename(tmp, to)
+    except OSError:
+        if old.exists():
+            with contextlib.suppress(OSError):
+                os.rename(old, to)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
