@@ -14,7 +14,8 @@ rank 0 goes first. Environment:
     C3DNET_WEIGHTS_MIRROR     a base URL: every file is fetched as `<mirror>/<file name>` instead of its origin
     C3DNET_OFFLINE=1          never touch the network; a missing file is an error saying what to put where
     C3DNET_DOWNLOAD_TIMEOUT   seconds without data before a connection is given up (default 30)
-    C3DNET_DOWNLOAD_RETRIES   further attempts after a network error, with backoff (default 4)
+    C3DNET_DOWNLOAD_RETRIES   further attempts after a network error (default 4)
+    C3DNET_DOWNLOAD_BACKOFF   seconds before the first retry, doubling after each (default 1)
 
 Example:
     >>> from c3dnet.weights.download import fetch
@@ -85,9 +86,10 @@ class Settings:
     def from_env(cls) -> Settings:
         try:
             return cls(timeout=float(os.environ.get("C3DNET_DOWNLOAD_TIMEOUT", cls.timeout)),
-                       retries=int(os.environ.get("C3DNET_DOWNLOAD_RETRIES", cls.retries)))
+                       retries=int(os.environ.get("C3DNET_DOWNLOAD_RETRIES", cls.retries)),
+                       backoff=float(os.environ.get("C3DNET_DOWNLOAD_BACKOFF", cls.backoff)))
         except ValueError as e:
-            raise WeightsError(f"C3DNET_DOWNLOAD_TIMEOUT / C3DNET_DOWNLOAD_RETRIES must be numbers ({e})") from None
+            raise WeightsError(f"C3DNET_DOWNLOAD_TIMEOUT / _RETRIES / _BACKOFF must be numbers ({e})") from None
 
 
 # ------------------------------------------------------------------------------------------------ digests
@@ -280,6 +282,11 @@ def download(entry: Pretrained, dest: Path, settings: Settings | None = None, pr
     if url is None:
         raise _manual_error(entry, dest)
     part = dest.with_name(dest.name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"{dest.parent}: cannot create the weights cache ({e.strerror or e}); set C3DNET_HOME to "
+                           f"a writable folder") from None
     transfer = _Transfer(url, part, settings, progress, open_part)
     log.info("downloading %s from %s%s", entry.name, url, f" (resuming at {transfer.size:,} bytes)"
              if transfer.size else "")
@@ -291,11 +298,11 @@ def download(entry: Pretrained, dest: Path, settings: Settings | None = None, pr
             transfer.restart()
             raise
         except _DiskError as disk:
-            e = disk.error
+            e, written = disk.error, transfer.size
             transfer.restart()  # a partial file on a full disk only takes the space that is missing
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise WeightsError(f"{dest.parent}: no space left on the device while downloading {entry.file_name} "
-                                   f"({transfer.size:,} bytes written); free some space, or point C3DNET_HOME at "
+                                   f"({written:,} bytes written); free some space, or point C3DNET_HOME at "
                                    f"a larger disk") from None
             raise WeightsError(f"{part}: cannot write the download ({e.strerror or e})") from None
         except OSError as e:  # URLError, HTTPError, timeouts, resets
@@ -370,11 +377,6 @@ def fetch(name: str, settings: Settings | None = None, progress: bool | None = N
         raise WeightsError(f"{entry.name}: not in the cache and C3DNET_OFFLINE is set, so nothing is downloaded. "
                            f"Put {entry.file_name} at {dest} (from {source_url(entry) or entry.manual}), or unset "
                            f"C3DNET_OFFLINE")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WeightsError(f"{folder}: cannot create the weights cache ({e.strerror or e}); set C3DNET_HOME to a "
-                           f"writable folder") from None
     lock = VideoLock(folder / ".locks" / f"{entry.file_name}.lock")
     deadline = time.monotonic() + settings.wait
     if _rank_waits():  # let local rank 0 take the lock first
