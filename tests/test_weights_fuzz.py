@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FORMATS = ("caffe", "mmaction2", "native", "paddle", "sequential")
+FORMATS = ("caffe", "caffe-mean", "mmaction2", "mmengine", "native", "paddle", "sequential")
 CASES = 1000
 SEED = 17
 
@@ -49,9 +49,10 @@ def test_fork_server_tells_every_outcome_apart() -> None:
 def test_the_issues_hostile_files_are_refused_within_bounds() -> None:
     report = _server("--hostile", timeout=120)
     cases = {case["name"]: case for case in report["cases"]}
-    assert len(cases) == 15 and not report["failures"], _describe(report["failures"])
+    assert len(cases) == 19 and not report["failures"], _describe(report["failures"])
     for name, case in cases.items():
-        expected = "loaded" if name in ("nest45-weights.pdparams", "nest45-meta.pth") else "refused"
+        expected = "loaded" if name in ("nest45-weights.pdparams", "nest45-meta.pth", "mmengine-nest45.pth") \
+            else "refused"
         assert case["outcome"] == expected, (name, case)
         assert case["seconds"] < 2.0, (name, case)
         assert case["peak_mb"] * 2**20 <= 2 * case["size"] + 64 * 2**20, (name, case)
@@ -59,6 +60,9 @@ def test_the_issues_hostile_files_are_refused_within_bounds() -> None:
     assert "fc 2000000" in cases["meta-fc_dim.safetensors"]["message"]
     assert "numpy.ndarray(...) called directly" in cases["ndarray.pdparams"]["message"]
     assert "viewing a storage of only 4 bytes" in cases["zero-stride.pth"]["message"]
+    assert "the global `posix.system`" in cases["mmengine-payload.pth"]["message"]
+    assert "a field of 4,611,686,018,427,387,904 bytes" in cases["mean-length.binaryproto"]["message"]
+    assert "values for a blob of shape (4096, 4096, 4096, 4096, 4096)" in cases["mean-dims.binaryproto"]["message"]
 
 
 @pytest.mark.slow

@@ -104,6 +104,17 @@ class Report:
         return out
 
 
+def load_file(path: Path) -> object:
+    """What the fuzzer loads a case with: Caffe mean files through their parser, weight files through load_model."""
+    if path.suffix == ".binaryproto":
+        from c3dnet.weights.caffe_mean import read_mean_file
+
+        return read_mean_file(path)
+    from c3dnet.weights import load_model
+
+    return load_model(path)
+
+
 def _status(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -122,9 +133,8 @@ def _child(case: Case, write_fd: int, time_limit: float, load: Callable[[Path], 
         limit = _status("VmSize:") + ADDRESS_SPACE
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         from c3dnet.errors import WeightsError
-        from c3dnet.weights import load_model
 
-        load = load or load_model
+        load = load or load_file
         start_rss = _status("VmRSS:")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM restarts from the current RSS
@@ -196,8 +206,9 @@ def status(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
 start = status("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")
+from c3dnet.weights.caffe_mean import read_mean_file
 try:
-    c3dnet.weights.load_model(sys.argv[1])
+    (read_mean_file if sys.argv[1].endswith(".binaryproto") else c3dnet.weights.load_model)(sys.argv[1])
 except WeightsError:
     pass
 print(status("VmHWM:") - start)
@@ -223,10 +234,12 @@ def _warm_up(bases: Iterable[tuple[str, bytes]] = ()) -> None:
 
     import c3dnet
     import c3dnet.safe_pickle  # noqa: F401
+    import c3dnet.weights.caffe_mean  # noqa: F401
     import c3dnet.weights.files  # noqa: F401
     import c3dnet.weights.layouts  # noqa: F401
     import c3dnet.weights.load  # noqa: F401
     import c3dnet.weights.native  # noqa: F401
+    import c3dnet.weights.torchzip  # noqa: F401
     from c3dnet.errors import C3DError
 
     compileall.compile_dir(str(Path(c3dnet.__file__).parent), quiet=1)
@@ -237,7 +250,7 @@ def _warm_up(bases: Iterable[tuple[str, bytes]] = ()) -> None:
             cut.write_bytes(data[: len(data) // 2])
             for path in (whole, cut):
                 try:
-                    c3dnet.load_model(path)
+                    load_file(path)
                 except C3DError:
                     pass
 
@@ -252,7 +265,7 @@ def run_cases(cases: Iterable[Case], workers: int = 2, time_limit: float = 10.0,
         workers: children running at once.
         time_limit: seconds a child may take before it is killed and counted as "slow".
         on_result: called with each `Result` (e.g. to delete the case file of a success).
-        load: what a child calls on the file (default: `c3dnet.weights.load_model`).
+        load: what a child calls on the file (default: `load_file`: `load_model`, or the mean-file parser).
         record: keep every case's result in `Report.cases`.
     """
     _warm_up()

@@ -196,11 +196,31 @@ def hostile_files(folder: Path) -> dict[str, Path]:
             out.writestr(info.filename, data)
     files["bomb.pth"] = bomb.getvalue()
     files["zero-stride.pth"] = torch_bytes({"conv1a.weight": torch.zeros(1).expand(50_000_000)}, zip_format=True)
+    files.update(_mmengine_and_mean_files(model))
     paths = {}
     for name, data in files.items():
         paths[name] = folder / name
         paths[name].write_bytes(data)
     return paths
+
+
+def _mmengine_and_mean_files(model: C3D) -> dict[str, bytes]:
+    """An mmengine checkpoint whose placeholder holds a payload, or 2**45 paths; Caffe mean files that declare
+    a 2**62-byte field, or dimensions of 4096**5 values over 4 bytes of data."""
+    from tests.test_caffe_mean import field, varint
+    from tests.test_mmengine_checkpoints import HistoryBuffer, fake_mmengine, mmengine_checkpoint
+
+    files = {}
+    for name, value in (("payload", Call(os.system, "true")), ("nest45", nest_pairs(45))):
+        buffer = HistoryBuffer()
+        buffer.extra = value
+        with fake_mmengine():
+            files[f"mmengine-{name}.pth"] = torch_bytes(mmengine_checkpoint(model, {"message_hub": {"b": buffer}}),
+                                                        zip_format=True)
+    dims = b"".join(field(i, 0, varint(v)) for i, v in enumerate((1, 3, 16, 128, 171), 1))
+    files["mean-length.binaryproto"] = dims + varint(6 << 3 | 2) + varint(1 << 62) + bytes(8)
+    files["mean-dims.binaryproto"] = b"".join(field(i, 0, varint(4096)) for i in range(1, 6)) + field(6, 2, bytes(4))
+    return files
 
 
 __all__ = ["CONFIG", "Call", "deep", "hostile_files", "hostile_value", "join_native", "nest_pairs", "split_native",

@@ -1,9 +1,11 @@
 """Valid tiny weight files of every format, and the mutations the fuzzer applies to them.
 
 Formats (bases): "native" (safetensors + c3dnet metadata), "paddle" (.pdparams, pickle protocol 4),
-"mmaction2" (torch zip, {"state_dict": ..., "meta": ...} with numpy values in meta), "caffe" (a protocol-0
-pickle of numpy arrays in an OrderedDict, as Python 2 conversion scripts wrote), "sequential" (a Sequential
-port saved in torch's legacy, pre-zip format).
+"mmaction2" (torch zip, {"state_dict": ..., "meta": ...} with numpy values in meta), "mmengine" (torch zip as
+mmengine's runner saves it: message_hub with HistoryBuffers, Config/ConfigDict, optimizer state; read by c3dnet's
+own torch-zip reader with inert placeholders), "caffe" (a protocol-0 pickle of numpy arrays in an OrderedDict, as
+Python 2 conversion scripts wrote), "sequential" (a Sequential port saved in torch's legacy, pre-zip format),
+"caffe-mean" (Caffe C3D's volume mean, a protobuf BlobProto, read by `c3dnet.weights.caffe_mean`).
 
 Mutations, chosen per case by a seeded `random.Random`:
     bytes       flips, truncations, deleted, repeated or inserted spans, integers set to extremes; aimed mostly at
@@ -17,6 +19,8 @@ Mutations, chosen per case by a seeded `random.Random`:
                 count, payloads, expanded views, odd dtypes and shapes), keys renamed or dropped
     zip         torch zip records: data.pkl mutated and re-packed with valid CRCs, storages truncated or grown,
                 records dropped or deflated, the version record changed
+    protobuf    the mean file: a field's varint set to an extreme, a wire type changed, a field repeated or an
+                unknown one added, the data's length prefix changed
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import random
 import struct
 import zipfile
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,17 @@ import numpy as np
 import torch
 
 from c3dnet.weights import save_model
-from tests.weights_hostile import deep, hostile_value, join_native, nest_pairs, split_native, tiny_model, torch_bytes
+from tests.test_mmengine_checkpoints import fake_mmengine
+from tests.weights_hostile import (
+    CONFIG,
+    deep,
+    hostile_value,
+    join_native,
+    nest_pairs,
+    split_native,
+    tiny_model,
+    torch_bytes,
+)
 
 EXTREMES = (0, 1, 2, 3, 7, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**63 - 1, 2**64 - 1, -1, -2)
 
@@ -98,6 +113,8 @@ def _zip_regions(data: bytes) -> list[tuple[int, int]]:
 
 def make_bases(folder: Path) -> dict[str, Base]:
     """Write and describe one valid tiny file per format (about 30 kB each)."""
+    from tests.test_caffe_mean import c3d_blob
+    from tests.test_mmengine_checkpoints import mmengine_checkpoint
     from tests.test_weights import caffe_state, mmaction2_state, paddle_state, sequential_state
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +135,18 @@ def make_bases(folder: Path) -> dict[str, Base]:
     mm = {"state_dict": mmaction2_state(model, recognizer=True), "meta": meta}
     data = torch_bytes(mm, zip_format=True)
     bases["mmaction2"] = Base("mmaction2", ".pth", data, "torch-zip", _zip_regions(data), mm)
+
+    with fake_mmengine():
+        mmengine = mmengine_checkpoint(model)
+        data = torch_bytes(mmengine, zip_format=True)
+    bases["mmengine"] = Base("mmengine", ".pth", data, "torch-zip", _zip_regions(data), mmengine)
+
+    mean = np.random.default_rng(0).uniform(60, 130, (1, 3, CONFIG.clip_len, CONFIG.crop_size + 8,
+                                                      CONFIG.crop_size + 10)).astype(np.float32)
+    data = c3d_blob(mean)
+    header = len(data) - mean.nbytes
+    bases["caffe-mean"] = Base("caffe-mean", ".binaryproto", data, "protobuf", [(0, header), (header, len(data))],
+                               mean)
 
     caffe = OrderedDict((k, v.numpy()) for k, v in caffe_state(model).items())
     data = pickle.dumps(caffe, protocol=0)
@@ -353,7 +382,8 @@ def mutate_objects(base: Base, rng: random.Random) -> tuple[bytes, str]:
     try:
         if base.kind == "pickle":
             return pickle.dumps(new, protocol=rng.choice((0, 1, 2, 4, 5, base.protocol))), how
-        return torch_bytes(new, zip_format=base.kind == "torch-zip"), how
+        with fake_mmengine() if base.name == "mmengine" else nullcontext():
+            return torch_bytes(new, zip_format=base.kind == "torch-zip"), how
     except (pickle.PicklingError, TypeError, ValueError, RuntimeError, RecursionError, AttributeError) as e:
         return base.data, f"{how} (not picklable: {type(e).__name__}; base file)"
 
@@ -407,6 +437,48 @@ def mutate_zip(base: Base, rng: random.Random, path: Path) -> str:
     return f"zip:{kind}:{how}"
 
 
+# ----------------------------------------------------------------------------------------------------- protobuf
+
+
+def _varint(n: int) -> bytes:
+    n %= 1 << 64
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def mutate_protobuf(base: Base, rng: random.Random) -> tuple[bytes, str]:
+    """A field-level edit of the mean file's BlobProto (C3D layout: five varint dims, then field 6 packed)."""
+    values = base.state
+    dims = list(values.shape)
+    payload = values.astype("<f4").tobytes()
+    kind = rng.choice(("dim", "dim", "wire", "repeat", "unknown", "length", "unpacked"))
+    fields = [bytes([(i + 1) << 3]) + _varint(d) for i, d in enumerate(dims)]
+    length = len(payload)
+    if kind == "dim":
+        i = rng.randrange(5)
+        fields[i] = bytes([(i + 1) << 3]) + _varint(rng.choice(EXTREMES))
+    elif kind == "wire":
+        i = rng.randrange(5)
+        fields[i] = bytes([(i + 1) << 3 | rng.choice((1, 2, 3, 4, 5, 6, 7))]) + fields[i][1:]
+    elif kind == "repeat":
+        fields.insert(rng.randrange(6), rng.choice(fields))
+    elif kind == "unknown":
+        fields.insert(rng.randrange(6), _varint(rng.choice((8, 9, 12, 100, 2**29)) << 3 | rng.choice((0, 2, 5)))
+                      + _varint(rng.choice((0, 1, 4, 2**31))))
+    elif kind == "length":
+        length = rng.choice(EXTREMES)
+    else:  # data as unpacked fixed32 values, some of them dropped
+        floats = [payload[i:i + 4] for i in range(0, len(payload), 4)]
+        start = rng.randrange(len(floats))
+        del floats[start:start + rng.choice((0, 1, 5))]
+        return b"".join(fields) + b"".join(b"\x35" + f for f in floats), f"protobuf:{kind}"
+    return b"".join(fields) + bytes([6 << 3 | 2]) + _varint(length) + payload, f"protobuf:{kind}"
+
+
 # ---------------------------------------------------------------------------------------------------- dispatch
 
 
@@ -420,6 +492,9 @@ def mutate(base: Base, rng: random.Random, path: Path) -> str:
         kind = rng.choices(("bytes", "opcodes", "objects"), (3, 3, 4))[0]
         data, how = (mutate_bytes(base, base.data, rng) if kind == "bytes" else
                      mutate_opcodes(base.data, rng) if kind == "opcodes" else mutate_objects(base, rng))
+    elif base.kind == "protobuf":
+        kind = rng.choices(("bytes", "protobuf"), (5, 5))[0]
+        data, how = mutate_bytes(base, base.data, rng) if kind == "bytes" else mutate_protobuf(base, rng)
     elif base.kind == "torch-zip":
         kind = rng.choices(("bytes", "zip", "objects"), (3, 4, 3))[0]
         if kind == "zip":
@@ -437,6 +512,6 @@ def mutate(base: Base, rng: random.Random, path: Path) -> str:
 
 
 __all__ = ["Base", "make_bases", "mutate", "mutate_bytes", "mutate_header", "mutate_metadata", "mutate_objects",
-           "mutate_opcodes", "mutate_zip"]
+           "mutate_opcodes", "mutate_protobuf", "mutate_zip"]
 
 
