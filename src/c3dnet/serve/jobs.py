@@ -33,7 +33,7 @@ CHUNK = 8
 """Sliding clips queued together: small enough that other requests' clips join the same batches."""
 
 MAX_THUMBNAILS = 64
-THUMB_HEIGHT = 96
+THUMB_HEIGHT = 128
 
 
 @dataclass(frozen=True)
