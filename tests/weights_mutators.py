@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from c3dnet.weights import save_model
+from tests.test_caffe_mean import varint
 from tests.test_mmengine_checkpoints import fake_mmengine
 from tests.weights_hostile import (
     CONFIG,
@@ -440,35 +441,25 @@ def mutate_zip(base: Base, rng: random.Random, path: Path) -> str:
 # ----------------------------------------------------------------------------------------------------- protobuf
 
 
-def _varint(n: int) -> bytes:
-    n %= 1 << 64
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def mutate_protobuf(base: Base, rng: random.Random) -> tuple[bytes, str]:
     """A field-level edit of the mean file's BlobProto (C3D layout: five varint dims, then field 6 packed)."""
     values = base.state
     dims = list(values.shape)
     payload = values.astype("<f4").tobytes()
     kind = rng.choice(("dim", "dim", "wire", "repeat", "unknown", "length", "unpacked"))
-    fields = [bytes([(i + 1) << 3]) + _varint(d) for i, d in enumerate(dims)]
+    fields = [bytes([(i + 1) << 3]) + varint(d) for i, d in enumerate(dims)]
     length = len(payload)
     if kind == "dim":
         i = rng.randrange(5)
-        fields[i] = bytes([(i + 1) << 3]) + _varint(rng.choice(EXTREMES))
+        fields[i] = bytes([(i + 1) << 3]) + varint(rng.choice(EXTREMES))
     elif kind == "wire":
         i = rng.randrange(5)
         fields[i] = bytes([(i + 1) << 3 | rng.choice((1, 2, 3, 4, 5, 6, 7))]) + fields[i][1:]
     elif kind == "repeat":
         fields.insert(rng.randrange(6), rng.choice(fields))
     elif kind == "unknown":
-        fields.insert(rng.randrange(6), _varint(rng.choice((8, 9, 12, 100, 2**29)) << 3 | rng.choice((0, 2, 5)))
-                      + _varint(rng.choice((0, 1, 4, 2**31))))
+        fields.insert(rng.randrange(6), varint(rng.choice((8, 9, 12, 100, 2**29)) << 3 | rng.choice((0, 2, 5)))
+                      + varint(rng.choice((0, 1, 4, 2**31))))
     elif kind == "length":
         length = rng.choice(EXTREMES)
     else:  # data as unpacked fixed32 values, some of them dropped
@@ -476,7 +467,7 @@ def mutate_protobuf(base: Base, rng: random.Random) -> tuple[bytes, str]:
         start = rng.randrange(len(floats))
         del floats[start:start + rng.choice((0, 1, 5))]
         return b"".join(fields) + b"".join(b"\x35" + f for f in floats), f"protobuf:{kind}"
-    return b"".join(fields) + bytes([6 << 3 | 2]) + _varint(length) + payload, f"protobuf:{kind}"
+    return b"".join(fields) + bytes([6 << 3 | 2]) + varint(length) + payload, f"protobuf:{kind}"
 
 
 # ---------------------------------------------------------------------------------------------------- dispatch

@@ -95,12 +95,18 @@ class Settings:
 # ------------------------------------------------------------------------------------------------ digests
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def _hash(path: Path) -> tuple[Any, int]:
+    """A SHA-256 object fed with the whole file, and the file's size."""
+    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return digest, size
+
+
+def sha256_of(path: Path) -> str:
+    return _hash(path)[0].hexdigest()
 
 
 def digest_record(path: Path) -> Path:
@@ -181,13 +187,8 @@ class _Transfer:
     def __init__(self, url: str, part: Path, settings: Settings, progress: bool,
                  open_part: Callable[[Path, str], IO[bytes]]) -> None:
         self.url, self.part, self.settings, self.progress, self.open_part = url, part, settings, progress, open_part
-        self.digest = hashlib.sha256()
-        self.size = 0
-        if part.exists():  # an interrupted earlier download: hash what is there and continue after it
-            with open(part, "rb") as f:
-                while block := f.read(CHUNK):
-                    self.digest.update(block)
-                    self.size += len(block)
+        # An interrupted earlier download: hash what is there and continue after it.
+        self.digest, self.size = _hash(part) if part.exists() else (hashlib.sha256(), 0)
 
     def restart(self) -> None:
         self.digest, self.size = hashlib.sha256(), 0
