@@ -308,6 +308,8 @@ def test_weights_cli_lists_gets_and_verifies(tmp_path: Path, server: WeightServe
     assert path == cache_dir() / "n.safetensors" and path.read_bytes() == data
     assert main(["weights", "verify"]) == 0
     assert f"{path}: ok" in capsys.readouterr().out
+    assert main(["info", "tiny-native", "--json"]) == 0  # a name where a command takes a weight path
+    assert json.loads(capsys.readouterr().out)["path"] == str(path)
     copy = tmp_path / "elsewhere" / "n.safetensors"  # a file outside the cache, matched by its name
     copy.parent.mkdir()
     copy.write_bytes(data[:-1] + b"\0")
