@@ -389,7 +389,8 @@ def describe_dropped(value: Any) -> str:
             stack += list(x.values())
         elif isinstance(x, (list, tuple)):
             stack += list(x)
-    kind = (f"{type(value).__name__} of {len(value)} entries" if isinstance(value, (Mapping, list, tuple))
+    kind = (f"{type(value).__name__} of {len(value)} {'entry' if len(value) == 1 else 'entries'}"
+            if isinstance(value, (Mapping, list, tuple))
             else value.global_name if isinstance(value, InertObject) else type(value).__name__)
     parts = [kind] + ([f"{tensors} tensors not read"] if tensors else [])
     parts += [f"{name} x{n} (placeholder, never called)" for name, n in sorted(inert.items())]
