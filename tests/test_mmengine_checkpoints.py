@@ -270,6 +270,12 @@ def test_tensor_views_in_a_zip_are_read_as_torch_does_and_checked(tmp_path: Path
     with zipfile.ZipFile(path) as archive:
         records = [(i.filename.split("/", 1)[1], archive.read(i)) for i in archive.infolist()
                    if not i.filename.endswith("serialization_id")]
+    # Saved on a GPU: the storage's location is ignored, everything is read to the CPU.
+    gpu = tmp_path / "gpu.pth"
+    _rewrite_zip([(n, d.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")) for n, d in records], gpu)
+    assert b"cuda:0" in zipfile.ZipFile(gpu).read(next(n for n in zipfile.ZipFile(gpu).namelist()
+                                                        if n.endswith("data.pkl")))
+    torch.testing.assert_close(read_raw(gpu).tensors["conv1a.weight"], base[2:8], rtol=0, atol=0)
     pkl = dict(records)["data.pkl"]
     assert pkl.count(b"QK\x02K\x06") == 1  # BINPERSID, then the storage offset 2 and the size 6
     records = [(n, pkl.replace(b"QK\x02K\x06", b"QK\x0aK\x06") if n == "data.pkl" else d) for n, d in records]

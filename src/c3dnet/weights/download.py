@@ -162,12 +162,16 @@ def _network_error(url: str, e: BaseException) -> str:
         return f"HTTP {e.code} from {url}: {hint}"
     if isinstance(e, urllib.error.URLError):
         return f"cannot reach {url} ({e.reason})"
+    if isinstance(e, ValueError):
+        return f"{url} is not a usable URL ({e}); check C3DNET_WEIGHTS_MIRROR"
     if isinstance(e, (TimeoutError, socket.timeout)):
         return f"no data from {url} for too long (timed out)"
     return f"the connection to {url} broke ({type(e).__name__}: {str(e)[:120] or 'no detail'})"
 
 
 def _retryable(e: BaseException) -> bool:
+    if isinstance(e, ValueError):
+        return False
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code in (408, 429)
     return True
