@@ -87,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"c3d serve: warning: listening on {args.host}: anyone who can reach this machine can upload videos "
               "and use its compute; put it behind a reverse proxy with authentication and TLS", file=sys.stderr)
     app = create_app(model, device, config, str(source))
+    # Connections past limit_concurrency get uvicorn's own 503 before any work: a flood of idle connections
+    # cannot pile up behind the admission limit.
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.no_progress,
-                                           log_level="info", timeout_graceful_shutdown=5))
+                                           log_level="info", timeout_graceful_shutdown=5,
+                                           limit_concurrency=max(64, 4 * config.max_pending)))
     server.run()
     return 0

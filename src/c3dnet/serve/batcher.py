@@ -44,14 +44,14 @@ class _Chunk:
     """Clips (k, 3, T, H, W) of one request (its `cancel` event tells requests apart) for one output; `rows` is
     set to their (k, D) rows."""
 
-    clips: torch.Tensor
+    clips: torch.Tensor | None  # dropped once the forward pass has read it: only rows stay with a request
     output: str
     cancel: threading.Event | None
     rows: Future = field(default_factory=Future)
+    size: int = 0
 
-    @property
-    def size(self) -> int:
-        return int(self.clips.shape[0])
+    def __post_init__(self) -> None:
+        self.size = int(self.clips.shape[0])
 
 
 class DynamicBatcher:
@@ -206,8 +206,11 @@ class DynamicBatcher:
                 continue
             size = sum(c.size for c in batch)
             tick = time.perf_counter()
+            clips = torch.cat([c.clips for c in batch])  # (size, 3, T, H, W)
+            for chunk in batch:
+                chunk.clips = None
             try:
-                rows = self.runner(batch[0].output)(torch.cat([c.clips for c in batch]))  # (size, D)
+                rows = self.runner(batch[0].output)(clips)  # (size, D)
             except Exception as e:  # noqa: BLE001 - the requests get the error; the model thread goes on
                 log.exception("forward pass of %d clips failed", size)
                 for chunk in batch:
