@@ -186,3 +186,21 @@ def test_a_native_file_whose_mean_tensor_was_altered_is_refused(tmp_path: Path) 
     save_file(tensors, str(dst), metadata=metadata)
     with pytest.raises(WeightsError, match=r"names a volume mean of shape .* tensor is None"):
         read_weights(dst)
+
+
+def test_extract_and_predict_subtract_the_volume_mean(tmp_path: Path) -> None:
+    import c3dnet
+
+    src, (frames, height, width) = _caffe_weights(tmp_path)
+    mean_file = tmp_path / "m.binaryproto"
+    mean_file.write_bytes(c3d_blob(_mean((1, 3, frames, height, width), seed=5)))
+    dst = tmp_path / "w.safetensors"
+    assert main(["convert", str(src), str(dst), "--mean-file", str(mean_file)]) == 0
+    model = load_model(dst)
+    video = np.random.default_rng(2).integers(0, 256, (frames, 60, 80, 3), dtype=np.uint8)  # exactly one clip
+    with torch.no_grad():
+        expected = model(normalize(eval_transform(video, model.preprocess)[None], model.preprocess))[0]
+    rows = c3dnet.extract_features(dst, video, layer="logits", device="cpu", source_fps=25)
+    np.testing.assert_allclose(rows[0], expected.numpy(), rtol=1e-4, atol=1e-4)
+    record = c3dnet.predict(dst, video, clips=1, top_k=1, device="cpu", source_fps=25)
+    assert record["top_k"][0]["index"] == int(expected.argmax())

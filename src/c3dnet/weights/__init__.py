@@ -7,8 +7,13 @@ Example:
     >>> read_metadata("c3d_ucf101.safetensors")["preprocess"]["mean"]               # doctest: +SKIP
     [104.0, 117.0, 128.0]
 
+A name from `c3d weights list` works wherever a path does: `load_model("c3d-ucf101-mmaction2")` downloads the
+file into the cache once, verified, and loads it with the registry's class names.
+
 Modules: `native` (the safetensors format and its metadata), `files` (containers: safetensors, torch,
-restricted pickle), `layouts` (key layouts and config inference), `load` (building the model, reporting).
+restricted pickle), `torchzip` (c3dnet's torch-zip reader: mmengine metadata as inert placeholders), `layouts`
+(key layouts and config inference), `load` (building the model, reporting), `registry` (the public weight files
+by name), `download` (cache, verified downloads, mirror, offline), `caffe_mean` (Caffe C3D's volume mean file).
 """
 
 from c3dnet.weights.files import RawWeights, read_raw
