@@ -10,8 +10,13 @@ UCF-101-sized copies of both datasets made of symlinks that cycle over the uniqu
 the test set are full-sized without generating 13k videos; the table then also says how long UCF-101 split 1
 takes at the measured rates.
 
+With --xvid DIR the videos are UCF-101's own encoding instead of generated MPEG-4: the packed-XviD files that
+`benchmarks/make_xvid.py` made (MEncoder, B-frames), linked into the same layout (by default 4 per class on
+CUDA), and every prepared frame count is checked against FFmpeg's.
+
 Usage:
     python benchmarks/bench_e2e.py                         # CPU: a reduced model and a small set
+    python benchmarks/bench_e2e.py --xvid benchmarks/xvid  # UCF-101's encoding (run make_xvid.py first)
     python benchmarks/bench_e2e.py --device cuda --videos 1200 --workers 14 --train-batch 128
 """
 
@@ -40,6 +45,7 @@ from c3dnet.engine.device import configure_for, prepare_model, select_device  # 
 from c3dnet.engine.testing import TestOptions, test_weights  # noqa: E402
 from c3dnet.engine.train import train  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402
+from make_xvid import check_counts, load_xvid_set  # noqa: E402
 
 UCF_TRAIN, UCF_TEST = 9537, 3783  # videos in UCF-101 split 1's train and test lists
 
@@ -61,8 +67,11 @@ def _video(args: tuple[Path, int, int, int, int]) -> None:
     write_video(path, out, fps=25.0, codec="mpeg4", quality=4, intra_only=False)
 
 
-def make_ucf_like(root: Path, videos: int, classes: int, frames: int, workers: int) -> Path:
-    """A UCF-101-layout folder: <Class>/v_<Class>_gXX_cYY.avi + ucfTrainTestlist/ (every third group tests)."""
+def make_ucf_like(root: Path, videos: int, classes: int, frames: int, workers: int,
+                  xvid: list[Path] | None = None) -> Path:
+    """A UCF-101-layout folder: <Class>/v_<Class>_gXX_cYY.avi + ucfTrainTestlist/ (every third group tests).
+
+    The videos are generated MPEG-4, or with `xvid` symlinks cycling over those files."""
     data = root / "UCF-101"
     lists = root / "ucfTrainTestlist"
     lists.mkdir(parents=True, exist_ok=True)
@@ -75,8 +84,12 @@ def make_ucf_like(root: Path, videos: int, classes: int, frames: int, workers: i
         (data / names[c]).mkdir(parents=True, exist_ok=True)
         jobs.append((data / rel, v, frames, 240, 320))
         (test_lines if group % 3 == 0 else train_lines).append(rel)
-    with mp.get_context("fork").Pool(workers) as pool:
-        pool.map(_video, jobs, chunksize=4)
+    if xvid:
+        for i, (path, *_) in enumerate(jobs):
+            path.symlink_to(xvid[i % len(xvid)].resolve())
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.map(_video, jobs, chunksize=4)
     (lists / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
     (lists / "trainlist01.txt").write_text("".join(f"{r} {names.index(r.split('/')[0]) + 1}\n" for r in train_lines))
     (lists / "testlist01.txt").write_text("".join(f"{r}\n" for r in test_lines))
@@ -130,6 +143,21 @@ def expand(root: Path, ucf: Path, frames_root: Path, train_videos: int,
             if got != n:
                 raise SystemExit(f"{path}: load_source read {got} {subset} videos, expected {n}")
     return videos, frames, sizes
+
+
+def check_prepared(ucf: Path, frames_root: Path, counts: dict[str, int]) -> None:
+    """Every video `c3d prepare` listed has the frame count FFmpeg gives the file its symlink points to."""
+    bad, seen = [], 0
+    for subset in ("train", "test"):
+        for line in (frames_root / f"{subset}_split1.txt").read_text().splitlines():
+            rel, num, _ = line.split()
+            _, cls, stem = rel.split("/")
+            target = (ucf / cls / f"{stem}.avi").resolve().name
+            seen += 1
+            if int(num) != counts[target]:
+                bad.append(f"{rel} ({target}): {num} frames, ffprobe {counts[target]}")
+    if bad or not seen:
+        raise SystemExit(f"c3d prepare: {len(bad)} of {seen} videos differ from FFmpeg's frame count: {bad[:5]}")
 
 
 def bench_test(model, source: Source, device, clips: int, batch: int, workers: int) -> dict[str, float]:
@@ -197,11 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the training model")
     ap.add_argument("--keep", type=Path, default=None, help="keep the generated data in this folder")
     ap.add_argument("--skip-video", action="store_true", help="only the JPEG frame path")
+    ap.add_argument("--xvid", type=Path, default=None,
+                    help="link this folder's packed-XviD files (benchmarks/make_xvid.py: UCF-101's encoding) "
+                         "instead of generating MPEG-4 videos; --videos then defaults to 4 per class on CUDA")
     args = ap.parse_args(argv)
 
     device = configure_for(select_device(args.device))
     gpu = device.type == "cuda"
-    videos = args.videos or (1200 if gpu else 60)
+    xvid_files, xvid_counts = None, {}
+    if args.xvid is not None:
+        xvid_files, xvid_counts, _ = load_xvid_set(args.xvid)
+        check_counts(xvid_files, xvid_counts)
+    videos = args.videos or ((4 * args.classes if xvid_files else 1200) if gpu else 60)
     workers = args.workers if args.workers is not None else max(1, min(14, mp.cpu_count() - 2))
     train_batch = args.train_batch or (128 if gpu else 4)
     test_batch = args.test_batch or (16 if gpu else 2)
@@ -228,10 +263,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         start = time.perf_counter()
-        ucf = make_ucf_like(root, videos, args.classes, args.frames, workers)
+        ucf = make_ucf_like(root, videos, args.classes, args.frames, workers, xvid_files)
         gen = time.perf_counter() - start
-        add("generate .avi (encode)", {"seconds": gen, "frames_per_s": videos * args.frames / gen,
-                                       "note": f"{videos} videos 320x240, {workers} processes"})
+        if xvid_files:
+            total_frames = sum(xvid_counts[xvid_files[i % len(xvid_files)].name] for i in range(videos))
+            add("link packed-XviD .avi (UCF-101's encoding)",
+                {"seconds": gen, "note": f"{videos} videos, {total_frames} frames, symlinks over {len(xvid_files)} "
+                                         f"MEncoder XviD files with packed B-frames ({args.xvid})"})
+        else:
+            total_frames = videos * args.frames
+            add("generate .avi (encode)", {"seconds": gen, "frames_per_s": total_frames / gen,
+                                           "note": f"{videos} videos 320x240, {workers} processes"})
         from c3dnet.cli import main as c3d
 
         frames_root = root / "frames"
@@ -240,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
                 "--short-side", "128", "--split", "1"]) != 0:
             raise SystemExit("c3d prepare failed")
         prep = time.perf_counter() - start
-        add("c3d prepare (decode + resize + JPEG)", {"seconds": prep, "frames_per_s": videos * args.frames / prep,
-                                                     "note": f"{workers} processes"})
+        note = f"{workers} processes"
+        if xvid_files:
+            check_prepared(ucf, frames_root, xvid_counts)
+            note += ", every video's frame count equal to ffprobe's"
+        add("c3d prepare (decode + resize + JPEG)", {"seconds": prep, "frames_per_s": total_frames / prep,
+                                                     "note": note})
 
         frames_set, video_set, sizes = frames_root, ucf, {}
         if expanded:
@@ -288,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     size = "reference C3D" if gpu else "reduced C3D (width 1/4, 56x56 crops)"
     table = markdown_table(headers, rows)
-    write_results(f"e2e_{device.type}", f"End to end, {size}, UCF-101-shaped data", environment(device), table, data,
+    kind = "UCF-101-shaped data" + (", UCF-101's encoding (packed XviD)" if xvid_files else "")
+    write_results(f"e2e_{device.type}" + ("_xvid" if xvid_files else ""), f"End to end, {size}, {kind}",
+                  environment(device), table, data,
                   "python benchmarks/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 

@@ -2,12 +2,17 @@
 
     python benchmarks/bench_extract.py                          # tiny model, CPU
     python benchmarks/bench_extract.py --full-size --device cuda --videos 32 --frames 300 --batch-size 64
+    python benchmarks/bench_extract.py --xvid benchmarks/xvid --videos 384      # UCF-101's encoding (make_xvid.py)
 
 Prints one table row per measurement: frames/s and clips/s of (a) what one decoder process does alone (decode,
 resize, crop, stack into clips: the ceiling set by PyAV per process), (b) the model alone on random clips,
 (c) `c3dnet.features.extract` with the model replaced by zeros (decoder processes, batching and writing: the
 ceiling of the data side) and (d) `extract` end to end (decoder processes feeding batches that mix videos),
 plus the process's peak resident memory.
+
+With --xvid DIR the inputs are UCF-101's own encoding instead (MEncoder XviD with packed B-frames, made by
+`benchmarks/make_xvid.py`): `--videos` symlinks cycling over the folder's files, each file's frame count first
+checked against FFmpeg's (from the folder's manifest).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from c3dnet.features import ClipRunner, ExtractOptions, PendingRows, clip_frames
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
 from common import environment, markdown_table, write_results  # noqa: E402
+from make_xvid import check_counts, load_xvid_set  # noqa: E402
 
 
 def _make_one(job: tuple[Path, int, int, int, int, str]) -> Path:
@@ -67,6 +73,22 @@ def make_videos(folder: Path, count: int, frames: int, height: int, width: int, 
         return pool.map(_make_one, jobs)
 
 
+def link_xvid(folder: Path, xvid: Path, count: int) -> tuple[list[Path], list[int]]:
+    """`count` symlinks in `folder` cycling over the packed-XviD set in `xvid`, and each one's frame count
+    (FFmpeg's, checked against c3dnet's own count of every file in the set first)."""
+    files, counts, _ = load_xvid_set(xvid)
+    check_counts(files, counts)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, frames = [], []
+    for i in range(count):
+        src = files[i % len(files)].resolve()
+        link = folder / f"x{i:05d}_{src.name}"
+        link.symlink_to(src)
+        paths.append(link)
+        frames.append(counts[src.name])
+    return paths, frames
+
+
 def slow_fsync(seconds: float) -> None:
     """Make every os.fsync in this process take `seconds` longer: a disk whose syncs cost milliseconds."""
     import os
@@ -101,6 +123,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--source", default="mpeg4", choices=("mpeg4", "libx264", "jpeg"),
                         help="video codec of the generated inputs, or JPEG frame folders")
+    parser.add_argument("--xvid", type=Path, default=None,
+                        help="use this folder's packed-XviD files (benchmarks/make_xvid.py), expanded by symlinks "
+                             "to --videos, instead of generating --source videos")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", default="2",
                         help="decoder processes; a comma-separated list runs the extraction once per count")
@@ -130,10 +155,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        paths = make_videos(tmp / "videos", args.videos, args.frames, args.height, args.width, args.source,
-                            args.gen_processes)
-        print(f"# generated {args.videos} x {args.frames} frames {args.width}x{args.height} {args.source} in "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        if args.xvid is not None:
+            paths, frame_counts = link_xvid(tmp / "videos", args.xvid, args.videos)
+            print(f"# {args.videos} links over the {len(set(p.resolve() for p in paths))} packed-XviD files of "
+                  f"{args.xvid}, {sum(frame_counts)} frames, counts checked against ffprobe's", file=sys.stderr)
+        else:
+            paths = make_videos(tmp / "videos", args.videos, args.frames, args.height, args.width, args.source,
+                                args.gen_processes)
+            frame_counts = [args.frames] * len(paths)
+            print(f"# generated {args.videos} x {args.frames} frames {args.width}x{args.height} {args.source} in "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
         t0 = time.perf_counter()
         clips = 0
@@ -145,7 +176,7 @@ def main() -> None:
                 np.stack(frames)  # the clip's one copy, as a decoder process makes it
                 clips += 1
         dt = time.perf_counter() - t0
-        frames = len(sample) * args.frames
+        frames = sum(frame_counts[: len(sample)])
         rows.append((f"decode+resize+crop+stack only (1 process, {len(sample)} videos)", frames / dt, clips / dt, dt))
 
         runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
@@ -169,11 +200,18 @@ def main() -> None:
             out = tmp / f"out_{workers}"
             summary = extract([VideoRecord(p, -1) for p in paths], run, out, options, progress=False)
             shutil.rmtree(out)
+            if summary.failed or summary.frames != sum(frame_counts):
+                raise SystemExit(f"{label}: {len(summary.failed)} videos failed {summary.failed[:3]}, "
+                                 f"{summary.frames} frames read where the inputs hold {sum(frame_counts)}")
             rows.append((label, summary.frames_per_s, summary.clips / summary.seconds, summary.seconds))
             print("row:", label, f"{summary.frames_per_s:.0f} frames/s", flush=True)
 
-    setting = (f"{args.videos} videos x {args.frames} frames ({args.width}x{args.height}, {args.source}), stride "
-               f"{args.stride}, batch {args.batch_size}")
+    if args.xvid is not None:
+        what = (f"{args.videos} videos, {sum(frame_counts)} frames (320x240 UCF-101 encoding: MEncoder XviD, packed "
+                f"B-frames; symlinks over {len(set(p.resolve() for p in paths))} files)")
+    else:
+        what = f"{args.videos} videos x {args.frames} frames ({args.width}x{args.height}, {args.source})"
+    setting = f"{what}, stride {args.stride}, batch {args.batch_size}"
     if args.sync_latency_ms:
         setting += f", every fsync {args.sync_latency_ms:g} ms slower"
     table_rows = [[label, fps, cps, secs] for label, fps, cps, secs in rows]
@@ -185,7 +223,8 @@ def main() -> None:
               "(the frames a video advances per clip)")
     data = {"setting": setting, "peak_rss_mb": peak_rss_mb(),
             "rows": [dict(measurement=r[0], frames_per_s=r[1], clips_per_s=r[2], seconds=r[3]) for r in rows]}
-    write_results(f"extract_{device.type}", f"Feature extraction: {setting}", environment(device), table, data,
+    name = f"extract_{device.type}" + ("_xvid" if args.xvid is not None else "")
+    write_results(name, f"Feature extraction: {setting}", environment(device), table, data,
                   "python benchmarks/bench_extract.py " + " ".join(sys.argv[1:]))
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ Paths (--paths picks them by these names):
     compile-bf16, compile-freeze (inference only, only when named): the compile path with the weights stored in
         bf16 instead of autocast's per-call casts, or with Inductor's `freezing` (weights folded in as constants,
         their casts and layouts done once). They tell where the compiled inference loses to the ceiling.
+    compile-graphs, compile-bf16-graphs (inference only, only when named): compile and compile-bf16 in mode
+        "reduce-overhead": the compiled graph replayed as CUDA graphs, so no kernel-launch gaps between batches
+        (on the CPU, torch.compile runs it without graphs).
+
+--infer-batch takes a comma-separated list: the inference rows are then measured at each batch size (a batch-size
+sweep; each size is compiled on its own, with automatic dynamic shapes off so that no size gets a dynamic graph).
+A compiled path that fell back to eager mode (c3dnet's `Compiled` does on a compiler error) says so in its row.
 
 Each path's time per round and each table row are printed as soon as they are measured, so a run cut off by a
 time limit still shows what it finished; a path that fails (a torch.compile error, say) is reported as such and
@@ -21,6 +28,7 @@ Usage:
     python benchmarks/bench_model.py --full-size          # the reference C3D (16x112x112, 101 classes)
     python benchmarks/bench_model.py --device cuda --full-size --compile --train-batch 128 --infer-batch 256
     python benchmarks/bench_model.py --device cuda --paths compile --name model_cuda_compile   # compile alone
+    python benchmarks/bench_model.py --device cuda --paths compile-graphs --kinds inference --infer-batch 128,512
 """
 
 from __future__ import annotations
@@ -42,7 +50,8 @@ from c3dnet.engine.runner import Compiled  # noqa: E402
 from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
 from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
 
-PATH_KEYS = ("naive", "tf32", "c3dnet", "compile", "compile-max", "compile-bf16", "compile-freeze")
+PATH_KEYS = ("naive", "tf32", "c3dnet", "compile", "compile-max", "compile-bf16", "compile-freeze", "compile-graphs",
+             "compile-bf16-graphs")
 KINDS = ("inference", "training")
 
 
@@ -60,7 +69,10 @@ class Path_:
 
     @property
     def inference_only(self) -> bool:
-        return self.bf16_weights or self.freezing
+        return self.bf16_weights or self.freezing or self.mode == "reduce-overhead"
+
+
+EAGER_FALLBACK: set[str] = set()  # paths whose torch.compile failed and ran eagerly (c3dnet's Compiled)
 
 
 def set_backend_flags(p: Path_) -> None:
@@ -98,6 +110,8 @@ def inference_step(config, p, device, state, batch) -> Callable[[], None]:
     def step() -> None:
         with ctx(), freeze():
             model(x)
+        if getattr(model, "failed", False):
+            EAGER_FALLBACK.add(p.name)
 
     return step
 
@@ -118,6 +132,8 @@ def train_step(config, p, device, state, batch) -> Callable[[], None]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 40.0)
         opt.step()
+        if getattr(model, "failed", False):
+            EAGER_FALLBACK.add(p.name)
 
     return step
 
@@ -175,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                          "naive,c3dnet on the CPU, plus compile with --compile)")
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated passes among inference,training")
     ap.add_argument("--train-batch", type=int, default=None)
-    ap.add_argument("--infer-batch", type=int, default=None)
+    ap.add_argument("--infer-batch", default=None,
+                    help="inference batch size, or a comma-separated list: a sweep (default 256 on CUDA, 8 on the CPU)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path; the median is reported")
@@ -198,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     config = C3DConfig(num_classes=101) if full else C3DConfig(num_classes=101, width_mult=0.25, fc_dim=1024,
                                                                 crop_size=56)
     train_batch = args.train_batch or (128 if gpu else 4)
-    infer_batch = args.infer_batch or (256 if gpu else 8)
+    infer_batches = [int(b) for b in args.infer_batch.split(",")] if args.infer_batch else [256 if gpu else 8]
+    if len(infer_batches) > 1:  # each size its own static graph, and room in the cache for all of them
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.automatic_dynamic_shapes = False
+        for limit in ("cache_size_limit", "recompile_limit"):
+            if hasattr(dynamo_config, limit):
+                setattr(dynamo_config, limit, max(64, getattr(dynamo_config, limit)))
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     iters = args.iters or 3
     min_seconds = args.min_seconds if args.min_seconds is not None else (2.0 if gpu else 0.0)
@@ -218,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
               compile=True, bf16_weights=True),
         Path_("compile-freeze", "c3dnet + torch.compile, freezing", fast=True, tf32=True, benchmark=True,
               compile=True, freezing=True),
+        Path_("compile-graphs", "c3dnet + torch.compile reduce-overhead (CUDA graphs)", fast=True, tf32=True,
+              benchmark=True, compile=True, mode="reduce-overhead"),
+        Path_("compile-bf16-graphs", "c3dnet + torch.compile reduce-overhead (CUDA graphs), bf16 weights", fast=True,
+              tf32=True, benchmark=True, compile=True, mode="reduce-overhead", bf16_weights=True),
     ]
     if keys is None:
         keys = ["naive", "c3dnet"] + (["tf32"] if gpu else []) + (["compile"] if args.compile else [])
@@ -225,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 
     headers = ["pass", "path", "batch", "clips/s", "TFLOP/s", "peak GiB", "vs naive"]
     rows, data = [], {"config": config.to_dict(), "parameters": count_parameters(C3D(config)), "rows": []}
-    for kind, make, batch, flop_mult in (("inference", inference_step, infer_batch, 2),
-                                         ("training", train_step, train_batch, 6)):
+    passes = [("inference", inference_step, b, 2) for b in infer_batches] + [("training", train_step, train_batch, 6)]
+    for kind, make, batch, flop_mult in passes:
         if kind not in kinds or (kind == "training" and args.skip_train):
             continue
         kind_paths = [p for p in paths if kind == "inference" or not p.inference_only]
@@ -238,17 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         base = batch / naive[0] if isinstance(naive, tuple) else None
         for p in kind_paths:
             result = results[p.name]
+            name = p.name + (" (torch.compile failed: ran eagerly)" if p.name in EAGER_FALLBACK else "")
             if isinstance(result, str):
-                rows.append([kind, p.name, batch, result, "-", "-", "-"])
+                rows.append([kind, name, batch, result, "-", "-", "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, error=result))
             else:
                 seconds, peak = result
                 clips_s = batch / seconds
                 tflops = clips_s * macs * flop_mult / 1e12
                 ratio = clips_s / base if base else None
-                rows.append([kind, p.name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-"])
+                rows.append([kind, name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
-                                         peak_gib=peak, ratio=ratio))
+                                         peak_gib=peak, ratio=ratio, eager_fallback=p.name in EAGER_FALLBACK))
             print("row:", markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)
         if gpu:
             torch.cuda.empty_cache()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -10,13 +11,12 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where the tables go: benchmarks/results/, or $C3DNET_BENCH_RESULTS (gpu.sh's dry run on a CPU writes elsewhere).
+RESULTS = Path(os.environ.get("C3DNET_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def environment(device: torch.device) -> dict[str, str]:
     """The facts a reader needs to compare a table with another: device, PyTorch, CUDA, cuDNN, CPU count."""
-    import os
-
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
