@@ -163,6 +163,9 @@ def test_an_mmengine_checkpoint_loads_and_reports_what_it_dropped(tmp_path: Path
     assert f"{len(model.state_dict())} tensors not read" in dropped["optimizer"]
     assert "Counter x1" in dropped["param_schedulers"]
     assert all("placeholder, never called" in entry for name, entry in dropped.items() if name != "optimizer")
+    from c3dnet.commands.info import describe
+
+    assert describe(str(path))["dropped"] == list(weights.dropped)  # `c3d info` reports them too
 
 
 def test_only_the_state_dict_storages_are_read(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ def describe(path: str) -> dict[str, Any]:
         "num_parameters": w.num_parameters,
         "has_classifier": w.has_head,
         "unexpected_keys": list(w.unexpected),
+        "dropped": list(w.dropped),
         "extra": w.extra,
     }
 
@@ -153,6 +154,8 @@ def _text(info: dict[str, Any]) -> str:
     ]
     if info["unexpected_keys"]:
         lines.append(f"ignored keys:  {', '.join(printable(k) for k in info['unexpected_keys'][:8])}")
+    for entry in info.get("dropped", []):  # a checkpoint's metadata beside its weights (mmengine's meta, ...)
+        lines.append(f"dropped:       {printable(entry)}")
     if info["extra"]:
         lines.append(f"extra:         {json.dumps(info['extra'], sort_keys=True)[:400]}")  # JSON escapes controls
     return "\n".join(lines)
