@@ -4,8 +4,8 @@
 # benchmarks/results/ and, when $OUT is set (the device tool), are copied there after every step.
 # Before the device call, on the development machine: `bash benchmarks/prepare_gpu_run.sh` (the wheels, and
 # UCF-101's encoding in benchmarks/xvid/: MEncoder XviD with packed B-frames); the call carries both folders.
-#   bash benchmarks/gpu.sh          # default steps, in this order (the limits add up to 555 s):
-#                                   #   extract (from XviD) 75, e2e (from XviD and frames) 230, nvdec 45,
+#   bash benchmarks/gpu.sh          # default steps, in this order (the limits add up to 560 s):
+#                                   #   extract (from XviD) 75, e2e (from XviD and frames) 230, nvdec 50,
 #                                   #   compile (inference variants) 120, sweep (batch sizes) 60, tests 25
 #   STEPS="extract nvdec" bash benchmarks/gpu.sh    # a subset; other steps: extract-mpeg4 model diag decode
 #                                                   # max-autotune
@@ -27,7 +27,7 @@ if [ "${DEVICE:-cuda}" = cpu ]; then  # tiny sizes; nothing here is a measuremen
   nvd="--files 2 --seconds 0.3 --jpeg-videos 1 --jpeg-passes 1" mdl="--iters 1 --min-seconds 0" b1=2 b2=4
 else
   dev=cuda full=--full-size ext="--videos 384 --batch-size 128 --workers ${EXTRACT_WORKERS:-14}"
-  e2e="--workers 14 --classes 101" nvd="" mdl="--warmup 3 --min-seconds 2" b1=256 b2=128,512
+  e2e="--workers 14 --classes 101" nvd="--seconds 1" mdl="--warmup 3 --min-seconds 2" b1=256 b2=128,512
 fi
 res=${C3DNET_BENCH_RESULTS:-benchmarks/results}
 out=${OUT:-$res}
@@ -67,7 +67,7 @@ for s in ${STEPS:-extract e2e nvdec compile sweep tests}; do
     extract-mpeg4) step 75 extract_mpeg4 $PY benchmarks/bench_extract.py --device $dev $full $ext --frames 190 \
       --gen-processes 14 ;;
     e2e) step 230 e2e $PY benchmarks/bench_e2e.py --device $dev $src $e2e ${E2E_ARGS:-} ;;
-    nvdec) step 45 nvdec $PY benchmarks/probe_nvdec.py --xvid "$XVID" $nvd ;;
+    nvdec) step 50 nvdec $PY benchmarks/probe_nvdec.py --xvid "$XVID" $nvd ;;
     compile) step 120 model_compile $PY benchmarks/bench_model.py --device $dev $full $mdl --kinds inference \
       --paths compile,compile-graphs,compile-bf16-graphs --infer-batch $b1 --rounds 1 --name model_${dev}_compile ;;
     sweep) step 60 model_sweep $PY benchmarks/bench_model.py --device $dev $full $mdl --kinds inference \

@@ -12,8 +12,9 @@ Video, through NVIDIA's NVDEC engines with PyNvVideoCodec (a wheel carried in .w
   MPEG-4 ASP decoder may differ by IDCT rounding, H.264 must match exactly), and NVDEC's RGB output against
   `c3dnet.data.decode.iter_frames` (FFmpeg's swscale conversion; the colour conversions differ slightly);
 - decoding rate, frames/s, of one decoder and of several at once (threads, each with its own demuxer and
-  decoder), NV12 output in GPU memory, and RGB output; beside it the CPU path's rate in one process (PyAV,
-  every frame to RGB), to weigh against the machine's cores.
+  decoder per file, as a data loader would open each video; and 7 processes, one per NVDEC engine of an H200),
+  NV12 output in GPU memory, and RGB output; beside it the CPU path's rate in one process (PyAV, every frame to
+  RGB), to weigh against the machine's cores.
 JPEG: batched GPU decoding (`torchvision.io.decode_jpeg` on CUDA, file reading included, as bench_decode.py's
 row) against OpenCV in `--jpeg-processes` CPU processes (default: every core), on JPEG frames made from the
 XviD files at 320x240 and at 171x128 (what `c3d prepare` writes).
@@ -91,7 +92,8 @@ def frame_tensor(frame, width: int) -> torch.Tensor:
     return t if t.ndim > 1 else t.reshape(-1, width)
 
 
-def nvdec_frames(nvc, path: Path, rgb: bool, on_frame: Callable[[int, torch.Tensor], None] | None = None) -> int:
+def nvdec_frames(nvc, path: Path, rgb: bool, on_frame: Callable[[int, torch.Tensor], None] | None = None,
+                 width: int = 320) -> int:
     """Decode every frame of `path` on the GPU; `on_frame(i, tensor)` sees each frame before the next decode
     may reuse its surface. Returns the number of frames."""
     dmx = nvc.CreateDemuxer(filename=str(path))
@@ -99,7 +101,6 @@ def nvdec_frames(nvc, path: Path, rgb: bool, on_frame: Callable[[int, torch.Tens
     if rgb:
         kwargs["outputColorType"] = nvc.OutputColorType.RGB
     dec = nvc.CreateDecoder(**kwargs)
-    width = dmx.Width() if hasattr(dmx, "Width") else 320
     n = 0
     for packet in dmx:
         for frame in dec.Decode(packet):
@@ -143,7 +144,7 @@ def accuracy(nvc, path: Path, want_frames: int) -> dict:
             d = (t[:h, :w].to(torch.int16) - luma[i].to(torch.int16)).abs()
             diffs.append((int(d.max()), float(d.sum()), d.numel()))
 
-    out["nvdec_frames"] = nvdec_frames(nvc, path, rgb=False, on_frame=on_luma)
+    out["nvdec_frames"] = nvdec_frames(nvc, path, rgb=False, on_frame=on_luma, width=w)
     out["luma_max"] = max(d[0] for d in diffs) if diffs else float("nan")
     out["luma_mean"] = sum(d[1] for d in diffs) / max(1, sum(d[2] for d in diffs))
     out["luma_frames_exact"] = sum(1 for d in diffs if d[0] == 0)
@@ -156,7 +157,7 @@ def accuracy(nvc, path: Path, want_frames: int) -> dict:
             d = (t.reshape(h, w, 3).to(torch.int16) - rgb[i].to(torch.int16)).abs()
             rdiffs.append((int(d.max()), float(d.sum()), d.numel()))
 
-    out["nvdec_rgb_frames"] = nvdec_frames(nvc, path, rgb=True, on_frame=on_rgb)
+    out["nvdec_rgb_frames"] = nvdec_frames(nvc, path, rgb=True, on_frame=on_rgb, width=w)
     out["rgb_max"] = max(d[0] for d in rdiffs) if rdiffs else float("nan")
     out["rgb_mean"] = sum(d[1] for d in rdiffs) / max(1, sum(d[2] for d in rdiffs))
     return out
@@ -195,6 +196,45 @@ def nvdec_rate(nvc, files: list[Path], decoders: int, seconds: float, rgb: bool)
     if errors:
         raise RuntimeError(errors[0])
     return sum(counts) / elapsed, sum(counts)
+
+
+def _rate_child(paths: list[str], seconds: float, rgb: bool, barrier, queue) -> None:
+    try:
+        import PyNvVideoCodec as nvc
+
+        files = [Path(p) for p in paths]
+        nvdec_frames(nvc, files[0], rgb)  # CUDA context and decoder start-up outside the timing
+        barrier.wait()
+        n, i, start = 0, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            n += nvdec_frames(nvc, files[i % len(files)], rgb)
+            i += 1
+        queue.put((n, time.perf_counter() - start, ""))
+    except Exception as e:  # noqa: BLE001
+        queue.put((0, 0.0, f"{type(e).__name__}: {e}"))
+
+
+def nvdec_rate_processes(files: list[Path], decoders: int, seconds: float, rgb: bool) -> tuple[float, int]:
+    """Frames/s of `decoders` processes (spawned: each its own CUDA context and decoders), started together;
+    against the threads' row it shows whether the binding's calls hold Python's GIL."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(decoders), ctx.Queue()
+    procs = [ctx.Process(target=_rate_child, args=([str(f) for f in files[k:] + files[:k]], seconds, rgb, barrier,
+                                                   queue), daemon=True) for k in range(decoders)]
+    for p in procs:
+        p.start()
+    try:
+        results = [queue.get(timeout=seconds + 90) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    errors = [r[2] for r in results if r[2]]
+    if errors:
+        raise RuntimeError(errors[0])
+    frames = sum(r[0] for r in results)
+    return frames / max(r[1] for r in results), frames
 
 
 def cpu_rate(path: Path, seconds: float) -> tuple[float, int]:
@@ -323,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                 acc["luma_max"], acc["luma_mean"],
                 note=f"{counts_note}; {acc['luma_frames_exact']} frames identical", **{"counts_agree": same})
             add(rows, data, f"NVDEC {labels.get(kind, kind)}: RGB vs c3dnet's RGB", float("nan"),
-                acc["nvdec_rgb_frames"], acc["rgb_max"], acc["rgb_mean"], note="colour conversions differ")
+                acc["nvdec_rgb_frames"], acc["rgb_max"], acc["rgb_mean"],
+                note="NVDEC's YUV->RGB conversion against swscale's (c3dnet's)")
             usable[kind] = paths
         for kind, paths in usable.items():
             for d in [int(x) for x in args.decoders.split(",")]:
@@ -337,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
                         note=f"failed: {type(e).__name__}: {e}"[:300])
             if kind == "xvid-packed":
                 d = 7
+                try:
+                    fps, n = nvdec_rate_processes(paths, d, args.seconds, rgb=False)
+                    add(rows, data, f"NVDEC {labels[kind]}, {d} decoder processes, NV12 in GPU memory", fps, n)
+                except Exception as e:  # noqa: BLE001
+                    add(rows, data, f"NVDEC {labels[kind]}, {d} decoder processes", float("nan"), 0,
+                        note=f"failed: {type(e).__name__}: {e}"[:300])
                 try:
                     fps, n = nvdec_rate(nvc, paths, d, args.seconds, rgb=True)
                     add(rows, data, f"NVDEC {labels[kind]}, {d} decoders, RGB in GPU memory", fps, n)
