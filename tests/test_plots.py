@@ -19,7 +19,9 @@ def test_plots_leave_the_backend_and_pyplot_alone(tmp_path):
         plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "cm.png")
         rng = np.random.default_rng(0)
         tsne_plot(rng.normal(size=(12, 5)), np.repeat([0, 1, 2], 4), tmp_path / "tsne.png", ["x", "y", "z"])
-        tl = Timeline("v.mp4", 25.0, 64, np.array([0, 16, 32, 48]), 16, rng.dirichlet(np.ones(3), 4), ["x", "y", "z"])
+        starts = np.array([0, 16, 32, 48])
+        spans = np.stack([starts, starts + 15, starts / 25, (starts + 16) / 25], axis=1)  # frames, seconds
+        tl = Timeline("v.mp4", 25.0, 64, starts, 16, rng.dirichlet(np.ones(3), 4), ["x", "y", "z"], spans)
         save_timeline(tl, tmp_path, "v")
         assert matplotlib.get_backend() == "svg"
         import matplotlib.pyplot as plt

@@ -102,7 +102,7 @@ class Timeline:
     clip_span: int  # frames covered by one clip
     probs: np.ndarray
     class_names: list[str]
-    spans: np.ndarray | None = None  # (num_clips, 4): first, last source frame, start, end s (`ClipPlan.spans`)
+    spans: np.ndarray  # (num_clips, 4): first, last source frame, start, end s (NaN: unknown; `ClipPlan.spans`)
     sample_fps: str = ""  # the --fps the clips were cut at ("": the video's own frames)
 
     def to_dict(self, k: int = 5) -> dict[str, Any]:
