@@ -157,7 +157,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if args.xvid is not None:
             paths, frame_counts = link_xvid(tmp / "videos", args.xvid, args.videos)
-            print(f"# {args.videos} links over the {len(set(p.resolve() for p in paths))} packed-XviD files of "
+            unique = len({p.resolve() for p in paths})  # while the links exist
+            print(f"# {args.videos} links over the {unique} packed-XviD files of "
                   f"{args.xvid}, {sum(frame_counts)} frames, counts checked against ffprobe's", file=sys.stderr)
         else:
             paths = make_videos(tmp / "videos", args.videos, args.frames, args.height, args.width, args.source,
@@ -208,7 +209,7 @@ def main() -> None:
 
     if args.xvid is not None:
         what = (f"{args.videos} videos, {sum(frame_counts)} frames (320x240 UCF-101 encoding: MEncoder XviD, packed "
-                f"B-frames; symlinks over {len(set(p.resolve() for p in paths))} files)")
+                f"B-frames; symlinks over {unique} files)")
     else:
         what = f"{args.videos} videos x {args.frames} frames ({args.width}x{args.height}, {args.source})"
     setting = f"{what}, stride {args.stride}, batch {args.batch_size}"

@@ -54,12 +54,28 @@ def load_nvc() -> tuple[object | None, str]:
         there = "installed" if importlib.util.find_spec("PyNvVideoCodec") else "not installed"
         return None, (f"no CUDA device (torch.cuda.is_available() is False), PyNvVideoCodec {there}: "
                       "the NVDEC and GPU JPEG rows are skipped")
+    libs = driver_video_libraries()
     try:
         import PyNvVideoCodec as nvc
     except Exception as e:  # noqa: BLE001 - ImportError, or RuntimeError when the driver lacks the video libraries
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return None, f"no PyNvVideoCodec ({type(e).__name__}: {first[:300]}): the NVDEC rows are skipped"
-    return nvc, f"PyNvVideoCodec {getattr(nvc, '__version__', '?')} imported"
+        return None, f"no PyNvVideoCodec ({type(e).__name__}: {first[:300]}; {libs}): the NVDEC rows are skipped"
+    return nvc, f"PyNvVideoCodec {getattr(nvc, '__version__', '?')} imported ({libs})"
+
+
+def driver_video_libraries() -> str:
+    """Whether the driver's decode and encode libraries load (a container without the driver's `video`
+    capability lacks them, and PyNvVideoCodec cannot work there)."""
+    import ctypes
+
+    found = []
+    for lib in ("libnvcuvid.so.1", "libnvidia-encode.so.1"):
+        try:
+            ctypes.CDLL(lib)
+            found.append(f"{lib} loads")
+        except OSError:
+            found.append(f"{lib} missing")
+    return ", ".join(found)
 
 
 def cpu_luma(path: Path) -> np.ndarray:
