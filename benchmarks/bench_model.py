@@ -17,7 +17,9 @@ Paths (--paths picks them by these names):
 
 --infer-batch takes a comma-separated list: the inference rows are then measured at each batch size (a batch-size
 sweep; each size is compiled on its own, with automatic dynamic shapes off so that no size gets a dynamic graph).
-A compiled path that fell back to eager mode (c3dnet's `Compiled` does on a compiler error) says so in its row.
+A compiled path that fell back to eager mode (c3dnet's `Compiled` does on a compiler error) says so in its row, and
+so does a reduce-overhead path whose graph Inductor ran without CUDA graphs (its `cudagraph_skips` counter; always
+on the CPU).
 
 Each path's time per round and each table row are printed as soon as they are measured, so a run cut off by a
 time limit still shows what it finished; a path that fails (a torch.compile error, say) is reported as such and
@@ -73,6 +75,13 @@ class Path_:
 
 
 EAGER_FALLBACK: set[str] = set()  # paths whose torch.compile failed and ran eagerly (c3dnet's Compiled)
+GRAPHS_SKIPPED: set[str] = set()  # reduce-overhead paths whose compiled graph Inductor ran without CUDA graphs
+
+
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def set_backend_flags(p: Path_) -> None:
@@ -107,11 +116,17 @@ def inference_step(config, p, device, state, batch) -> Callable[[], None]:
 
         freeze = lambda: inductor_config.patch(freezing=True)  # noqa: E731
 
+    first = [True]
+
     def step() -> None:
+        skips = _cudagraph_skips() if first[0] else 0
         with ctx(), freeze():
             model(x)
         if getattr(model, "failed", False):
             EAGER_FALLBACK.add(p.name)
+        if first[0] and p.mode == "reduce-overhead" and _cudagraph_skips() > skips:
+            GRAPHS_SKIPPED.add(p.name)  # the compile at this first call gave up on CUDA graphs (on a CPU: always)
+        first[0] = False
 
     return step
 
@@ -266,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         base = batch / naive[0] if isinstance(naive, tuple) else None
         for p in kind_paths:
             result = results[p.name]
-            name = p.name + (" (torch.compile failed: ran eagerly)" if p.name in EAGER_FALLBACK else "")
+            name = p.name + (" (torch.compile failed: ran eagerly)" if p.name in EAGER_FALLBACK else "") + \
+                (" (CUDA graphs skipped)" if p.name in GRAPHS_SKIPPED else "")
             if isinstance(result, str):
                 rows.append([kind, name, batch, result, "-", "-", "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, error=result))
@@ -277,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = clips_s / base if base else None
                 rows.append([kind, name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
-                                         peak_gib=peak, ratio=ratio, eager_fallback=p.name in EAGER_FALLBACK))
+                                         peak_gib=peak, ratio=ratio, eager_fallback=p.name in EAGER_FALLBACK,
+                                         cudagraphs_skipped=p.name in GRAPHS_SKIPPED))
             print("row:", markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)
         if gpu:
             torch.cuda.empty_cache()

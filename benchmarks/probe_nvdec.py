@@ -170,7 +170,9 @@ def accuracy(nvc, path: Path, want_frames: int) -> dict:
 
     def on_rgb(i: int, t: torch.Tensor) -> None:
         if i < rgb.shape[0]:
-            d = (t.reshape(h, w, 3).to(torch.int16) - rgb[i].to(torch.int16)).abs()
+            if t.shape[0] == 3 and t.ndim == 3:  # planar RGB: to interleaved
+                t = t.permute(1, 2, 0)
+            d = (t[:h, :w].reshape(h, w, 3).to(torch.int16) - rgb[i].to(torch.int16)).abs()
             rdiffs.append((int(d.max()), float(d.sum()), d.numel()))
 
     out["nvdec_rgb_frames"] = nvdec_frames(nvc, path, rgb=True, on_frame=on_rgb, width=w)

@@ -159,7 +159,7 @@ def test_bench_model_batch_sweep_and_paths(tmp_path):
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert [(r["batch"], r["path"].split()[0]) for r in rows] == [(1, "naive"), (1, "c3dnet"), (2, "naive"),
                                                                    (2, "c3dnet")]
-    assert all(r["clips_per_s"] > 0 and not r["eager_fallback"] for r in rows)
+    assert all(r["clips_per_s"] > 0 and not r["eager_fallback"] and not r["cudagraphs_skipped"] for r in rows)
     assert rows[0]["ratio"] == 1.0 and rows[2]["ratio"] == 1.0  # each batch size against its own naive row
     bad = _run(["benchmarks/bench_model.py", "--device", "cpu", "--paths", "compile-graphs,warp"], tmp_path)
     assert bad.returncode != 0 and "unknown ['warp']" in bad.stderr
