@@ -42,11 +42,12 @@ else  # without the carried folder the video rows fall back to generated MPEG-4,
   echo "!!! $XVID/manifest.json missing: video rows use generated MPEG-4 (no B-frames), not UCF-101's XviD;" \
        "run benchmarks/prepare_gpu_run.sh here and carry $XVID"
 fi
+stamp=$(mktemp)  # tables written after this run started: not the committed ones of earlier runs
 collect() {  # results so far to $OUT: a later step that overruns the slot does not lose the earlier ones
   if [ "$out" != "$res" ]; then
-    cat "$res"/*_cuda*.md > "$out/tables.md" 2>/dev/null
-    cat "$res"/*.log > "$out/logs.txt" 2>/dev/null
-    cat "$res"/*_cuda*.json > "$out/results.json" 2>/dev/null
+    find "$res" -maxdepth 1 -name '*_cuda*.md' -newer "$stamp" | sort | xargs -r cat > "$out/tables.md"
+    find "$res" -maxdepth 1 -name '*.log' -newer "$stamp" | sort | xargs -r tail -n +1 > "$out/logs.txt"
+    find "$res" -maxdepth 1 -name '*_cuda*.json' -newer "$stamp" | sort | xargs -r cat > "$out/results.json"
   fi
   true
 }
