@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the training model")
     ap.add_argument("--keep", type=Path, default=None, help="keep the generated data in this folder")
     ap.add_argument("--skip-video", action="store_true", help="only the JPEG frame path")
+    ap.add_argument("--video-first", action="store_true",
+                    help="each stage over the videos before the frames (a time limit then cuts a frames row)")
     ap.add_argument("--xvid", type=Path, default=None,
                     help="link this folder's packed-XviD files (benchmarks/make_xvid.py: UCF-101's encoding) "
                          "instead of generating MPEG-4 videos; --videos then defaults to 4 per class on CUDA")
@@ -298,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "note": f"{n_train} train + {n_test} test videos over {u_train} + {u_test} "
                                                "unique ones, as .avi and as frame folders"})
         sources = [("JPEG frames 171x128", frames_set)] + ([] if args.skip_video else [("video .avi", video_set)])
+        if args.video_first:
+            sources.reverse()
         size_note = {s: f", {n} videos ({u} unique)" for s, (n, u) in sizes.items()}
         cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "c3d_ucf101_seed.yaml", model_set)
         for label, path in sources:

@@ -23,11 +23,11 @@ XVID=${XVID:-benchmarks/xvid}
 if [ "${DEVICE:-cuda}" = cpu ]; then  # tiny sizes; nothing here is a measurement
   export C3DNET_BENCH_RESULTS=${C3DNET_BENCH_RESULTS:-$(mktemp -d)}
   dev=cpu full="" ext="--videos 6 --workers 2 --batch-size 8 --decode-only-videos 2"
-  e2e="--videos 12 --classes 3 --workers 2 --train-videos 12 --test-videos 6"
+  e2e="--videos 12 --classes 3 --workers 2 --train-videos 12 --test-videos 6 --video-first"
   nvd="--files 2 --seconds 0.3 --jpeg-videos 1 --jpeg-passes 1" mdl="--iters 1 --min-seconds 0" b1=2 b2=4
 else
   dev=cuda full=--full-size ext="--videos 384 --batch-size 128 --workers ${EXTRACT_WORKERS:-14}"
-  e2e="--workers 14 --classes 101" nvd="--seconds 1" mdl="--warmup 3 --min-seconds 2" b1=256 b2=128,512
+  e2e="--workers 14 --classes 101 --video-first" nvd="--seconds 1" mdl="--warmup 3 --min-seconds 2" b1=256 b2=128,512
 fi
 res=${C3DNET_BENCH_RESULTS:-benchmarks/results}
 out=${OUT:-$res}
