@@ -108,13 +108,14 @@ def test_features_equal_extract(server, weights, videos, name, tmp_path):
     assert r.status_code == 200, r.text
     got = r.json()
     assert got["shape"] == list(expected.shape) and got["layer"] == "fc7" and got["stride"] == 8
-    np.testing.assert_allclose(np.array(got["features"], dtype=np.float32), expected, rtol=1e-5, atol=1e-6)
+    scale = np.abs(expected).max()  # batches of other sizes round differently: 1e-5 of the rows' scale
+    np.testing.assert_allclose(np.array(got["features"], dtype=np.float32), expected, rtol=1e-5, atol=1e-5 * scale)
     assert [s["start_frame"] for s in got["spans"]] == list(range(0, 8 * len(expected), 8))
     raw = upload(f"{server.url}/v1/features?layer=fc7&stride=8", video, headers={"Accept": "application/x-npy"})
     assert raw.headers["content-type"] == "application/x-npy"
     rows = np.load(io.BytesIO(raw.content), allow_pickle=False)
     assert rows.dtype == np.float32
-    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_feature_pooling_equals_extract(server, weights, videos, tmp_path):
@@ -128,7 +129,7 @@ def test_feature_pooling_equals_extract(server, weights, videos, tmp_path):
     assert r.status_code == 200, r.text
     rows = np.load(io.BytesIO(r.content))
     assert rows.shape == (4, 32)
-    np.testing.assert_allclose(rows, np.load(npy), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rows, np.load(npy), rtol=1e-5, atol=1e-5)  # unit rows
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)  # --l2 output is the default here
     both = upload(f"{server.url}/v1/features?segments=4&video_mean=true", video)
     assert both.status_code == 422 and "choose one" in both.json()["error"]

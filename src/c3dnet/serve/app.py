@@ -197,9 +197,9 @@ def _job(service: Service, upload: Upload, cancel: threading.Event, work, *args)
             service.cancels.discard(cancel)
 
 
-async def run_request(service: Service, request: Request, endpoint: str, work, *args) -> tuple[Any, float]:
+async def run_request(service: Service, request: Request, endpoint: str, work, *args) -> Any:
     """Admit, receive, run `work(batcher, upload, *args, limits, cancel, on_clips)` in the pool, within the
-    deadline; returns its result and the time the request arrived."""
+    deadline; returns its result."""
     arrived = time.perf_counter()
     service.admit()
     cancel = threading.Event()
@@ -223,7 +223,7 @@ async def run_request(service: Service, request: Request, endpoint: str, work, *
         submitted = True
         left = timeout - (time.perf_counter() - arrived)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), max(left, 0.001)), arrived
+            return await asyncio.wait_for(asyncio.shield(future), max(left, 0.001))
         except asyncio.TimeoutError:
             cancel.set()
             service.metrics.cancelled.labels("timeout").inc()
@@ -329,7 +329,7 @@ def create_app(model: C3D | OnnxC3D, device: torch.device | str = "cpu", config:
         options = PredictOptions(top_k, clips, average, stride, _fps(fps), thumbnails)
 
         async def make() -> Response:
-            record, _ = await run_request(service, request, "predict", predict_job, options, service.class_names)
+            record = await run_request(service, request, "predict", predict_job, options, service.class_names)
             return JSONResponse(record)
 
         return await answered("predict", request, make)
@@ -358,7 +358,7 @@ def create_app(model: C3D | OnnxC3D, device: torch.device | str = "cpu", config:
         accept = request.headers.get("accept", "")
 
         async def make() -> Response:
-            features, _ = await run_request(service, request, "features", features_job, options)
+            features = await run_request(service, request, "features", features_job, options)
             if any(t in accept for t in NPY_TYPES):
                 buffer = io.BytesIO()
                 np.save(buffer, features.rows, allow_pickle=False)

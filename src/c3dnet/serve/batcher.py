@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from c3dnet.engine.runner import ClipRunner
+from c3dnet.engine.runner import OUTPUTS, ClipRunner
 from c3dnet.log import get_logger
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Cancelled(Exception):
     """The request that owns these clips has gone (client disconnected, timed out, or the server is stopping)."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes chunks by `is`, never by their tensors
 class _Chunk:
     """Clips (k, 3, T, H, W) of one request (its `cancel` event tells requests apart) for one output; `rows` is
     set to their (k, D) rows."""
@@ -75,7 +75,9 @@ class DynamicBatcher:
         self.model, self.device, self.amp = model, device, amp
         self.max_batch, self.max_queue, self.max_wait_s = max_batch, max_queue, max_wait_s
         self.on_batch = on_batch
-        self._runners: dict[str, ClipRunner] = {}
+        # One runner per output, all made here: making one later would move the model while a batch runs.
+        on = "cpu" if not isinstance(model, torch.nn.Module) else device
+        self._runners = {output: ClipRunner(model, output, on, amp=amp) for output in OUTPUTS}
         self._pending: collections.deque[_Chunk] = collections.deque()
         self._queued = 0  # clips in _pending
         self._cond = threading.Condition()
@@ -104,15 +106,8 @@ class DynamicBatcher:
         return int(min(60, max(1, np.ceil(self._queued / self._rate))))
 
     def runner(self, output: str) -> ClipRunner:
-        """The `ClipRunner` for one output (made once; every output shares the model)."""
-        if output not in self._runners:
-            self._runners[output] = ClipRunner(self.model, output, "cpu" if self._is_onnx else self.device,
-                                               amp=self.amp)
+        """The `ClipRunner` for one output ("logits", "pool5", "fc6", "fc7"); all share the model."""
         return self._runners[output]
-
-    @property
-    def _is_onnx(self) -> bool:
-        return not isinstance(self.model, torch.nn.Module)
 
     def submit(self, clips: torch.Tensor, output: str, cancel: threading.Event | None = None) -> np.ndarray:
         """Rows (k, D) of `clips` (k, 3, T, H, W) uint8 for `output`, computed in the model thread's batches."""
@@ -199,7 +194,17 @@ class DynamicBatcher:
 
     def _loop(self) -> None:
         while True:
-            batch = self._take()
+            try:
+                batch = self._take()
+            except Exception as e:  # noqa: BLE001 - a bug here must not leave every request waiting forever
+                log.exception("the model thread failed to form a batch")
+                with self._cond:
+                    for chunk in self._pending:
+                        chunk.rows.set_exception(e)
+                    self._pending.clear()
+                    self._queued = 0
+                    self._cond.notify_all()
+                continue
             if batch is None:
                 return
             if not batch:
