@@ -2,10 +2,11 @@
 model thread (`DynamicBatcher`), and build the same records as `c3d predict --json` / `--timeline` and the same
 rows as `c3d extract`.
 
-Clips are cut by the commands' own code: `prediction.predict_video` (the 10-clip test sampling) through
-`BatchedRunner`, a stand-in for `ClipRunner` whose forward passes are the model thread's shared batches, and
-`features.clips.stream_clips` for sliding clips, queued as they are decoded so that decoding overlaps the model.
-Every step checks the request's `cancel` event: a client that went away stops its decoding within a clip.
+Clips are cut by the commands' own code. `prediction.predict_video` (the 10-clip test sampling) and
+`prediction.predict_timeline` run through `BatchedRunner`, a stand-in for `ClipRunner` whose forward passes are
+the model thread's shared batches; features come from `features.clips.stream_clips` over a `ClipPlan`, queued as
+they are decoded so that decoding overlaps the model. The request's `cancel` event is checked at every clip
+(features) or every CHUNK clips (the timeline): a client that went away stops its decoding there.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ THUMB_HEIGHT = 128
 
 @dataclass(frozen=True)
 class Limits:
+    """What every request is held to: the longest video (seconds), and whether frames are turned upright."""
+
     max_duration_s: float = 600.0
     autorotate: bool = True
 
