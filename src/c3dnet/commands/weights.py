@@ -56,7 +56,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     from c3dnet.errors import WeightsError
     from c3dnet.weights.download import cache_dir, cached_files, check_digest, recorded_digest, sha256_of
-    from c3dnet.weights.registry import by_file_name, lookup
+    from c3dnet.weights.registry import by_file_name, find
 
     if args.target is None:
         paths = cached_files()
@@ -66,12 +66,7 @@ def _verify(args: argparse.Namespace) -> int:
     elif Path(args.target).exists():
         paths = [Path(args.target)]
     else:
-        entry = lookup(args.target)
-        if entry is None:
-            from c3dnet.weights.registry import find
-
-            find(args.target)  # raises, naming the close names
-        paths = [cache_dir() / entry.file_name]
+        paths = [cache_dir() / find(args.target).file_name]  # an unknown name raises, naming the close ones
         if not paths[0].is_file():
             raise WeightsError(f"{args.target}: not in the cache ({paths[0]}); `c3d weights get {args.target}` "
                                f"downloads it")
