@@ -508,7 +508,7 @@ def check_no_object_arrays(obj: Any) -> None:
 def restricted_load(file: IO[bytes], size: int, source: str,
                     unpickler: Callable[[BoundedReader], pickle.Unpickler] | None = None,
                     leaf: Callable[[Any], Any] = pickle_leaf, what: str = "the pickle",
-                    allowed: str = "only numpy arrays and plain containers are allowed",
+                    allowed: str = _ALLOWED_TEXT,
                     unsafe_loaders: str = "plain pickle, paddle.load or torch.load(weights_only=False)") -> Any:
     """Unpickle `size` bytes of `file` with a restricted unpickler, check the structure, map errors to WeightsError.
 
@@ -566,7 +566,7 @@ def loads_safe_pickle(data: bytes, source: str = "<bytes>") -> Any:
         WeightsError: the pickle asks for anything else (it may be malicious), is too large or deep for a
         weight file, or is truncated or corrupt.
     """
-    return restricted_load(io.BytesIO(data), len(data), source, allowed=_ALLOWED_TEXT)
+    return restricted_load(io.BytesIO(data), len(data), source)
 
 
 def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
@@ -574,7 +574,7 @@ def load_safe_pickle(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return restricted_load(f, os.fstat(f.fileno()).st_size, str(path), allowed=_ALLOWED_TEXT)
+            return restricted_load(f, os.fstat(f.fileno()).st_size, str(path))
     except OSError as e:
         raise WeightsError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
