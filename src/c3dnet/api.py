@@ -144,10 +144,8 @@ def extract_features(
         fps: sample the video at this frame rate by presentation time first (`c3d extract --fps`).
         source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
     """
-    import torch
-
     from c3dnet.data.decode import video_info
-    from c3dnet.features.clips import ClipPlan, finish_rows, stream_clips
+    from c3dnet.features.clips import ClipPlan, clip_batches, finish_rows
     from c3dnet.features.pooling import check_pooling, default_l2
 
     if stride < 1 or batch_size < 1:
@@ -160,13 +158,5 @@ def extract_features(
     info = video_info(source, autorotate)
     plan = ClipPlan.of(source, info.num_frames, runner.preprocess, stride, rate, source_rate)
     size = runner.preprocess.resize_target(info.height, info.width)
-    rows, batch = [], []
-    for _, clip in stream_clips(source, runner.preprocess, stride, info.num_frames, size, autorotate=autorotate,
-                                indices=plan.indices):
-        batch.append(clip)
-        if len(batch) == batch_size:
-            rows.append(runner(torch.stack(batch)))
-            batch = []
-    if batch:
-        rows.append(runner(torch.stack(batch)))
+    rows = [runner(clips) for clips in clip_batches(source, plan, runner.preprocess, size, batch_size, autorotate)]
     return finish_rows(np.concatenate(rows), video_mean, l2, segments, segment_rule)

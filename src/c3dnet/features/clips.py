@@ -172,6 +172,26 @@ def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: i
         yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
 
 
+def clip_batches(video: str | os.PathLike[str], plan: ClipPlan, preprocess: Preprocess,
+                 size_hw: tuple[int, int] | None, batch_size: int, autorotate: bool = True) -> Iterator[torch.Tensor]:
+    """The clips of `plan`, decoding the video once (`stream_clips`), stacked `batch_size` at a time: uint8
+    (k, 3, T, crop, crop), k <= batch_size, in order.
+
+    The loop of `c3dnet.extract_features` and of `c3d serve`'s features, which hand the batches to their own model
+    (a `ClipRunner`, or the server's shared batches). A generator: the next batch is decoded only when it is asked
+    for, so a caller can stop between batches (the server's cancellation).
+    """
+    batch: list[torch.Tensor] = []
+    for _, clip in stream_clips(video, preprocess, 1, plan.num_frames, size_hw, autorotate=autorotate,
+                                indices=plan.indices):
+        batch.append(clip)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)  # (batch_size, 3, T, crop, crop)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
 def finish_rows(rows: np.ndarray, video_mean: bool, l2: str | bool, segments: int = 0,
                 segment_rule: str = "uniform") -> np.ndarray:
     """A video's clip rows (N, D), as the network gives them, as `c3d extract` stores them (`features.pooling`):

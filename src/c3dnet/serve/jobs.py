@@ -4,9 +4,10 @@ rows as `c3d extract`.
 
 Clips are cut by the commands' own code. `prediction.predict_video` (the 10-clip test sampling) and
 `prediction.predict_timeline` run through `BatchedRunner`, a stand-in for `ClipRunner` whose forward passes are
-the model thread's shared batches; features come from `features.clips.stream_clips` over a `ClipPlan`, queued as
-they are decoded so that decoding overlaps the model. The request's `cancel` event is checked at every clip
-(features) or every CHUNK clips (the timeline): a client that went away stops its decoding there.
+the model thread's shared batches; features come from `features.clips.clip_batches` over a `ClipPlan` (the loop
+of `c3dnet.extract_features`), each CHUNK clips queued as soon as they are decoded so that decoding overlaps the
+model. The request's `cancel` event is checked every CHUNK clips and while waiting for the model: a client that
+went away stops its decoding there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from c3dnet.data.decode import VideoInfo, read_frames, video_info
 from c3dnet.errors import DataError
-from c3dnet.features.clips import ClipPlan, finish_rows, stream_clips
+from c3dnet.features.clips import ClipPlan, clip_batches, finish_rows
 from c3dnet.features.pooling import row_groups
 from c3dnet.prediction import predict_timeline, predict_video
 from c3dnet.preprocess import Preprocess
@@ -139,18 +140,11 @@ def sliding_rows(batcher: DynamicBatcher, upload: Upload, info: VideoInfo, outpu
     queued while the next ones decode."""
     pre = batcher.runner(output).preprocess
     size = pre.resize_target(info.height, info.width)
-    queued, chunk = [], []
-    for _, clip in stream_clips(upload.path, pre, 1, info.num_frames, size, autorotate=limits.autorotate,
-                                indices=plan.indices):
-        check_cancel(cancel)
+    queued = []
+    for clips in clip_batches(upload.path, plan, pre, size, CHUNK, limits.autorotate):
+        queued += batcher.enqueue(clips, output, cancel)  # raises Cancelled once `cancel` is set
         if on_clips is not None:
-            on_clips(1)
-        chunk.append(clip)
-        if len(chunk) == CHUNK:
-            queued += batcher.enqueue(torch.stack(chunk), output, cancel)
-            chunk = []
-    if chunk:
-        queued += batcher.enqueue(torch.stack(chunk), output, cancel)
+            on_clips(len(clips))
     return batcher.gather(queued, cancel)
 
 
