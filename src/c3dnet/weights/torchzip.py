@@ -226,8 +226,8 @@ def _leaf(obj: Any) -> Any:
     return obj if isinstance(obj, TensorRef) else pickle_leaf(obj)
 
 
-def _archive(path: Path) -> tuple[zipfile.ZipInfo, dict[str, zipfile.ZipInfo], dict[str, bytes]]:
-    """data.pkl's entry, the storage entries by key, and the small records (version, byteorder)."""
+def _archive(path: Path) -> tuple[bytes, dict[str, zipfile.ZipInfo], dict[str, bytes]]:
+    """data.pkl's bytes, the storage entries by key, and the small records (version, byteorder)."""
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -239,10 +239,11 @@ def _archive(path: Path) -> tuple[zipfile.ZipInfo, dict[str, zipfile.ZipInfo], d
             storages = {i.filename[len(prefix) + 5:]: i for i in infos if i.filename.startswith(prefix + "data/")}
             records = {name: archive.read(prefix + name)[:64] for name in ("version", "byteorder")
                        if prefix + name in archive.NameToInfo and archive.getinfo(prefix + name).file_size <= 64}
+            data = archive.read(pickles[0])  # the pickle is small; reading it whole checks its CRC-32 first
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError) as e:
         raise WeightsError(f"{path}: corrupt or truncated torch checkpoint ({str(e)[:200]}); download or copy it "
                            f"again") from None
-    return pickles[0], storages, records
+    return data, storages, records
 
 
 def read_torch_zip(path: Path, size: int) -> Any:
@@ -253,7 +254,7 @@ def read_torch_zip(path: Path, size: int) -> Any:
         WeightsError: a global outside the allowed and inert lists (nothing was run), a storage or view that does
         not fit, a big-endian file, or a damaged archive; the message names the file.
     """
-    pickle_info, entries, records = _archive(path)
+    data, entries, records = _archive(path)
     version = records.get("version", b"").strip()
     if not version.isdigit() or not 1 <= int(version) <= 10:
         raise WeightsError(f"{path}: not a torch checkpoint c3dnet can read (its version record is "
@@ -262,11 +263,6 @@ def read_torch_zip(path: Path, size: int) -> Any:
         raise WeightsError(f"{path}: a big-endian torch checkpoint; re-save it with torch.save on a little-endian "
                            f"machine (x86, ARM)")
     storages = _Storages(path, entries)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = archive.read(pickle_info)  # the pickle is small; reading it whole checks its CRC-32 first
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-        raise WeightsError(f"{path}: corrupt torch checkpoint ({str(e)[:200]}); download or copy it again") from None
     return restricted_load(
         io.BytesIO(data), len(data), str(path), unpickler=lambda reader: TorchZipUnpickler(reader, storages),
         leaf=_leaf, what="the checkpoint",
