@@ -135,7 +135,7 @@ def test_feature_pooling_equals_extract(server, weights, videos, tmp_path):
     assert both.status_code == 422 and "choose one" in both.json()["error"]
 
 
-def test_model_health_metrics_and_docs(server, weights):
+def test_model_health_metrics_and_docs(server, weights, videos):
     info = httpx.get(f"{server.url}/v1/model").json()
     assert info["class_names"] == NAMES and info["num_classes"] == 5 and info["weights"] == str(weights)
     assert info["preprocess"]["crop_size"] == 32 and info["outputs"] == {"logits": 5, "pool5": 256, "fc6": 32,
@@ -152,11 +152,16 @@ def test_model_health_metrics_and_docs(server, weights):
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
     before = server.metric("c3d_requests_total", endpoint="predict", code="200")
+    timed = server.metric("c3d_request_seconds_count", endpoint="predict")
+    decoded = server.metric("c3d_clips_decoded_total")
+    assert upload(f"{server.url}/v1/predict?stride=8", videos["noise.avi"]).status_code == 200
+    assert server.metric("c3d_requests_total", endpoint="predict", code="200") == before + 1
+    assert server.metric("c3d_request_seconds_count", endpoint="predict") == timed + 1
+    assert server.metric("c3d_clips_decoded_total") == decoded + 10 + 5  # 10 test clips, timeline starts 0..32
     text = httpx.get(f"{server.url}/metrics").text
     for name in ("c3d_request_seconds_bucket", "c3d_batch_size_bucket", "c3d_batch_requests_bucket",
                  "c3d_queue_clips", "c3d_requests_in_progress", "c3d_request_errors_total"):
         assert name in text
-    assert before >= 0
 
 
 def _truncated(path, tmp_path):
