@@ -136,7 +136,7 @@ def read_raw(path: str | Path) -> RawWeights:
         raise WeightsError(f"{path}: cannot read the file ({e.strerror or e})") from None
     if head.startswith(b"PK\x03\x04"):
         _check_torch_zip(path, size)
-        return _from_object(path, read_torch_zip(path, size), "torch", size)
+        return _from_object(path, read_torch_zip(path), "torch", size)
     if head.startswith(_TORCH_LEGACY_MAGIC):
         return _from_object(path, _torch_load(path), "torch", size)
     if head[:1] in (b"\x80", b"(", b"}", b"]", b"c"):  # pickle protocol 2+ / protocol 0-1 openings

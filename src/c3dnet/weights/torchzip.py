@@ -15,7 +15,7 @@ whose metadata holds mmengine's objects (`message_hub`, `HistoryBuffer`, `Config
 
 Example:
     >>> from c3dnet.weights.torchzip import read_torch_zip
-    >>> obj = read_torch_zip(Path("c3d_ucf101.pth"), size)                 # doctest: +SKIP
+    >>> obj = read_torch_zip(Path("c3d_ucf101.pth"))                       # doctest: +SKIP
     >>> obj["state_dict"]["backbone.conv1a.conv.weight"].load().shape     # doctest: +SKIP
     torch.Size([64, 3, 3, 3, 3])
 """
@@ -246,8 +246,8 @@ def _archive(path: Path) -> tuple[bytes, dict[str, zipfile.ZipInfo], dict[str, b
     return data, storages, records
 
 
-def read_torch_zip(path: Path, size: int) -> Any:
-    """The object `torch.save` wrote to `path` (a zip of `size` bytes whose entries are already bounds-checked),
+def read_torch_zip(path: Path) -> Any:
+    """The object `torch.save` wrote to `path` (a zip whose entries `files._check_torch_zip` bounds-checked),
     with each tensor a `TensorRef` and each inert metadata object an `InertObject`.
 
     Raises:
