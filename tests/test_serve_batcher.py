@@ -71,6 +71,38 @@ def test_cancelled_chunks_are_dropped(model):
         batcher.submit(_clips(2, 1), "fc6")
 
 
+def test_model_thread_drops_chunks_cancelled_while_queued(model):
+    """A chunk queued behind a running forward pass, whose request then goes away, never reaches the model: the
+    model thread drops it (its rows future is cancelled) and the queue empties."""
+    batcher = DynamicBatcher(model, "cpu", max_batch=4, max_queue=8, max_wait_s=0.001)
+    entered, go, sizes = threading.Event(), threading.Event(), []
+
+    def blocking(clips):  # the fc6 runner, held until the second chunk is queued and cancelled
+        sizes.append(len(clips))
+        entered.set()
+        assert go.wait(10)
+        return np.zeros((len(clips), 32), dtype=np.float32)
+
+    batcher._runners["fc6"] = blocking
+    try:
+        first = batcher.enqueue(_clips(0, 1), "fc6")
+        assert entered.wait(10)
+        cancel = threading.Event()
+        (queued,) = batcher.enqueue(_clips(1, 2), "fc6", cancel)
+        assert batcher.queued == 2
+        cancel.set()
+        go.set()
+        assert batcher.gather(first).shape == (1, 32)
+        with pytest.raises(Cancelled):
+            batcher.gather([queued])  # no cancel of its own here: the model thread's cancellation is what ends it
+        assert queued.rows.cancelled() and batcher.queued == 0
+        assert batcher.submit(_clips(2, 3), "fc6").shape == (3, 32)  # the thread goes on
+        assert sizes == [1, 3]  # the cancelled chunk's 2 clips never ran
+    finally:
+        go.set()
+        batcher.close()
+
+
 def test_onnx_model_serves_every_layer(model, tmp_path):
     export_onnx(model, tmp_path / "m.onnx")
     video = noise_video(tmp_path / "v.avi", 30)
