@@ -3,12 +3,13 @@
     python benchmarks/make_xvid.py                     # 24 files into benchmarks/xvid/ (git-ignored), ~11 MB
     python benchmarks/make_xvid.py --count 4 --out /tmp/x --frames 40
 
-Each file is made as the test suite's oracle makes UCF-101's kind (tests/oracle.py `_xvid`): FFmpeg renders a
-source clip at 320x240, 25 fps (MPEG-4 at q1, nearly lossless), then `mencoder -ovc xvid -xvidencopts
-bitrate=400:max_bframes=2:packed` re-encodes it, with XviD's default keyframe interval (one keyframe in most
-files, as in UCF-101). The content varies from file to file (test patterns, a fractal zoom, cellular automata,
-colour gradients), each seen through a moving, shaking crop with sensor-like noise, so that motion search and
-B-frames do real work; the frame counts vary around 190 (UCF-101's mean is 186).
+Each file is made as the test suite's oracle makes UCF-101's kind: FFmpeg renders a source clip at 320x240,
+25 fps (MPEG-4 at q1, nearly lossless), then `mencoder_xvid` re-encodes it (`mencoder -ovc xvid -xvidencopts
+bitrate=400:max_bframes=2:packed`, the command tests/oracle.py's XviD corpus files are built with too), with
+XviD's default keyframe interval (one keyframe in most files, as in UCF-101). The content varies from file to
+file (test patterns, a fractal zoom, cellular automata, colour gradients), each seen through a moving, shaking
+crop with sensor-like noise, so that motion search and B-frames do real work; the frame counts vary around 190
+(UCF-101's mean is 186).
 
 Beside the .avi files it writes, for the NVDEC probe (benchmarks/probe_nvdec.py), `probe/`: the first
 `--probe-files` of them with the packed B-frames unpacked (`ffmpeg -c copy -bsf:v mpeg4_unpack_bframes`: the same
@@ -32,7 +33,7 @@ from pathlib import Path
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "xvid"
 MANIFEST = "manifest.json"
-XVID_OPTS = "bitrate=400:max_bframes=2:packed"  # UCF-101's kind, as tests/oracle.py `_xvid`
+XVID_OPTS = "bitrate=400:max_bframes=2:packed"  # UCF-101's kind: 400 kb/s, 2 B-frames, packed bitstream
 
 # Source clips, rendered larger than 320x240 and seen through a moving crop (a panning, shaking camera).
 CONTENTS = (
@@ -43,6 +44,14 @@ CONTENTS = (
     ("gradients", "gradients=size=400x300:rate=25:n=5:speed=0.05:seed={seed}"),
     ("smptehdbars", "smptehdbars=size=400x300:rate=25"),
 )
+
+
+def mencoder_xvid(src: str, out: str, key_interval: int | None = None) -> tuple[str, ...]:
+    """The MEncoder command that re-encodes `src` as UCF-101's kind of file (XVID_OPTS), with XviD's default
+    keyframe interval unless `key_interval` is given. tests/oracle.py builds its XviD corpus files with it, so
+    the benchmarks' set and the decoder tests' files cannot drift apart."""
+    opts = XVID_OPTS + (f":max_key_interval={key_interval}" if key_interval else "")
+    return ("mencoder", src, "-really-quiet", "-nosound", "-ovc", "xvid", "-xvidencopts", opts, "-o", out)
 
 
 def frame_count(index: int, frames: int) -> int:
@@ -83,8 +92,7 @@ def make_one(job: tuple[Path, int, int]) -> dict:
         _run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i", graph, "-frames:v", str(frames),
               "-c:v", "mpeg4", "-q:v", "1", str(src)])
         part = Path(tmp) / dst.name
-        _run(["mencoder", str(src), "-really-quiet", "-nosound", "-ovc", "xvid", "-xvidencopts", XVID_OPTS,
-              "-o", str(part)])
+        _run(list(mencoder_xvid(str(src), str(part))))
         part.replace(dst)  # same folder: atomic, so an interrupted run leaves no half-written .avi
     return {"file": dst.name, "content": name, "source_frames": frames, "frames": ffprobe_frames(dst),
             "bytes": dst.stat().st_size, "kind": "xvid-packed"}
