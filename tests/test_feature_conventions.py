@@ -220,15 +220,19 @@ def test_frame_folders_need_their_rate(tmp_path, weights, capsys):
     assert rows[0].tolist() == [0, 14, 0.0, 0.8]  # 8 sampled frames of 0.1 s: source frames 0, 2, ..., 14
 
 
-def test_prepare_records_frame_times(tmp_path):
+@pytest.mark.parametrize("name", ["vfr_h264_mkv", "xvid_packed_ucf"])
+def test_prepare_records_frame_times(tmp_path, name):
+    """`c3d prepare` records the times while it decodes (no second pass); they are FFmpeg's, as the index's."""
     from c3dnet.data.prepare import extract_video
     from c3dnet.data.timing import TIMING_FILE, folder_times
 
-    video = _videos()["vfr_h264_mkv"]
+    video = _videos()[name]
     n = extract_video(video, tmp_path / "v", short_side=0)
     assert (tmp_path / "v" / TIMING_FILE).is_file()
     got, want = folder_times(tmp_path / "v", n, None), video_times(video)
     assert got.ts.tolist() == want.ts.tolist() and got.end == want.end and got.time_base == want.time_base
+    times, end = _ffprobe_times(video)
+    assert [Fraction(int(t)) * got.time_base for t in got.ts] == times and got.end * got.time_base == end
 
 
 @pytest.mark.parametrize("args, message", [

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ from c3dnet.data.folders import FRAME_START, FRAME_TEMPLATE, folder_info, read_f
 from c3dnet.data.orientation import orient
 from c3dnet.data.resize import resize_frames, resize_image
 from c3dnet.data.video_index import (
+    BestEffortTimestamps,
     PacketTally,
     VideoIndex,
     VideoInfo,
@@ -184,11 +186,13 @@ def iter_frames(
     template: str = FRAME_TEMPLATE,
     start_index: int = FRAME_START,
     autorotate: bool = True,
+    times: BestEffortTimestamps | None = None,
 ) -> Iterator[np.ndarray]:
     """Every frame in order, as uint8 arrays (<= chunk, H, W, 3) RGB; memory stays bounded for long videos.
 
     Videos are decoded once from the start; their frames are, by definition, FFmpeg's frames in order, so no
-    index is built.
+    index is built. A video file's frame timestamps are recorded into `times` as they are decoded (for
+    `BestEffortTimestamps.frame_times`, without a second pass); frame folders and arrays record none.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -203,7 +207,7 @@ def iter_frames(
             yield read_folder(path, np.arange(lo, min(n, lo + chunk)), size_hw, template, start_index)
         return
     buf: list[np.ndarray] = []
-    for frame in _decode_all(path, size_hw, autorotate):
+    for frame in _decode_all(path, size_hw, autorotate, times):
         buf.append(frame)
         if len(buf) == chunk:
             yield np.stack(buf)
@@ -426,11 +430,15 @@ def _walk_counted(container, stream, index: VideoIndex, key: int | None, wanted:
         expected += 1
 
 
-def _decode_all(path: Path, size_hw: tuple[int, int] | None, autorotate: bool) -> Iterator[np.ndarray]:
-    """Every frame from the start, in FFmpeg's order; truncated or corrupt files raise `DataError`."""
+def _decode_all(path: Path, size_hw: tuple[int, int] | None, autorotate: bool,
+                times: BestEffortTimestamps | None = None) -> Iterator[np.ndarray]:
+    """Every frame from the start, in FFmpeg's order; truncated or corrupt files raise `DataError`. Each frame's
+    timestamps go to `times`, when given."""
     import av
 
     container, stream = open_video(path)
+    if times is not None:
+        times.time_base = Fraction(stream.time_base or 1)
     convert, count, tally = None, 0, PacketTally()
     try:
         for packet in container.demux(stream):
@@ -441,6 +449,8 @@ def _decode_all(path: Path, size_hw: tuple[int, int] | None, autorotate: bool) -
                 if convert is None:
                     convert = _Converter(size_hw, frame_orientation(frame).ops if autorotate else ())
                 count += 1
+                if times is not None:
+                    times.add(frame.pts, frame.dts, frame.duration)
                 yield convert(frame)
         tally.check(path, container, stream)
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:

@@ -30,7 +30,8 @@ from pathlib import Path
 from c3dnet.data.decode import FRAME_TEMPLATE, iter_frames, video_info
 from c3dnet.data.resize import rescale_size, resize_frames
 from c3dnet.data.sources import SkippedItem, Source, available_splits, load_source
-from c3dnet.data.timing import TIMING_FILE, video_times
+from c3dnet.data.timing import TIMING_FILE
+from c3dnet.data.video_index import BestEffortTimestamps
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text, pid_alive
 from c3dnet.log import get_logger, progress_bar
@@ -201,15 +202,15 @@ def extract_video(video: Path, dst: Path, short_side: int = 128, quality: int = 
     tmp = dst.parent / f".{dst.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}"
     tmp.mkdir()
     try:
-        count = 0
-        for chunk in iter_frames(video, autorotate=autorotate):
+        count, recorder = 0, BestEffortTimestamps()
+        for chunk in iter_frames(video, autorotate=autorotate, times=recorder):
             if short_side:
                 chunk = resize_frames(chunk, rescale_size(*chunk.shape[1:3], short_side))
             for frame in chunk:
                 count += 1
                 Image.fromarray(frame).save(tmp / FRAME_TEMPLATE.format(count), quality=quality)
-        times = video_times(video)  # when each frame is shown: what `--fps` needs, kept beside the frames
-        if times.num_frames == count:
+        times = recorder.frame_times()  # when each frame is shown: what `--fps` needs, kept beside the frames
+        if times is not None and times.num_frames == count:
             atomic_write_text(tmp / TIMING_FILE, json.dumps(times.to_dict()) + "\n")
         try:
             os.rename(tmp, dst)

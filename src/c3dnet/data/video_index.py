@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from c3dnet.data.orientation import NONE, Orientation, orientation_of
+from c3dnet.data.timing import FrameTimes
 from c3dnet.errors import DataError
 
 TIMED_FORMATS = ("mov", "mp4", "matroska", "webm")
@@ -326,7 +327,7 @@ def _counted_index(path: Path) -> VideoIndex:
     try:
         key_ts, has_ts, tally = [], True, PacketTally()
         checksums, key_positions, orientation, coded_hw = [], [], NONE, None
-        times, last_duration = BestEffortTimestamps(), 0
+        times = BestEffortTimestamps()
         for packet in container.demux(stream):
             if packet.is_corrupt:
                 raise DataError(f"{path}: corrupt or truncated video data at packet {tally.present}; "
@@ -343,7 +344,6 @@ def _counted_index(path: Path) -> VideoIndex:
                     key_positions.append(len(checksums))
                 checksums.append(checksum(frame))
                 times.add(frame.pts, frame.dts, frame.duration)
-                last_duration = int(frame.duration or 0)
         tally.check(path, container, stream)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         time_base = Fraction(stream.time_base or 1)
@@ -360,7 +360,7 @@ def _counted_index(path: Path) -> VideoIndex:
     else:
         keyframes, seek_ts = np.zeros(0, np.int64), np.zeros(0, np.int64)
     return VideoIndex(len(checksums), fps, coded_hw, orientation, False, None,
-                      np.asarray(checksums, dtype=np.uint32), keyframes, seek_ts, times.array(), last_duration,
+                      np.asarray(checksums, dtype=np.uint32), keyframes, seek_ts, times.array(), times.last_duration,
                       time_base)
 
 
@@ -375,7 +375,8 @@ class BestEffortTimestamps:
     at the end without a timestamp follow the one before by its duration, as the FFmpeg CLI times them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, time_base: Fraction = Fraction(1, 1)) -> None:
+        self.time_base = time_base  # of the stream whose frames are added
         self.faulty_pts = self.faulty_dts = 0
         self.last_pts: int | None = None
         self.last_dts: int | None = None
@@ -397,6 +398,16 @@ class BestEffortTimestamps:
         self.best.append(pts if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None) else dts)
         self.dts.append(dts)
         self.durations.append(int(duration or 0))
+
+    @property
+    def last_duration(self) -> int:
+        """The last frame's duration (0: unknown)."""
+        return self.durations[-1] if self.durations else 0
+
+    def frame_times(self) -> FrameTimes | None:
+        """The frames' times (`data.timing`), or None when they have no usable timestamps."""
+        ts = self.array()
+        return None if ts is None else FrameTimes.from_timestamps(ts, self.last_duration, self.time_base)
 
     def array(self) -> np.ndarray | None:
         """The timestamps, or None when neither kind increases throughout (the frame rate then times them)."""
