@@ -111,6 +111,18 @@ def test_each_format_loads_by_name_after_download_then_from_the_cache(tmp_path: 
                                               "c3d.pickle.sha256", "n.safetensors", "n.safetensors.sha256"])
 
 
+def test_progress_false_hides_the_download_bar(tmp_path: Path, server: WeightServer, entries: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # What `--no-progress` of test/predict/extract passes: the bar (a line on a non-terminal) is the only output.
+    data, _ = _files(tmp_path)["native"]
+    for name, progress in (("quiet", False), ("shown", True)):
+        _entry(server, entries, name, f"{name}.safetensors", data, "native")
+        capsys.readouterr()
+        load_model(name, progress=progress)
+        bar = f"{name}.safetensors: {len(data)}/{len(data)} B in"
+        assert (bar in capsys.readouterr().err) is progress
+
+
 def test_a_changed_cache_file_fails_its_recorded_digest(tmp_path: Path, server: WeightServer,
                                                           entries: list[str]) -> None:
     data, _ = _files(tmp_path)["caffe"]

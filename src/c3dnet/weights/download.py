@@ -410,9 +410,9 @@ def fetch(name: str, settings: Settings | None = None, progress: bool | None = N
     return dest
 
 
-def resolve(path: str | os.PathLike[str]) -> tuple[Path, Pretrained | None]:
+def resolve(path: str | os.PathLike[str], progress: bool | None = None) -> tuple[Path, Pretrained | None]:
     """`path` itself when it exists (an existing path always wins), else the cached file of the registry name
-    (downloaded first if needed) and its entry.
+    (downloaded first if needed, with a progress bar as `fetch` decides) and its entry.
 
     Raises:
         WeightsError: a name-like `path` that is neither a file nor a registry name (with the close names).
@@ -426,7 +426,7 @@ def resolve(path: str | os.PathLike[str]) -> tuple[Path, Pretrained | None]:
             raise WeightsError(f"{text}: no such weights file, and not a known weight name{close_names(text)}; "
                                f"`c3d weights list` shows the names")
         return Path(text), None
-    return fetch(text), entry
+    return fetch(text, progress=progress), entry
 
 
 def cached_files() -> list[Path]:

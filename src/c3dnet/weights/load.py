@@ -61,12 +61,13 @@ class WeightFile:
         return sum(t.numel() for t in self.state.values())
 
 
-def read_weights(path: str | os.PathLike[str]) -> WeightFile:
+def read_weights(path: str | os.PathLike[str], *, progress: bool | None = None) -> WeightFile:
     """Read a weight file of any supported format and layout into a `WeightFile` (no model is built).
 
     `path` may also be a name from `c3d weights list` (an existing path always wins): the file is downloaded
     into the cache, or found there and checked against its recorded SHA-256 (`c3dnet.weights.download`), and
-    the entry's class names are used when the file records none.
+    the entry's class names are used when the file records none. `progress` shows the download's progress bar
+    (None: unless c3dnet's logger is quieter than INFO, as `-q` makes it).
 
     Tensors come back as contiguous float32 under c3dnet's key names. The architecture (from the native
     metadata, or inferred from the shapes) is checked against every tensor before anything else is allocated.
@@ -77,7 +78,7 @@ def read_weights(path: str | os.PathLike[str]) -> WeightFile:
     """
     from c3dnet.weights.download import resolve
 
-    path, entry = resolve(path)
+    path, entry = resolve(path, progress)
     raw = read_raw(path)
     volume = raw.tensors.pop(VOLUME_MEAN_TENSOR, None) if (raw.metadata or {}).get("format") == NATIVE_FORMAT else None
     # Each original tensor is freed as soon as its float32 version exists: about one copy at any time.
@@ -277,7 +278,7 @@ def _assemble(config: C3DConfig, preprocess: Preprocess, class_names: list[str] 
 
 
 def load_model(path: str | os.PathLike[str], num_classes: int | None = None, class_names: list[str] | None = None,
-               *, strict: bool = True, pool5: Pool5Mode | None = None) -> C3D:
+               *, strict: bool = True, pool5: Pool5Mode | None = None, progress: bool | None = None) -> C3D:
     """Load any supported weight file into a ready C3D (in eval mode).
 
     Formats and key layouts are detected from the file's content: native `.safetensors` with c3dnet metadata;
@@ -294,6 +295,7 @@ def load_model(path: str | os.PathLike[str], num_classes: int | None = None, cla
         strict: refuse files with missing backbone tensors (default); False keeps those layers random.
         pool5: override the pool5 mode that the file implies ("caffe" for Caffe weights in another layout);
             the input size is refitted to fc6 when the pool5 grid changes.
+        progress: show a download's progress bar when `path` is a registry name (see `read_weights`).
 
     Returns:
         The model with `.config`, `.preprocess`, `.class_names` and `.source_format` set.
@@ -307,7 +309,7 @@ def load_model(path: str | os.PathLike[str], num_classes: int | None = None, cla
         >>> model = load_model("c3d_ucf101.pdparams")                     # doctest: +SKIP
         >>> model = load_model("c3d_sports1m.pth", num_classes=51)        # doctest: +SKIP
     """
-    weights = read_weights(path)
+    weights = read_weights(path, progress=progress)
     if pool5 is not None:
         weights = with_pool5(weights, pool5)
     if not weights.has_head and num_classes is None:
