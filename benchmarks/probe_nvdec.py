@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,17 @@ def add(rows: list, data: dict, name: str, fps: float, frames: int, max_diff: fl
     print("row:", markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
 
 
+def rate_row(rows: list, data: dict, name: str, measure: Callable[[], tuple[float, int]]) -> None:
+    """The row of `measure()`'s (frames/s, frames), or the same row saying how it failed: the probe reports what
+    does not work rather than raising, so that one run shows every row."""
+    try:
+        fps, n = measure()
+    except Exception as e:  # noqa: BLE001
+        add(rows, data, name, float("nan"), 0, note=f"failed: {type(e).__name__}: {e}"[:300])
+        return
+    add(rows, data, name, fps, n)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--xvid", type=Path, default=DEFAULT_DIR, help="folder made by make_xvid.py")
@@ -385,29 +397,16 @@ def main(argv: list[str] | None = None) -> int:
                 note="NVDEC's YUV->RGB conversion against swscale's (c3dnet's)")
             usable[kind] = paths
         for kind, paths in usable.items():
+            label = labels.get(kind, kind)
             for d in [int(x) for x in args.decoders.split(",")]:
-                if kind != "xvid-packed" and d not in (1, 7):
-                    continue
-                try:
-                    fps, n = nvdec_rate(nvc, paths, d, args.seconds, rgb=False)
-                    add(rows, data, f"NVDEC {labels.get(kind, kind)}, {d} decoder(s), NV12 in GPU memory", fps, n)
-                except Exception as e:  # noqa: BLE001
-                    add(rows, data, f"NVDEC {labels.get(kind, kind)}, {d} decoder(s)", float("nan"), 0,
-                        note=f"failed: {type(e).__name__}: {e}"[:300])
+                if kind == "xvid-packed" or d in (1, 7):
+                    rate_row(rows, data, f"NVDEC {label}, {d} decoder(s), NV12 in GPU memory",
+                             partial(nvdec_rate, nvc, paths, d, args.seconds, rgb=False))
             if kind == "xvid-packed":
-                d = 7
-                try:
-                    fps, n = nvdec_rate_processes(paths, d, args.seconds, rgb=False)
-                    add(rows, data, f"NVDEC {labels[kind]}, {d} decoder processes, NV12 in GPU memory", fps, n)
-                except Exception as e:  # noqa: BLE001
-                    add(rows, data, f"NVDEC {labels[kind]}, {d} decoder processes", float("nan"), 0,
-                        note=f"failed: {type(e).__name__}: {e}"[:300])
-                try:
-                    fps, n = nvdec_rate(nvc, paths, d, args.seconds, rgb=True)
-                    add(rows, data, f"NVDEC {labels[kind]}, {d} decoders, RGB in GPU memory", fps, n)
-                except Exception as e:  # noqa: BLE001
-                    add(rows, data, f"NVDEC {labels[kind]}, {d} decoders, RGB", float("nan"), 0,
-                        note=f"failed: {type(e).__name__}: {e}"[:300])
+                rate_row(rows, data, f"NVDEC {label}, 7 decoder processes, NV12 in GPU memory",
+                         partial(nvdec_rate_processes, paths, 7, args.seconds, rgb=False))
+                rate_row(rows, data, f"NVDEC {label}, 7 decoders, RGB in GPU memory",
+                         partial(nvdec_rate, nvc, paths, 7, args.seconds, rgb=True))
     if not args.skip_jpeg:
         jpeg_rows(files[: args.jpeg_videos], args.jpeg_processes, args.jpeg_passes, rows, data, gpu)
     table = markdown_table(HEADERS, rows)
