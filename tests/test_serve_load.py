@@ -142,6 +142,30 @@ def test_disconnect_stops_decoding(tight, long_video):
     assert tight.uploads_left() == []
 
 
+def test_disconnect_during_upload(tight, long_video):
+    """A client that goes away halfway through its upload: the part on disk is removed, and the request counts as
+    a disconnect (499), not as a server error."""
+    _idle(tight)
+    cancelled0 = tight.metric("c3d_requests_cancelled_total", reason="disconnect")
+    body, content_type = _multipart(long_video)
+    conn = http.client.HTTPConnection("127.0.0.1", tight.port, timeout=10)
+    conn.putrequest("POST", "/v1/features")
+    conn.putheader("Content-Type", content_type)
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body[: len(body) // 2])
+    deadline = time.monotonic() + 10
+    while not tight.uploads_left():  # the part received is on disk
+        assert time.monotonic() < deadline, "the upload never reached the server's folder"
+        time.sleep(0.02)
+    conn.sock.shutdown(2)
+    conn.close()
+    _idle(tight)
+    assert tight.metric("c3d_requests_cancelled_total", reason="disconnect") == cancelled0 + 1
+    assert tight.metric("c3d_requests_total", endpoint="features", code="500") == 0
+    assert tight.uploads_left() == []
+
+
 def test_request_timeout_is_a_json_error(tight, long_video):
     _idle(tight)
     decoded0 = tight.metric("c3d_clips_decoded_total")

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from c3dnet.data.timing import parse_fps
 from c3dnet.errors import ConfigError
@@ -235,6 +236,9 @@ async def run_request(service: Service, request: Request, endpoint: str, work, *
             raise RequestError(499, "the client went away; the request was cancelled") from None
     except asyncio.TimeoutError:
         raise RequestError(408, f"the upload did not arrive within {timeout:g} s (--request-timeout)") from None
+    except ClientDisconnect:  # mid-upload: `receive_upload` has removed the part received
+        service.metrics.cancelled.labels("disconnect").inc()
+        raise RequestError(499, "the client went away during the upload") from None
     finally:
         if watcher is not None:
             watcher.cancel()
