@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError
     from c3dnet.features import ExtractOptions, extract, output_keys
-    from c3dnet.features.pooling import check_pooling, default_l2
+    from c3dnet.features.pooling import check_pooling, l2_mode
 
     if args.stride < 1 or (args.batch_size is not None and args.batch_size < 1) or \
             (args.workers is not None and args.workers < 1):
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--segments must be a number of segments >= 1 (leave it out for one row per clip), got "
                           f"{args.segments}")
     segments = args.segments or 0
-    l2 = args.l2 or default_l2(segments)
+    l2 = l2_mode(args.l2, segments)
     check_pooling(segments, args.segment_rule, l2, args.video_mean)
     fps, source_fps = fps_arguments(args)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

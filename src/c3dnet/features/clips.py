@@ -96,13 +96,14 @@ class ClipPlan:
         return out
 
 
-_warned: set[str] = set()
+_warned_repeats = False
 
 
 def _warn_repeats(video: object, fps: Fraction, times: FrameTimes) -> None:
     """Sampling above a video's own rate repeats frames: said once per process (a dataset would say it per video)."""
-    if "repeats" not in _warned:
-        _warned.add("repeats")
+    global _warned_repeats
+    if not _warned_repeats:
+        _warned_repeats = True
         rate = (times.num_frames / float(times.seconds(times.end))) if times.end else 0.0
         log.warning("%s: --fps %s is above the video's own rate (%.3g fps): frames are repeated to fill it "
                     "(said once)", video, fps, rate)

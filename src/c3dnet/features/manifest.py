@@ -62,10 +62,12 @@ class ManifestEntry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ManifestEntry:
-        d = dict(d)
-        if isinstance(d.get("l2"), bool):  # written before --l2 took a mode
-            d["l2"] = "output" if d["l2"] else "none"
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        from c3dnet.features.pooling import l2_mode
+
+        d = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "l2" in d:
+            d["l2"] = l2_mode(d["l2"])  # a boolean in entries written before --l2 took a mode
+        return cls(**d)
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> list[ManifestEntry]:

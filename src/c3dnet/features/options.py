@@ -47,10 +47,9 @@ class ExtractOptions:
     autorotate: bool = True
 
     def __post_init__(self) -> None:
-        from c3dnet.features.pooling import check_pooling
+        from c3dnet.features.pooling import check_pooling, l2_mode
 
-        if isinstance(self.l2, bool):  # the boolean of earlier versions
-            object.__setattr__(self, "l2", "output" if self.l2 else "none")
+        object.__setattr__(self, "l2", l2_mode(self.l2))
         check_pooling(self.segments, self.segment_rule, self.l2, self.video_mean)
 
     def settings(self, runner: ClipRunner) -> dict[str, Any]:

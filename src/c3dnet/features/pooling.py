@@ -45,9 +45,14 @@ def check_pooling(segments: int, segment_rule: str, l2: str, video_mean: bool) -
                           "video mean)")
 
 
-def default_l2(segments: int) -> str:
-    """`--l2` when not given: "output" with segments (UCF-Crime's features are normalised), else "none"."""
-    return "output" if segments else "none"
+def l2_mode(l2: str | bool | None, segments: int = 0) -> str:
+    """An `l2` setting as a mode: None (not given) is "output" with segments (UCF-Crime's features are
+    normalised), else "none"; True and False, the boolean of earlier versions, are "output" and "none"."""
+    if l2 is None:
+        return "output" if segments else "none"
+    if isinstance(l2, bool):
+        return "output" if l2 else "none"
+    return l2
 
 
 def segment_groups(num_clips: int, segments: int, rule: str = "uniform") -> list[np.ndarray]:
@@ -103,3 +108,7 @@ def pool_groups(rows: np.ndarray, groups: list[np.ndarray] | None, l2: str) -> n
     if groups is not None:
         rows = np.stack([np.asarray(rows[g], dtype=np.float64).mean(axis=0) for g in groups]).astype(np.float32)
     return l2_normalize(rows).astype(np.float32) if l2 == "output" else np.asarray(rows, dtype=np.float32)
+
+
+def default_l2(segments: int) -> str:  # transitional: callers move to l2_mode
+    return l2_mode(None, segments)
