@@ -401,15 +401,22 @@ print(json.dumps({"peak": status("VmHWM:") - after_import, "seconds": seconds,
 
 @pytest.mark.slow
 def test_full_size_files_load_within_twice_their_size(tmp_path: Path) -> None:
-    # The reference C3D (78,409,573 parameters): native (313 MB), the same in float16, and the seed's .pdparams.
+    # The reference C3D (78,409,573 parameters): native (313 MB), the same in float16, the seed's .pdparams, and
+    # an mmengine checkpoint (598 MB: the weights, their momentum buffers, mmengine's metadata objects) read by
+    # c3dnet's own torch-zip reader, whose optimizer state is never read: its peak is the weights' size, not 2N.
+    from tests.test_mmengine_checkpoints import mmengine_checkpoint, save_checkpoint
+
     torch.manual_seed(0)
     model = C3D(C3DConfig(num_classes=101)).eval()
     native, half, pdparams = tmp_path / "ref.safetensors", tmp_path / "half.safetensors", tmp_path / "ref.pdparams"
     save_model(model, native)
     save_native(half, {k: v.half() for k, v in model.state_dict().items()}, model.config, model.preprocess)
     pdparams.write_bytes(pickle.dumps(paddle_state(model), protocol=4))
-    expected = {native: model.fc6.weight.double().sum().item(), pdparams: model.fc6.weight.double().sum().item(),
-                half: model.fc6.weight.half().double().sum().item()}
+    mmengine = save_checkpoint(mmengine_checkpoint(model), tmp_path / "ref_mmengine.pth")
+    weight_bytes = sum(v.nbytes for v in model.state_dict().values())
+    fc6_sum = model.fc6.weight.double().sum().item()
+    expected = {native: fc6_sum, pdparams: fc6_sum, half: model.fc6.weight.half().double().sum().item(),
+                mmengine: fc6_sum}
     del model
     for path, fc6_sum in expected.items():
         out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(path)], capture_output=True, text=True,
@@ -418,5 +425,6 @@ def test_full_size_files_load_within_twice_their_size(tmp_path: Path) -> None:
         size = path.stat().st_size
         assert result["parameters"] == 78_409_573
         assert np.isclose(result["fc6_sum"], fc6_sum, rtol=1e-9, atol=1e-6)
-        assert result["peak"] <= 2 * size + 64 * 2**20, (path.name, result["peak"] / 2**20, size / 2**20)
+        bound = weight_bytes if path is mmengine else 2 * size
+        assert result["peak"] <= bound + 64 * 2**20, (path.name, result["peak"] / 2**20, size / 2**20)
         assert result["seconds"] < 30
