@@ -32,7 +32,9 @@ class VolumeMean:
 
     Subtracting the mean and then cropping equals cropping and then subtracting the mean's window at the same
     place, so `normalize` subtracts the centre window (where every test, predict and extract clip is cropped).
-    Training crops at random places and still gets the centre window: the mean is smooth, the difference small.
+    Training crops (and flips) at random places and still gets the centre window: `normalize` runs on whole
+    uint8 batches on the device, after the workers' crops, and is not told where each clip came from. How much
+    that differs from Caffe's training depends on how flat the mean is; it was not measured (no real mean file).
 
     Attributes:
         values: float32 (3, T, H, W), channels in the network's order, read-only.
