@@ -19,8 +19,6 @@ def add_fps_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fps_arguments(args: argparse.Namespace) -> tuple[Fraction | None, Fraction | None]:
     """(--fps, --source-fps) as exact fractions, or None; `ConfigError` saying what is allowed."""
-    from c3dnet.data.timing import parse_fps
+    from c3dnet.data.timing import parse_rates
 
-    fps = parse_fps(args.fps, "--fps") if args.fps is not None else None
-    source = parse_fps(args.source_fps, "--source-fps") if args.source_fps is not None else None
-    return fps, source
+    return parse_rates(args.fps, args.source_fps)

@@ -45,6 +45,13 @@ def parse_fps(text: str | float | Fraction, what: str = "--fps") -> Fraction:
     return fps
 
 
+def parse_rates(fps: str | float | None, source_fps: str | float | None, names: tuple[str, str] = ("--fps",
+                "--source-fps")) -> tuple[Fraction | None, Fraction | None]:
+    """(fps, source_fps) as exact fractions, None where not given; `ConfigError` naming the option otherwise."""
+    return (parse_fps(fps, names[0]) if fps is not None else None,
+            parse_fps(source_fps, names[1]) if source_fps is not None else None)
+
+
 @dataclass(frozen=True)
 class FrameTimes:
     """Presentation times of a video's frames in output order.

@@ -82,10 +82,9 @@ class DataSection:
 
     def rates(self) -> tuple[Fraction | None, Fraction | None]:
         """`fps` and `source_fps` as exact fractions (None when not set)."""
-        from c3dnet.data.timing import parse_fps
+        from c3dnet.data.timing import parse_rates
 
-        return (parse_fps(self.fps, "data.fps") if self.fps is not None else None,
-                parse_fps(self.source_fps, "data.source_fps") if self.source_fps is not None else None)
+        return parse_rates(self.fps, self.source_fps, ("data.fps", "data.source_fps"))
 
 
 @dataclass

@@ -96,9 +96,10 @@ class TestOptions:
         """The test settings of a training recipe: its split, clips, validation batch size, workers, averaging,
         autocast, memory format, skip_bad, autorotate and fps; `changes` set other fields (device, progress, ...)."""
         d, t = cfg.data, cfg.train
+        fps, source_fps = d.rates()
         options = cls(split=d.split, splits_dir=d.splits_dir, clips=d.num_clips, average=t.average,
                       batch_size=d.val_batch_size, workers=d.workers, amp=t.amp, channels_last=t.channels_last,
-                      skip_bad=d.skip_bad, autorotate=d.autorotate, fps=d.rates()[0], source_fps=d.rates()[1])
+                      skip_bad=d.skip_bad, autorotate=d.autorotate, fps=fps, source_fps=source_fps)
         return dataclasses.replace(options, **changes)
 
 
