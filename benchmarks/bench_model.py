@@ -74,8 +74,9 @@ class Path_:
         return self.bf16_weights or self.freezing or self.mode == "reduce-overhead"
 
 
-EAGER_FALLBACK: set[str] = set()  # paths whose torch.compile failed and ran eagerly (c3dnet's Compiled)
-GRAPHS_SKIPPED: set[str] = set()  # reduce-overhead paths whose compiled graph Inductor ran without CUDA graphs
+# Keyed by (pass, path, batch): each row's own model, compiled on its own (a sweep's sizes, inference and training).
+EAGER_FALLBACK: set[tuple[str, str, int]] = set()  # torch.compile failed and ran eagerly (c3dnet's Compiled)
+GRAPHS_SKIPPED: set[tuple[str, str, int]] = set()  # reduce-overhead: Inductor ran the graph without CUDA graphs
 
 
 def _cudagraph_skips() -> int:
@@ -123,9 +124,10 @@ def inference_step(config, p, device, state, batch) -> Callable[[], None]:
         with ctx(), freeze():
             model(x)
         if getattr(model, "failed", False):
-            EAGER_FALLBACK.add(p.name)
+            EAGER_FALLBACK.add(("inference", p.name, batch))
         if first[0] and p.mode == "reduce-overhead" and _cudagraph_skips() > skips:
-            GRAPHS_SKIPPED.add(p.name)  # the compile at this first call gave up on CUDA graphs (on a CPU: always)
+            # the compile at this first call gave up on CUDA graphs (on a CPU: always)
+            GRAPHS_SKIPPED.add(("inference", p.name, batch))
         first[0] = False
 
     return step
@@ -148,7 +150,7 @@ def train_step(config, p, device, state, batch) -> Callable[[], None]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 40.0)
         opt.step()
         if getattr(model, "failed", False):
-            EAGER_FALLBACK.add(p.name)
+            EAGER_FALLBACK.add(("training", p.name, batch))
 
     return step
 
@@ -281,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         base = batch / naive[0] if isinstance(naive, tuple) else None
         for p in kind_paths:
             result = results[p.name]
-            name = p.name + (" (torch.compile failed: ran eagerly)" if p.name in EAGER_FALLBACK else "") + \
-                (" (CUDA graphs skipped)" if p.name in GRAPHS_SKIPPED else "")
+            key = (kind, p.name, batch)
+            name = p.name + (" (torch.compile failed: ran eagerly)" if key in EAGER_FALLBACK else "") + \
+                (" (CUDA graphs skipped)" if key in GRAPHS_SKIPPED else "")
             if isinstance(result, str):
                 rows.append([kind, name, batch, result, "-", "-", "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, error=result))
@@ -293,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = clips_s / base if base else None
                 rows.append([kind, name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
-                                         peak_gib=peak, ratio=ratio, eager_fallback=p.name in EAGER_FALLBACK,
-                                         cudagraphs_skipped=p.name in GRAPHS_SKIPPED))
+                                         peak_gib=peak, ratio=ratio, eager_fallback=key in EAGER_FALLBACK,
+                                         cudagraphs_skipped=key in GRAPHS_SKIPPED))
             print("row:", markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)
         if gpu:
             torch.cuda.empty_cache()

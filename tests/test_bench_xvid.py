@@ -163,3 +163,30 @@ def test_bench_model_batch_sweep_and_paths(tmp_path):
     assert rows[0]["ratio"] == 1.0 and rows[2]["ratio"] == 1.0  # each batch size against its own naive row
     bad = _run(["benchmarks/bench_model.py", "--device", "cpu", "--paths", "compile-graphs,warp"], tmp_path)
     assert bad.returncode != 0 and "unknown ['warp']" in bad.stderr
+
+
+@pytest.mark.slow
+def test_bench_model_marks_only_the_row_whose_compile_fell_back(tmp_path, monkeypatch):
+    """A fallback to eager mode is the row's own (pass, path, batch): the other sizes of a sweep, and the training
+    pass of the same path, each have their own model and say nothing unless theirs fell back too."""
+    import bench_model
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_model, "EAGER_FALLBACK", set())
+    real, made = bench_model.make_model, []
+
+    def make_model(config, p, device, state):
+        model = real(config, p, device, state)
+        if p.key == "c3dnet" and "c3dnet" not in made:  # the first c3dnet model: inference at batch 1
+            model.failed = True  # what c3dnet's Compiled sets when torch.compile raised
+        made.append(p.key)
+        return model
+
+    monkeypatch.setattr(bench_model, "make_model", make_model)
+    assert bench_model.main(["--device", "cpu", "--paths", "naive,c3dnet", "--infer-batch", "1,2", "--train-batch",
+                             "2", "--iters", "1", "--warmup", "0", "--rounds", "1", "--name", "fallback"]) == 0
+    rows = json.loads((tmp_path / "fallback.json").read_text())["rows"]
+    flagged = [(r["kind"], r["path"].split()[0], r["batch"]) for r in rows if r["eager_fallback"]]
+    assert flagged == [("inference", "c3dnet", 1)]
+    assert len(rows) == 6
