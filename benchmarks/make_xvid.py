@@ -100,6 +100,8 @@ def make_one(job: tuple[Path, int, int]) -> dict:
 
 def make_probe_variants(out: Path, entries: list[dict]) -> list[dict]:
     """probe/: the packed files unpacked (one VOP per chunk, same frames) and as H.264 .mp4, for NVDEC."""
+    from c3dnet.fileio import atomic_path
+
     probe = out / "probe"
     probe.mkdir(exist_ok=True)
     made = []
@@ -111,9 +113,8 @@ def make_probe_variants(out: Path, entries: list[dict]) -> list[dict]:
                 ("h264", f"{stem}_h264.mp4", ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23",
                                               "-pix_fmt", "yuv420p"])):
             dst = probe / name
-            tmp = probe / f".{name}.part{dst.suffix}"
-            _run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(src), "-an", *args, str(tmp)])
-            tmp.replace(dst)
+            with atomic_path(dst, suffix=dst.suffix) as tmp:  # FFmpeg picks the muxer by the extension
+                _run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(src), "-an", *args, str(tmp)])
             made.append({"file": f"probe/{name}", "content": e["content"], "frames": ffprobe_frames(dst),
                          "bytes": dst.stat().st_size, "kind": kind, "from": e["file"]})
     return made
@@ -132,9 +133,9 @@ def make_xvid_set(out: Path, count: int, frames: int, processes: int, probe_file
     manifest = {"recipe": f"mencoder -ovc xvid -xvidencopts {XVID_OPTS} (XviD's default keyframe interval), "
                           "from FFmpeg lavfi sources at 320x240, 25 fps; frames: ffprobe -count_frames",
                 "width": 320, "height": 240, "fps": 25, "videos": entries, "probe": probe}
-    tmp = out / f".{MANIFEST}.part"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / MANIFEST)
+    from c3dnet.fileio import atomic_write_text
+
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
