@@ -54,18 +54,18 @@ def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp:
     return ClipRunner(model, output, device, amp=amp)
 
 
-def _video(video: Any, source_fps: float | str) -> str | os.PathLike[str] | ArrayVideo:
+def _video(video: Any, source_fps: Fraction | None) -> str | os.PathLike[str] | ArrayVideo:
     from c3dnet.data.decode import ArrayVideo
 
     if isinstance(video, np.ndarray):
-        return ArrayVideo(video, float(Fraction(str(source_fps))) if source_fps else 0.0)
+        return ArrayVideo(video, float(source_fps) if source_fps is not None else 0.0)
     return video
 
 
 def _rates(fps: float | str | None, source_fps: float | str | None) -> tuple[Fraction | None, Fraction | None]:
-    from c3dnet.data.timing import parse_fps
+    from c3dnet.data.timing import parse_rates
 
-    return (parse_fps(fps) if fps else None), (parse_fps(source_fps, "source_fps") if source_fps else None)
+    return parse_rates(fps, source_fps, ("fps", "source_fps"))
 
 
 def predict(
@@ -100,7 +100,7 @@ def predict(
     fps, source = _rates(fps, source_fps)
     runner = _runner(model_or_weights, "logits", device, amp)
     names = class_labels(runner.model.class_names, runner.dim)
-    return predict_video(runner, _video(video, source_fps), names, clips, average, autorotate, fps,
+    return predict_video(runner, _video(video, source), names, clips, average, autorotate, fps,
                          source).to_dict(top_k)
 
 
@@ -146,15 +146,15 @@ def extract_features(
     """
     from c3dnet.data.decode import video_info
     from c3dnet.features.clips import ClipPlan, clip_batches, finish_rows
-    from c3dnet.features.pooling import check_pooling, default_l2
+    from c3dnet.features.pooling import check_pooling, l2_mode
 
     if stride < 1 or batch_size < 1:
         raise ValueError(f"stride and batch_size must be >= 1, got {stride} and {batch_size}")
-    l2 = default_l2(segments) if l2 is None else ("output" if l2 else "none") if isinstance(l2, bool) else l2
+    l2 = l2_mode(l2, segments)
     check_pooling(segments, segment_rule, l2, video_mean)
     rate, source_rate = _rates(fps, source_fps)
     runner = _runner(model_or_weights, layer, device, amp)
-    source = _video(video, source_fps)
+    source = _video(video, source_rate)
     info = video_info(source, autorotate)
     plan = ClipPlan.of(source, info.num_frames, runner.preprocess, stride, rate, source_rate)
     size = runner.preprocess.resize_target(info.height, info.width)

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from c3dnet.data.decode import ArrayVideo
 from c3dnet.engine.runner import ClipRunner
-from c3dnet.features.clips import stream_clips
+from c3dnet.features.clips import ClipPlan, clip_batches
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
 from c3dnet.metrics import Average, average_clips, softmax
@@ -127,21 +126,12 @@ def predict_timeline(runner: ClipRunner, path: str | os.PathLike[str], class_nam
     """Softmax of every sliding clip (every `stride` frames; of the frames sampled at `fps` when given),
     decoding the video once in bounded memory."""
     from c3dnet.data.decode import video_info
-    from c3dnet.features.clips import ClipPlan
 
     pre = runner.preprocess
     info = video_info(path, autorotate)
     size = pre.resize_target(info.height, info.width)
     plan = ClipPlan.of(path, info.num_frames, pre, stride, fps, source_fps)
-    probs, batch = [], []
-    for _, clip in stream_clips(path, pre, stride, info.num_frames, size, autorotate=autorotate,
-                                indices=plan.indices):
-        batch.append(clip)
-        if len(batch) == batch_size:
-            probs.append(softmax(runner(torch.stack(batch))))
-            batch = []
-    if batch:
-        probs.append(softmax(runner(torch.stack(batch))))
+    probs = [softmax(runner(clips)) for clips in clip_batches(path, plan, pre, size, batch_size, autorotate)]
     span = (pre.clip_len - 1) * pre.frame_interval + 1
     return Timeline(video=str(path), fps=info.fps, num_frames=info.num_frames, clip_starts=plan.indices[:, 0],
                     clip_span=span, probs=np.concatenate(probs), class_names=class_names, spans=plan.spans(),

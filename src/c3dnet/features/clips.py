@@ -198,7 +198,6 @@ def finish_rows(rows: np.ndarray, video_mean: bool, l2: str | bool, segments: in
     """A video's clip rows (N, D), as the network gives them, as `c3d extract` stores them (`features.pooling`):
     float32 rows, `segments` segment rows, or their mean (D,) with `video_mean`; `l2` "none", "clip" or "output"
     (True: "output", as before)."""
-    from c3dnet.features.pooling import pool_rows
+    from c3dnet.features.pooling import l2_mode, pool_rows
 
-    l2 = ("output" if l2 else "none") if isinstance(l2, bool) else l2
-    return pool_rows(rows, segments, segment_rule, video_mean, l2)
+    return pool_rows(rows, segments, segment_rule, video_mean, l2_mode(l2))

@@ -108,7 +108,3 @@ def pool_groups(rows: np.ndarray, groups: list[np.ndarray] | None, l2: str) -> n
     if groups is not None:
         rows = np.stack([np.asarray(rows[g], dtype=np.float64).mean(axis=0) for g in groups]).astype(np.float32)
     return l2_normalize(rows).astype(np.float32) if l2 == "output" else np.asarray(rows, dtype=np.float32)
-
-
-def default_l2(segments: int) -> str:  # transitional: callers move to l2_mode
-    return l2_mode(None, segments)

@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from c3dnet.data.timing import parse_fps
 from c3dnet.errors import ConfigError
-from c3dnet.features.pooling import check_pooling, default_l2
+from c3dnet.features.pooling import check_pooling, l2_mode
 from c3dnet.log import get_logger
 from c3dnet.prediction import class_labels
 from c3dnet.serve.batcher import Cancelled, DynamicBatcher
@@ -353,7 +353,7 @@ def create_app(model: C3D | OnnxC3D, device: torch.device | str = "cpu", config:
     ) -> Response:
         """The rows `c3d extract` writes for the video: JSON, or `.npy` bytes when the Accept header asks for
         application/x-npy."""
-        l2 = l2 or default_l2(segments)
+        l2 = l2_mode(l2, segments)
         try:
             check_pooling(segments, segment_rule, l2, video_mean)
         except ConfigError as e:
