@@ -27,7 +27,9 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(weights, tmp_path_factory):
-    s = Server(weights, tmp_path_factory.mktemp("server"), "--max-upload-mb", "2", "--max-duration", "20")
+    # 50 ms to fill a batch (5 by default): concurrent requests meet in one even on a busy 2-core machine
+    s = Server(weights, tmp_path_factory.mktemp("server"), "--max-upload-mb", "2", "--max-duration", "20",
+               "--max-wait-ms", "50")
     yield s
     assert s.stop() == 130, s.log()  # Ctrl+C's status, after a clean shutdown
     assert "Application shutdown complete" in s.log()
