@@ -333,3 +333,21 @@ def test_weights_cli_lists_gets_and_verifies(tmp_path: Path, server: WeightServe
     assert "did you mean 'c3d-ucf101-mmaction2'" in capsys.readouterr().err
     assert main(["weights", "get", "c3d-ucf101-paddle"]) == 2
     assert "no direct download; get best_model.pdparams from https://pan.baidu.com" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "extract"])
+def test_no_progress_reaches_the_download_bar(tmp_path: Path, server: WeightServer, entries: list[str],
+                                               capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """`--no-progress` hides every bar of a command, the download's of a weight name too."""
+    from tests.serving import noise_video, tiny_weights
+
+    data = tiny_weights(tmp_path / "t.safetensors").read_bytes()
+    video = noise_video(tmp_path / "v.avi", 20)
+    out = ["--out", str(tmp_path / "feats")] if command == "extract" else []
+    for name, flags in ((f"quiet-{command}", ["--no-progress"]), (f"shown-{command}", [])):
+        _entry(server, entries, name, f"{name}.safetensors", data, "native")
+        capsys.readouterr()
+        assert main([command, "--weights", name, *out, *flags, str(video)]) == 0
+        bar = f"{name}.safetensors: {len(data)}/{len(data)} B in"
+        assert (bar in capsys.readouterr().err) == (not flags)
+        out = ["--out", str(tmp_path / "feats2")] if command == "extract" else []

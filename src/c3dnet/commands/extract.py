@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         # LOCAL_RANK under torchrun; 0 otherwise, which also gives a plain "cuda" its index.
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = configure_for(select_device(args.device, local_rank))
-        model, source = load_model(args.weights), args.weights
+        model, source = load_model(args.weights, progress=False if args.no_progress else None), args.weights
     if args.compile and args.onnx:
         raise ConfigError("--compile applies to --weights; an --onnx model runs through ONNX Runtime")
     runner = ClipRunner(model, args.layer, device, amp=not args.fp32, compile=args.compile)

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from c3dnet.weights import load_model
 
-        model, device = load_model(args.weights), configure_for(select_device(args.device, local_rank=0))
+        model = load_model(args.weights, progress=False if args.no_progress else None)  # a name may download
+        device = configure_for(select_device(args.device, local_rank=0))
     runner = ClipRunner(model, "logits", device, amp=not args.fp32)
     names = class_labels(model.class_names, model.num_classes)
     results, failed = [], 0

@@ -183,7 +183,7 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
     from c3dnet.weights import load_model
 
     device = configure_for(select_device(options.device, dist_info.local_rank if dist_info.is_distributed else None))
-    model = weights if isinstance(weights, C3D) else load_model(weights)
+    model = weights if isinstance(weights, C3D) else load_model(weights, progress=None if options.progress else False)
     weights_name = "the model" if isinstance(weights, C3D) else str(weights)
     if isinstance(data, Source):
         source, data_name = data, str(data.root)
