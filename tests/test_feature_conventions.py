@@ -319,3 +319,12 @@ def test_clip_dataset_chooses_clips_among_sampled_frames():
     assert sample.indices.tolist() == frame_map[sampling.test_clips(len(frame_map), PRE.clip_len, 3)].tolist()
     train = ClipDataset([VideoRecord(video, 0)], "train", PRE, fps=Fraction(10)).sample(0)
     assert set(train.indices.ravel().tolist()) <= set(frame_map.tolist())
+
+
+def test_pack_refuses_a_missing_times_file_before_writing(tmp_path, weights, capsys):
+    a, b = _videos()["xvid_packed_ucf"], _videos()["vfr_h264_mkv"]
+    _extract(weights, tmp_path / "f", [a, b], "--stride", "8")
+    (tmp_path / "f" / f"{b.stem}.times.csv").unlink()
+    assert main(["pack", str(tmp_path / "f"), "--to", str(tmp_path / "p.h5")]) == 2
+    assert f"{b.stem}.times.csv: missing; re-run `c3d extract`" in capsys.readouterr().err
+    assert not (tmp_path / "p.h5").exists() and not list(tmp_path.glob(".p.h5*"))

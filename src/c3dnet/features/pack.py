@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ INDEX = "index.json"
 SETTINGS = ("layer", "dim", "clip_len", "frame_interval", "stride", "video_mean", "l2", "segments", "segment_rule",
             "sample_fps", "weights")
 """What must agree between the videos packed together."""
+Video = tuple[ManifestEntry, np.ndarray, "np.ndarray | None"]  # an entry, its rows, its spans (or None)
 
 
 @dataclass(frozen=True)
@@ -95,24 +97,26 @@ def pack(features_dir: str | os.PathLike[str], to: str | os.PathLike[str], fmt: 
     if dataset_name is not None and (fmt != "h5" or not dataset_name or "/" in dataset_name):
         raise ConfigError("--dataset-name applies to .h5 output and must be a plain name like c3d_features")
     settings = check_one_setting(entries, src)
-    videos = [(e, load_features(src, e), _times(src, e)) for e in entries]
+    times = [_times_path(src, e) for e in entries]  # a missing sidecar is an error before anything is written
+    videos = ((e, load_features(src, e), read_times(t) if t else None)  # one video in memory at a time
+              for e, t in zip(entries, times))
     if fmt == "h5":
         _write_h5(to, videos, settings, dataset_name)
     else:
         _write_folder(to, videos, settings, fmt)
-    return PackSummary(len(videos), to, fmt)
+    return PackSummary(len(entries), to, fmt)
 
 
-def _times(src: Path, entry: ManifestEntry) -> np.ndarray | None:
+def _times_path(src: Path, entry: ManifestEntry) -> Path | None:
     if not entry.times:
         return None  # extracted before rows had times
     path = src / entry.times
     if not path.is_file():
         raise DataError(f"{path}: missing; re-run `c3d extract` on {entry.video} (remove {src / entry.output} first)")
-    return read_times(path)
+    return path
 
 
-def _write_h5(to: Path, videos: list, settings: dict[str, Any], dataset_name: str | None) -> None:
+def _write_h5(to: Path, videos: Iterator[Video], settings: dict[str, Any], dataset_name: str | None) -> None:
     try:
         import h5py
     except ImportError as e:
@@ -132,7 +136,7 @@ def _write_h5(to: Path, videos: list, settings: dict[str, Any], dataset_name: st
                 ds.attrs["video"] = entry.video
 
 
-def _write_folder(to: Path, videos: list, settings: dict[str, Any], fmt: str) -> None:
+def _write_folder(to: Path, videos: Iterator[Video], settings: dict[str, Any], fmt: str) -> None:
     if to.exists() and not (to.is_dir() and (to / INDEX).is_file()):
         raise ConfigError(f"{to}: exists and is not a `c3d pack` output; choose another --to or remove it")
     tmp = to.parent / f".{to.name}.pack-{os.getpid()}"
