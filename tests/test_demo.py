@@ -19,8 +19,11 @@ from tests.conftest import tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_yaml_recipe_is_the_embedded_one():
+def test_the_demo_trains_the_packaged_recipe():
     assert load_config(ROOT / "configs" / "synthetic_demo.yaml").to_dict() == demo_config().to_dict()
+    m, o, d, t = (getattr(demo_config(), s) for s in ("model", "optim", "data", "train"))
+    assert (m.width_mult, m.fc_dim, m.clip_len, m.crop_size, m.dropout) == (0.125, 128, 16, 32, 0.0)
+    assert (o.lr, o.epochs, o.warmup_iters, d.batch_size, t.val_every) == (0.01, 24, 30, 16, 0)
     cfg = demo_config(quick=True, overrides=["optim.lr=0.02"])
     assert cfg.optim.lr == 0.02 and cfg.optim.epochs == 30 and cfg.model.variant == "d3"
 

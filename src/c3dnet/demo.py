@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from c3dnet.data.synthetic import SynthParams
-from c3dnet.engine.config import TrainConfig
+from c3dnet.engine.config import TrainConfig, load_config
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger
 
@@ -33,20 +33,8 @@ DEMO_DATA = SynthParams(num_pairs=5, videos_per_class=35, groups=7, test_groups=
 """10 classes; 250 training and 100 test videos (50 exact reverse pairs) of 25 frames at 40x40 (`c3d synth`'s
 defaults, spelt out so that a change there does not silently change the demo)."""
 
-DEMO_RECIPE: dict = {
-    "model": {"variant": "d3", "width_mult": 0.125, "fc_dim": 128, "clip_len": 16, "crop_size": 32,
-              "pool5": "padded", "dropout": 0.0},
-    "preprocess": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "channel_order": "RGB",
-                   "short_side": 40, "resize_hw": None, "frame_interval": 1},
-    "data": {"split": 1, "batch_size": 16, "val_batch_size": 10, "workers": 1, "drop_last": True, "num_clips": 10,
-             "skip_bad": False, "splits_dir": None},
-    "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005, "head_lr_mult": 1.0, "clip_grad_norm": 40.0,
-              "schedule": "cosine", "warmup_iters": 30, "milestones": [], "gamma": 0.1, "epochs": 24},
-    "train": {"seed": 1234, "val_every": 0, "checkpoint_every": 0, "log_every": 15, "amp": True,
-              "channels_last": True, "compile": False, "average": "score", "progress": True, "tensorboard": False,
-              "plots": True},
-}
-"""The demo's training recipe; `configs/synthetic_demo.yaml` holds the same (a test keeps them equal)."""
+DEMO_RECIPE = "demo"
+"""The demo's training recipe: the packaged `synthetic_demo.yaml` (`c3d train --config demo`), the one copy."""
 
 QUICK_DATA = SynthParams(num_pairs=1, videos_per_class=35, groups=7, test_groups=2, frames=25, height=40, width=40)
 """--quick: one pair, MoveDown / MoveUp; 50 training and 20 test videos (10 exact reverse pairs)."""
@@ -110,8 +98,7 @@ class DemoReport:
 
 def demo_config(quick: bool = False, overrides: list[str] | None = None) -> TrainConfig:
     """The demo's recipe as a typed config (the 3D variant), with the quick settings and `overrides` applied."""
-    cfg = TrainConfig.from_dict(DEMO_RECIPE, "c3dnet.demo.DEMO_RECIPE")
-    return cfg.with_overrides((QUICK_OVERRIDES if quick else []) + list(overrides or []))
+    return load_config(DEMO_RECIPE, (QUICK_OVERRIDES if quick else []) + list(overrides or []))
 
 
 def within_pair_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

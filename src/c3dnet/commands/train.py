@@ -9,20 +9,29 @@ from pathlib import Path
 HELP = "train or fine-tune C3D from a YAML recipe (resumable; DDP under torchrun)"
 
 
-EPILOG = """examples:
-  c3d train --config configs/c3d_ucf101_seed.yaml --data data/UCF-101 --weights c3d_sports1m.safetensors
-  c3d train --config configs/c3d_ucf101_seed.yaml --data data/UCF-101 --work-dir work_dirs/c3d_ucf101_seed --resume
-  c3d train --config configs/c3d_ucf101_seed.yaml --data data/UCF-101 --set optim.epochs=20 --set data.batch_size=16
-  torchrun --nproc_per_node 8 -m c3dnet.cli train --config configs/c3d_ucf101_mmaction.yaml --data data/UCF-101
+EPILOG = """recipes by name (--config NAME; the files ship with c3dnet, an existing path wins over a name):
+{recipes}
+examples:
+  c3d train --config seed --data data/UCF-101 --weights c3d_sports1m.safetensors
+  c3d train --config seed --data data/UCF-101 --work-dir work_dirs/c3d_ucf101_seed --resume
+  c3d train --config seed --data data/UCF-101 --set optim.epochs=20 --set data.batch_size=16
+  c3d train --config my_recipe.yaml --data train_list.txt --set data.val_fraction=0.1
+  torchrun --nproc_per_node 8 -m c3dnet.cli train --config mmaction --data data/UCF-101
+  several nodes: README, "Training on several nodes"
 outputs in the work dir: config.yaml (resolved), last.safetensors, best.safetensors, last.state.pt (for --resume),
 metrics.jsonl, tensorboard/, curves.png"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
+    from c3dnet.engine.config import RECIPES
+
+    width, file_width = max(map(len, RECIPES)), max(len(r.file) for r in RECIPES.values())
+    parser.epilog = EPILOG.format(recipes="\n".join(
+        f"  {name:<{width}}  {recipe.file:<{file_width}}  {recipe.about}" for name, recipe in RECIPES.items()))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", type=Path, default=None,
-                        help="YAML recipe, e.g. configs/c3d_ucf101_seed.yaml (default: the seed's recipe)")
+    parser.add_argument("--config", default=None, metavar="NAME|PATH",
+                        help=f"recipe: a name ({', '.join(RECIPES)}; listed below) or a YAML file "
+                             "(default: the seed's recipe)")
     parser.add_argument("--data", type=Path, required=True,
                         help="dataset: UCF-101/HMDB-51 folder, prepared frames, annotation list, class folders")
     parser.add_argument("--weights", type=Path, default=None,
@@ -47,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from c3dnet.engine.config import resolve_config
     from c3dnet.engine.train import train
 
     overrides = list(args.overrides)
@@ -58,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.workers={args.workers}")
     overrides += ["data.skip_bad=true"] * args.skip_bad + ["train.amp=false"] * args.fp32 + \
         ["train.progress=false"] * args.no_progress
-    work_dir = args.work_dir or Path("work_dirs") / (args.config.stem if args.config else "c3d_ucf101_seed")
-    result = train(args.config, args.data, weights=args.weights, work_dir=work_dir, resume=args.resume,
+    config = resolve_config(args.config) if args.config is not None else None
+    work_dir = args.work_dir or Path("work_dirs") / (config.stem if config is not None else "c3d_ucf101_seed")
+    result = train(config, args.data, weights=args.weights, work_dir=work_dir, resume=args.resume,
                    device=args.device, overrides=overrides, overwrite=args.overwrite)
     import os
 

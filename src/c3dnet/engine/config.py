@@ -7,7 +7,7 @@ the key and the file (or the `--set` override) it came from. A missing key keeps
 
 Example:
     >>> from c3dnet.engine.config import TrainConfig, load_config
-    >>> cfg = load_config("configs/c3d_ucf101_seed.yaml", overrides=["optim.lr=0.01"])  # doctest: +SKIP
+    >>> cfg = load_config("seed", overrides=["optim.lr=0.01"])    # a packaged recipe's name, or a YAML path
     >>> cfg = TrainConfig().with_overrides(["data.batch_size=8", "optim.schedule=multistep"])
     >>> cfg.data.batch_size, cfg.optim.schedule
     (8, 'multistep')
@@ -260,14 +260,58 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe shipped in the package: its file in `c3dnet/configs/` and what it is."""
+
+    file: str
+    about: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "seed": Recipe("c3d_ucf101_seed.yaml", "the seed's (PaddleC3D) UCF-101 fine-tuning, one GPU: 83.27 top-1"),
+    "mmaction": Recipe("c3d_ucf101_mmaction.yaml", "mmaction2's UCF-101 fine-tuning, 8 GPUs: 83.08 top-1"),
+    "demo": Recipe("synthetic_demo.yaml", "the synthetic demo's reduced C3D, from scratch on the CPU (c3d demo)"),
+}
+"""The recipes `--config` takes by name. The files live in the package (`src/c3dnet/configs/`, which the
+repository's `configs/` links to), so a pip-installed c3dnet has them too."""
+
+
+def recipe_path(name: str) -> Path:
+    """The packaged recipe file called `name` (a key of `RECIPES`)."""
+    from importlib.resources import files
+
+    if name not in RECIPES:
+        raise ConfigError(f"{name!r} is not a packaged recipe; the names are {', '.join(RECIPES)}")
+    return Path(str(files("c3dnet") / "configs" / RECIPES[name].file))
+
+
+def resolve_config(config: str | Path) -> Path:
+    """The YAML file `config` names: an existing path, else a packaged recipe's name (`seed`, `mmaction`, `demo`).
+
+    An existing file always wins over a name. A path that exists neither way is an error that suggests the name of
+    the packaged copy when its file name is one of the recipes (`configs/c3d_ucf101_seed.yaml` outside the
+    repository: `--config seed`).
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    if str(config) in RECIPES:
+        return recipe_path(str(config))
+    packaged = next((name for name, recipe in RECIPES.items() if path.name == recipe.file), None)
+    if packaged is not None:
+        hint = f"its packaged copy is --config {packaged}"
+    else:
+        hint = f"pass a recipe name ({', '.join(RECIPES)}) or an existing YAML file"
+    raise ConfigError(f"{path}: config file not found; {hint} (`c3d train --help` lists the recipes)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or start from the defaults when `path` is None) and apply `--set` overrides."""
+    """Read a YAML config, given by path or packaged recipe name (`resolve_config`), or start from the defaults
+    when `path` is None, and apply `--set` overrides."""
     if path is None:
         return TrainConfig().with_overrides(overrides)
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass an existing YAML file such as "
-                          "configs/c3d_ucf101_seed.yaml")
+    path = resolve_config(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -285,9 +329,9 @@ def explicit_keys(config: TrainConfig | str | Path | None, overrides: list[str] 
     if isinstance(config, TrainConfig):
         default, given = TrainConfig().to_dict(), config.to_dict()
         return keys | {f"{s}.{k}" for s in given for k in given[s] if given[s][k] != default[s][k]}
-    if config is not None and Path(config).is_file():
-        with contextlib.suppress(yaml.YAMLError, OSError, UnicodeDecodeError):
-            raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    if config is not None:
+        with contextlib.suppress(ConfigError, yaml.YAMLError, OSError, UnicodeDecodeError):
+            raw = yaml.safe_load(resolve_config(config).read_text(encoding="utf-8")) or {}
             if isinstance(raw, dict):
                 keys |= {f"{s}.{k}" for s, values in raw.items() if isinstance(values, dict) for k in values}
     return keys
