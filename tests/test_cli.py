@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,18 @@ def test_predict_prints_names_escaped_and_refuses_an_unusable_timeline_folder(tm
     assert main(["predict", "--weights", str(tmp_path / "w.safetensors"), "--timeline", "/dev/null/x",
                  str(tmp_path / "v.avi")]) == 2
     assert "--timeline /dev/null/x: cannot create this folder (Not a directory)" in capsys.readouterr().err
+
+
+def test_quiet_prints_no_progress_lines(tmp_path, capsys):
+    """Without a terminal the bar prints plain lines; `-q` (warnings and errors only) prints none of them."""
+    from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+
+    data = make_frame_dataset(tmp_path / "data", train_per_class=4)
+    (tmp_path / "r.yaml").write_text(tiny_train_config("optim.epochs=1", "train.val_every=0",
+                                                       "train.progress=true").to_yaml())
+    common = ["train", "--config", str(tmp_path / "r.yaml"), "--data", str(data), "--device", "cpu"]
+    assert main([*common, "--work-dir", str(tmp_path / "loud")]) == 0
+    assert re.search(r"^epoch 1/1: 3/3 it in \d+ s \(loss=", capsys.readouterr().err, re.MULTILINE)
+    assert main(["-q", *common, "--work-dir", str(tmp_path / "quiet")]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out.startswith("trained 1 epochs (3 iterations)")

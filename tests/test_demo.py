@@ -100,6 +100,8 @@ def test_demo_quick_shows_3d_beats_2d(tmp_path, capsys):
     assert main(["demo", "--quick", "--work-dir", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "within-pair accuracy" in table and "3D: C3D" in table
+    assert table.splitlines()[-1] == f"report: {tmp_path / 'quick.md'} (the table as Markdown) and " \
+                                     f"{tmp_path / 'quick.json'} (every figure)"
     report = json.loads((tmp_path / "quick.json").read_text())
     d3, d1 = report["models"]
     assert (d3["variant"], d1["variant"]) == ("d3", "d1") and d3["reverse_pairs"] == d1["reverse_pairs"] == 10

@@ -137,7 +137,7 @@ def run_demo(
 
     Args:
         work_dir: holds the dataset, one training folder per model and `demo.json` / `demo.md`
-            (`demo_quick.*` with `quick`).
+            (`quick.*` with `quick`; `report_paths`).
         quick: one class pair and a sixth of the training clips, for a quick look.
         device: "cpu" (the demo's claim is about a CPU), "auto" or "cuda".
         overrides: `section.key=value` changes to the training recipe for both models.
@@ -186,9 +186,16 @@ def run_demo(
         train_videos=sum(not s.test for s in specs), test_videos=sum(s.test for s in specs),
         data_seconds=data_seconds, total_seconds=time.perf_counter() - start, models=models,
     )
-    atomic_write_text(work / f"{tag}.json", json.dumps(report.to_dict(), indent=2) + "\n")
-    atomic_write_text(work / f"{tag}.md", format_markdown(report))
+    json_path, md_path = report_paths(work, quick)
+    atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(md_path, format_markdown(report))
     return report
+
+
+def report_paths(work_dir: str | Path, quick: bool = False) -> tuple[Path, Path]:
+    """Where `run_demo` writes its report: (`demo.json`, `demo.md`), or `quick.*` with `quick`."""
+    tag = "quick" if quick else "demo"
+    return Path(work_dir) / f"{tag}.json", Path(work_dir) / f"{tag}.md"
 
 
 _ROWS: tuple[tuple[str, str], ...] = (

@@ -80,11 +80,18 @@ class LineProgress:
               file=self.stream, flush=True)
 
 
+def quiet() -> bool:
+    """Whether c3dnet's logging was set to warnings and errors only (`-q`): progress is chatter too."""
+    level = logging.getLogger("c3dnet").level  # NOTSET (0) in a program that never called setup_logging
+    return level > logging.INFO
+
+
 def progress_bar(total: int | None, desc: str = "", unit: str = "it", initial: int = 0, enabled: bool = True):
-    """A tqdm bar on a terminal, `LineProgress` lines elsewhere, nothing when not `enabled` (or not rank 0)."""
+    """A tqdm bar on a terminal, `LineProgress` lines elsewhere, nothing when not `enabled`, under `-q` (`quiet`)
+    or on a rank other than 0."""
     from tqdm import tqdm
 
-    if not enabled or int(os.environ.get("RANK", "0")) != 0:
+    if not enabled or quiet() or int(os.environ.get("RANK", "0")) != 0:
         return tqdm(total=total, disable=True)
     if not sys.stderr.isatty():
         return LineProgress(total, desc, unit, initial)

@@ -21,11 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from c3dnet.demo import format_table, run_demo
+    from c3dnet.demo import format_table, report_paths, run_demo
 
     report = run_demo(args.work_dir, quick=args.quick, device=args.device, overrides=args.overrides)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
+        json_path, md_path = report_paths(args.work_dir, args.quick)
         print(format_table(report))
+        print(f"report: {md_path} (the table as Markdown) and {json_path} (every figure)")
     return 0
