@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from c3dnet.data import video_index
+from c3dnet.data import video as video_module
 from c3dnet.data.decode import iter_frames, read_frames, video_info
 from c3dnet.data.encode import write_video
 from c3dnet.data.resize import resize_image
@@ -185,7 +185,7 @@ def main() -> None:
                                 ("H.264 .mp4", h264, "timed: packet pass, no decoding")):
             t = time.perf_counter()
             for _ in range(10):
-                video_index.index_cache.clear()
+                video_module.index_cache.clear()
                 video_info(path)
             ms = (time.perf_counter() - t) / 10 * 1000
             print(f"frame index of a {n}-frame {name} ({how}): {ms:.2f} ms")

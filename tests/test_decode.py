@@ -11,7 +11,7 @@ from PIL import Image
 from c3dnet.data import decode
 from c3dnet.data.decode import count_frames, iter_frames, read_frames, video_info
 from c3dnet.data.sources import VideoRecord
-from c3dnet.data.video_index import video_index
+from c3dnet.data.video import Video
 from c3dnet.errors import DataError
 from tests.media import REAL_VIDEOS, index_frames, read_index, real_videos, write_index_video
 
@@ -39,7 +39,7 @@ def test_info_and_count(index_video):
 
 
 def test_keyframes_and_segments(index_video, monkeypatch):
-    index = video_index(index_video)
+    index = Video(index_video).index()
     # MP4 is timed (frames known by pts, no decoding); AVI stores decode order only, so it is counted
     assert index.timed == (index_video.suffix == ".mp4")
     assert (index.pts is None) == (index.checksums is not None)

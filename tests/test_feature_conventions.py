@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from c3dnet.cli import main
-from c3dnet.data.timing import FrameTimes, resample, video_times
+from c3dnet.data.decode import video_times
+from c3dnet.data.timing import FrameTimes, resample
 from c3dnet.features.manifest import read_times
 from c3dnet.features.pooling import segment_groups
 from c3dnet.model import C3D

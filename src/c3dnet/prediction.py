@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from c3dnet.data.decode import ArrayVideo
+from c3dnet.data.decode import ArrayVideo, as_source
 from c3dnet.engine.runner import ClipRunner
 from c3dnet.features.clips import ClipPlan, clip_batches
 from c3dnet.fileio import atomic_write_text
@@ -79,7 +79,7 @@ def predict_video(runner: ClipRunner, video: str | os.PathLike[str] | ArrayVideo
     from c3dnet.data.dataset import ClipDataset
     from c3dnet.data.sources import VideoRecord
 
-    source = video if isinstance(video, ArrayVideo) else Path(video)
+    source = as_source(video)  # a file becomes a `Video`; a `Video` (an upload's) keeps its own limits
     dataset = ClipDataset([VideoRecord(source, -1)], "test", runner.preprocess, num_clips=num_clips,
                           autorotate=autorotate, fps=fps, source_fps=source_fps)
     sample = dataset.sample(0)

@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import Dataset
 
 from c3dnet.data import sampling
-from c3dnet.data.decode import count_frames, read_frames, set_decode_threads, video_info
+from c3dnet.data.decode import count_frames, read_frames, set_decode_threads, video_info, video_times
 from c3dnet.data.sources import VideoRecord
-from c3dnet.data.timing import resample, video_times
+from c3dnet.data.timing import resample
 from c3dnet.data.transforms import eval_transform, train_transform
 from c3dnet.errors import DataError
 from c3dnet.log import get_logger

@@ -36,17 +36,17 @@ import numpy as np
 
 from c3dnet.data.folders import FRAME_START, FRAME_TEMPLATE, folder_info, read_folder
 from c3dnet.data.orientation import orient
+from c3dnet.data.records import VideoInfo
 from c3dnet.data.resize import resize_frames, resize_image
+from c3dnet.data.timing import FrameTimes, folder_times
+from c3dnet.data.video import CORRUPT_NOTE, Video, note_once, set_decode_threads
 from c3dnet.data.video_index import (
     BestEffortTimestamps,
+    DecodeErrors,
     PacketTally,
     VideoIndex,
-    VideoInfo,
     checksum,
     frame_orientation,
-    open_video,
-    set_video_threads,
-    video_index,
 )
 from c3dnet.errors import DataError
 from c3dnet.log import get_logger
@@ -54,8 +54,9 @@ from c3dnet.log import get_logger
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
 
-__all__ = ["FRAME_START", "FRAME_TEMPLATE", "SEEK_MIN_GAP", "ArrayVideo", "VideoInfo", "count_frames", "iter_frames",
-           "plan_reads", "read_frames", "set_decode_threads", "video_info"]
+__all__ = ["FRAME_START", "FRAME_TEMPLATE", "SEEK_MIN_GAP", "ArrayVideo", "FrameCountChanged", "Video", "VideoInfo",
+           "as_source", "count_frames", "iter_frames", "plan_reads", "read_frames", "set_decode_threads", "video_info",
+           "video_times"]
 
 log = get_logger(__name__)
 
@@ -105,47 +106,60 @@ class ArrayVideo:
         return frames if size_hw is None else resize_frames(frames, size_hw)
 
 
-def _as_path(record_or_path: VideoRecord | str | os.PathLike[str] | ArrayVideo) -> Path | ArrayVideo:
+class FrameCountChanged(DataError):
+    """Decoding showed that a video holds fewer frames than its container lists (corrupt data that FFmpeg passes
+    over), after frames were asked for by the listed count: plan the clips again from `count_frames`."""
+
+
+def as_source(record_or_path: VideoRecord | str | os.PathLike[str] | ArrayVideo | Video) -> Path | ArrayVideo | Video:
+    """What the reading functions read: a `Video` (a file path becomes one, with this process's defaults), an
+    `ArrayVideo`, or the `Path` of a frame folder. A `VideoRecord` gives its `path`."""
+    if isinstance(record_or_path, (ArrayVideo, Video)):
+        return record_or_path
     source = getattr(record_or_path, "path", record_or_path)
-    return source if isinstance(source, ArrayVideo) else Path(source)
+    if isinstance(source, (ArrayVideo, Video)):
+        return source
+    path = Path(source)
+    return path if path.is_dir() else Video(path)
 
 
 # --------------------------------------------------------------------------------------------------- public API
 
 
-def count_frames(record_or_path: VideoRecord | str | os.PathLike[str] | ArrayVideo) -> int:
+def count_frames(record_or_path: VideoRecord | str | os.PathLike[str] | ArrayVideo | Video) -> int:
     """Number of frames in a video file (FFmpeg's count) or frame folder (cached per file).
 
     A `VideoRecord` whose `num_frames` is known (frame folders from an annotation list) returns it unchecked.
     """
-    known = getattr(record_or_path, "num_frames", None)
+    known = None if isinstance(record_or_path, Video) else getattr(record_or_path, "num_frames", None)
     if known is not None:
         return int(known)
-    return video_info(_as_path(record_or_path)).num_frames
+    return video_info(record_or_path).num_frames
 
 
-def video_info(path: str | os.PathLike[str] | ArrayVideo, autorotate: bool = True) -> VideoInfo:
+def video_info(path: str | os.PathLike[str] | ArrayVideo | Video, autorotate: bool = True) -> VideoInfo:
     """Frame count, frame rate, frame size (as returned: turned unless `autorotate=False`) and orientation."""
-    if isinstance(path, ArrayVideo):
-        return path.info()
-    path = Path(path)
-    if path.is_dir():
-        return folder_info(path)
-    return video_index(path).info(autorotate)
+    source = as_source(path)
+    if isinstance(source, (ArrayVideo, Video)):
+        return source.info() if isinstance(source, ArrayVideo) else source.info(autorotate)
+    return folder_info(source)
 
 
-def set_decode_threads(n: int) -> None:
-    """FFmpeg's decoding threads per open video in this process (0: FFmpeg's choice, one per core).
-
-    Where many loader processes or extraction threads each decode a video, one thread apiece avoids
-    oversubscribing the cores; a single decoder is faster with FFmpeg's own threads. (OpenCV, which resizes and
-    decodes JPEG frames, always runs on one thread: see `c3dnet.data.resize`.)
-    """
-    set_video_threads(n)
+def video_times(path: str | os.PathLike[str] | ArrayVideo | Video, source_fps: Fraction | None = None) -> FrameTimes:
+    """The frame times of a video file, frame folder or `ArrayVideo` (see `c3dnet.data.timing`)."""
+    source = as_source(path)
+    if isinstance(source, ArrayVideo):
+        fps = source_fps or (Fraction(source.fps).limit_denominator(1001) if source.fps > 0 else None)
+        if fps is None:
+            raise DataError(f"{source}: frames in memory have no frame rate; give one (ArrayVideo(fps=...))")
+        return FrameTimes.constant(len(source.frames), fps)
+    if isinstance(source, Video):
+        return source.times(source_fps)
+    return folder_times(source, folder_info(source).num_frames, source_fps)
 
 
 def read_frames(
-    record: VideoRecord | str | os.PathLike[str] | ArrayVideo,
+    record: VideoRecord | str | os.PathLike[str] | ArrayVideo | Video,
     indices: np.ndarray,
     size_hw: tuple[int, int] | None = None,
     *,
@@ -156,7 +170,7 @@ def read_frames(
     """Frames at `indices` (0-based, any order, repeats allowed) as uint8 (len(indices), H, W, 3) RGB.
 
     Args:
-        record: a `VideoRecord` or a path to a video file or a frame folder, or an `ArrayVideo`.
+        record: a `VideoRecord` or a path to a video file or a frame folder, an `ArrayVideo` or a `Video`.
         indices: frame indices, each in [0, num_frames).
         size_hw: resize every frame to (height, width) (OpenCV `INTER_LINEAR`), after turning it.
         template: frame file name pattern in frame folders.
@@ -165,21 +179,22 @@ def read_frames(
             orientation.
 
     Raises:
-        DataError: unreadable or corrupt file, missing frame file, or an index past the end.
+        DataError: unreadable or corrupt file, missing frame file, or an index past the end
+            (`FrameCountChanged` where decoding showed fewer frames than the container lists).
     """
-    path = _as_path(record)
+    source = as_source(record)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if indices.size == 0:
         raise ValueError("read_frames needs at least one frame index")
-    if isinstance(path, ArrayVideo):
-        return path.read(indices, size_hw)
-    if path.is_dir():
-        return read_folder(path, indices, size_hw, template, start_index)
-    return _read_video(path, indices, size_hw, autorotate)
+    if isinstance(source, ArrayVideo):
+        return source.read(indices, size_hw)
+    if isinstance(source, Video):
+        return _read_video(source, indices, size_hw, autorotate)
+    return read_folder(source, indices, size_hw, template, start_index)
 
 
 def iter_frames(
-    path: str | os.PathLike[str] | ArrayVideo,
+    path: str | os.PathLike[str] | ArrayVideo | Video,
     size_hw: tuple[int, int] | None = None,
     chunk: int = 64,
     *,
@@ -196,18 +211,18 @@ def iter_frames(
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if isinstance(path, ArrayVideo):
-        for lo in range(0, len(path.frames), chunk):
-            yield path.read(np.arange(lo, min(len(path.frames), lo + chunk)), size_hw)
+    source = as_source(path)
+    if isinstance(source, ArrayVideo):
+        for lo in range(0, len(source.frames), chunk):
+            yield source.read(np.arange(lo, min(len(source.frames), lo + chunk)), size_hw)
         return
-    path = Path(path)
-    if path.is_dir():
-        n = folder_info(path, template, start_index).num_frames
+    if not isinstance(source, Video):
+        n = folder_info(source, template, start_index).num_frames
         for lo in range(0, n, chunk):
-            yield read_folder(path, np.arange(lo, min(n, lo + chunk)), size_hw, template, start_index)
+            yield read_folder(source, np.arange(lo, min(n, lo + chunk)), size_hw, template, start_index)
         return
     buf: list[np.ndarray] = []
-    for frame in _decode_all(path, size_hw, autorotate, times):
+    for frame in _decode_all(source, size_hw, autorotate, times):
         buf.append(frame)
         if len(buf) == chunk:
             yield np.stack(buf)
@@ -276,28 +291,35 @@ class _SeekMissed(Exception):
     """A seek did not give frames that provably equal decoding from the start: decode from the start instead."""
 
 
-def _read_video(path: Path, indices: np.ndarray, size_hw: tuple[int, int] | None, autorotate: bool) -> np.ndarray:
-    index = video_index(path)
+def _read_video(video: Video, indices: np.ndarray, size_hw: tuple[int, int] | None, autorotate: bool) -> np.ndarray:
+    index = video.index()
+    listed = index.num_frames
     while True:
         n = index.num_frames
         if indices.min() < 0 or indices.max() >= n:
             bad = int(indices.max()) if indices.max() >= n else int(indices.min())
-            raise DataError(f"{path}: frame index {bad} is outside the video's {n} frames; the annotation's frame "
+            if n < listed:
+                raise FrameCountChanged(f"{video}: FFmpeg decodes {n} of the {listed} frames its container lists "
+                                        f"(corrupt data), so frame {bad} is past its end; count its frames again")
+            raise DataError(f"{video}: frame index {bad} is outside the video's {n} frames; the annotation's frame "
                             "count may be wrong")
         wanted = np.unique(indices)  # sorted
         convert = _Converter(size_hw, index.orientation.ops if autorotate else ())
         try:
-            got = dict(_decode_wanted(path, index, wanted, convert))
+            got = dict(_decode_wanted(video, index, wanted, convert))
+            lost = np.asarray([i for i in wanted.tolist() if i not in got], dtype=np.int64)
+            if lost.size and index.errors:  # dropped by frame threads at the flush after corrupt data
+                got.update(_decode_segments(video, index, [(None, lost)], convert, "SLICE"))
         except _Contradicted as e:
-            log.debug("%s: %s; counting frames instead", path, e)
-            index = video_index(path, counted=True)
+            log.debug("%s: %s; counting frames instead", video, e)
+            index = video.index(counted=True)
             continue
         missing = [int(i) for i in wanted if int(i) not in got]
         if missing and index.timed:  # listed frames the decoder never gave: the pts list is not FFmpeg's count
-            index = video_index(path, counted=True)
+            index = video.index(counted=True)
             continue
         if missing:
-            raise DataError(f"{path}: frames {missing[:5]} could not be decoded (of {n}); {_ERR_REENCODE}")
+            raise DataError(f"{video}: frames {missing[:5]} could not be decoded (of {n}); {_ERR_REENCODE}")
         return np.stack([got[int(i)] for i in indices])
 
 
@@ -321,43 +343,58 @@ def plan_reads(index: VideoIndex, wanted: np.ndarray) -> list[tuple[int | None, 
     return [(key, np.asarray(run)) for key, run in segments]
 
 
-def _decode_wanted(
-    path: Path, index: VideoIndex, wanted: np.ndarray, convert: _Converter
-) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_wanted(video: Video, index: VideoIndex, wanted: np.ndarray, convert: _Converter
+                   ) -> Iterator[tuple[int, np.ndarray]]:
     """(frame number, RGB array) for frames in sorted `wanted`; a missed seek falls back to the start."""
     done: set[int] = set()
     try:
-        for i, frame in _decode_segments(path, index, plan_reads(index, wanted), convert):
+        for i, frame in _decode_segments(video, index, plan_reads(index, wanted), convert):
             done.add(i)
             yield i, frame
         return
     except _SeekMissed as e:
-        log.debug("%s: %s; decoding the rest from the start", path, e)
+        log.debug("%s: %s; decoding the rest from the start", video, e)
     rest = np.asarray([i for i in wanted.tolist() if i not in done], dtype=np.int64)
     if rest.size:
-        yield from _decode_segments(path, index, [(None, rest)], convert)
+        yield from _decode_segments(video, index, [(None, rest)], convert)
 
 
-def _decode_segments(
-    path: Path, index: VideoIndex, segments: list[tuple[int | None, np.ndarray]], convert: _Converter
-) -> Iterator[tuple[int, np.ndarray]]:
+def _frames(container, stream, video: Video, errors: DecodeErrors) -> Iterator[object]:
+    """The stream's decoded frames in output order, passing over packets that do not decode (as the CLI does);
+    each is shown to `video` (its limits, its guard) first."""
+    count = 0
+    for packet in container.demux(stream):
+        for frame in errors.decode(packet, count):
+            video.on_frame(frame)
+            count += 1
+            yield frame
+
+
+def _decode_segments(video: Video, index: VideoIndex, segments: list[tuple[int | None, np.ndarray]],
+                     convert: _Converter, thread_type: str = "AUTO") -> Iterator[tuple[int, np.ndarray]]:
+    """Frames of `segments` (`plan_reads`). Frame threads (`thread_type` "AUTO") give the FFmpeg CLI's pixels,
+    which uses them too, also where corrupt data is concealed; after such data, a frame-threaded decoder's flush
+    drops the frames still in flight, which "SLICE" (no frame threads) then gives."""
     import av
 
-    container, stream = open_video(path)
+    container, stream = video.open(thread_type)
     try:
         for key, run in segments:
             wanted, last = set(run.tolist()), int(run[-1])
+            if key is not None:
+                _seek(container, stream, index, key)
+            decoded = _frames(container, stream, video, DecodeErrors())
             if index.timed:
-                frames = _walk_timed(container, stream, index, key)
+                frames = _walk_timed(decoded, index, key)
             else:
-                frames = _walk_counted(container, stream, index, key, wanted)
+                frames = _walk_counted(decoded, index, key, wanted)
             for i, frame in frames:
                 if i in wanted:
                     yield i, convert(frame)
                 if i >= last:
                     break
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: decoding failed ({e}); {_ERR_REENCODE}") from e
+        raise DataError(f"{video}: decoding failed ({e}); {_ERR_REENCODE}") from e
     finally:
         container.close()
 
@@ -374,18 +411,17 @@ def _position(pts: np.ndarray, value: int) -> int | None:
     return i if i < len(pts) and int(pts[i]) == value else None
 
 
-def _walk_timed(container, stream, index: VideoIndex, key: int | None) -> Iterator[tuple[int, object]]:
-    """(frame number, decoded frame) from the start or from keyframe `key`, frames recognised by pts.
+def _walk_timed(decoded: Iterator[object], index: VideoIndex, key: int | None) -> Iterator[tuple[int, object]]:
+    """(frame number, decoded frame) from the start or from keyframe `key` (already sought), frames recognised by
+    pts.
 
     From `key` (0 from the start) on, frame numbers must follow one another: a gap, a pts the index does not
     list or one out of order means pts do not number this video's frames as FFmpeg does (`_Contradicted`).
     Frames before `key` after a seek (an open GOP's leading frames) are decoded but not given.
     """
-    if key is not None:
-        _seek(container, stream, index, key)
     expected = 0 if key is None else key
     previous = -1
-    for frame in container.decode(stream):
+    for frame in decoded:
         i = None if frame.pts is None else _position(index.pts, frame.pts)
         if i is None or i <= previous:
             raise _Contradicted(f"decoded pts {frame.pts} is {'unlisted' if i is None else 'out of order'}")
@@ -400,22 +436,21 @@ def _walk_timed(container, stream, index: VideoIndex, key: int | None) -> Iterat
         yield i, frame
 
 
-def _walk_counted(container, stream, index: VideoIndex, key: int | None, wanted: set[int]
+def _walk_counted(decoded: Iterator[object], index: VideoIndex, key: int | None, wanted: set[int]
                   ) -> Iterator[tuple[int, object]]:
-    """(frame number, decoded frame) from the start (counted in output order) or from keyframe `key`.
+    """(frame number, decoded frame) from the start (counted in output order) or from keyframe `key` (already
+    sought).
 
     After a seek, counting starts at the frame whose checksum equals the keyframe's recorded one, and a frame in
     `wanted` is given only if its checksum equals the one recorded at its position: the same pixels as decoding
     from the start. (A frame lost or broken between the two shows as a mismatch at the next wanted frame.)
     """
     if key is None:
-        for i, frame in enumerate(container.decode(stream)):
-            yield i, frame
+        yield from enumerate(decoded)
         return
-    _seek(container, stream, index, key)
     sums = index.checksums
     expected, leading = key, 0
-    for frame in container.decode(stream):
+    for frame in decoded:
         if expected >= index.num_frames:
             raise _SeekMissed(f"the decoder gave more frames after a seek to frame {key} than from the start")
         if expected == key or expected in wanted:
@@ -430,32 +465,71 @@ def _walk_counted(container, stream, index: VideoIndex, key: int | None, wanted:
         expected += 1
 
 
-def _decode_all(path: Path, size_hw: tuple[int, int] | None, autorotate: bool,
+def _decode_all(video: Video, size_hw: tuple[int, int] | None, autorotate: bool,
                 times: BestEffortTimestamps | None = None) -> Iterator[np.ndarray]:
-    """Every frame from the start, in FFmpeg's order; truncated or corrupt files raise `DataError`. Each frame's
-    timestamps go to `times`, when given."""
+    """Every frame from the start, in FFmpeg's order; truncated files raise `DataError`. Each frame's timestamps
+    go to `times`, when given.
+
+    Packets that do not decode are passed over, as the FFmpeg CLI passes them over, with a warning naming the file.
+    Frame threads decode only a video whose index is known (cached, or a timed one, which costs one pass over
+    the packets) and free of such packets; should they still lose frames at the end (corrupt data the index
+    could not show), the missing frames are decoded again with slice threads.
+    """
+    index = _known_index(video)
+    thread_type = "SLICE" if index is None else "AUTO"
+    count, errors = 0, DecodeErrors()
+    for frame in _decode_pass(video, thread_type, size_hw, autorotate, times, 0, errors):
+        count += 1
+        yield frame
+    if thread_type == "AUTO" and index is not None and count < index.num_frames:
+        # frames that a frame-threaded decoder dropped at its flush: the same file decoded without frame threads
+        for frame in _decode_pass(video, "SLICE", size_hw, autorotate, times, count, DecodeErrors()):
+            count += 1
+            yield frame
+    if errors.count:
+        note_once(video, CORRUPT_NOTE.format(count=count), topic="corrupt")
+    if index is not None and index.timed and count < index.num_frames:
+        video.index(counted=True)  # the container lists frames FFmpeg does not decode: count them as it does
+    if count == 0:
+        raise DataError(f"{video}: no video frames could be decoded; {_ERR_REENCODE}")
+
+
+def _known_index(video: Video) -> VideoIndex | None:
+    """The video's index where it costs no decoding: cached, or timed (a pass over the packets); None for a
+    counted video not yet indexed. A video decoded on one thread needs none (no frame threads to drop frames)."""
+    if video.decode_threads == 1:
+        hit = video.cached_index()
+        return hit if hit is not None and hit.errors else None
+    return video.cheap_index()
+
+
+def _decode_pass(video: Video, thread_type: str, size_hw: tuple[int, int] | None, autorotate: bool,
+                 times: BestEffortTimestamps | None, skip: int, errors: DecodeErrors) -> Iterator[np.ndarray]:
+    """The frames of one decoding from the start, after the first `skip`, converted; `errors` counts the packets
+    that gave none."""
     import av
 
-    container, stream = open_video(path)
-    if times is not None:
+    container, stream = video.open(thread_type)
+    if times is not None and skip == 0:
         times.time_base = Fraction(stream.time_base or 1)
     convert, count, tally = None, 0, PacketTally()
     try:
         for packet in container.demux(stream):
             if packet.is_corrupt:
-                raise DataError(f"{path}: corrupt or truncated video data after frame {count}; {_ERR_REENCODE}")
+                raise DataError(f"{video}: corrupt or truncated video data after frame {count}; {_ERR_REENCODE}")
             tally.add(packet)
-            for frame in packet.decode():
+            for frame in errors.decode(packet, count):
+                video.on_frame(frame)
+                count += 1
+                if count <= skip:
+                    continue
                 if convert is None:
                     convert = _Converter(size_hw, frame_orientation(frame).ops if autorotate else ())
-                count += 1
                 if times is not None:
                     times.add(frame.pts, frame.dts, frame.duration)
                 yield convert(frame)
-        tally.check(path, container, stream)
+        tally.check(video, container, stream)
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: decoding failed after frame {count} ({e}); {_ERR_REENCODE}") from e
+        raise DataError(f"{video}: decoding failed after frame {count} ({e}); {_ERR_REENCODE}") from e
     finally:
         container.close()
-    if count == 0:
-        raise DataError(f"{path}: no video frames could be decoded; {_ERR_REENCODE}")

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from c3dnet.data.records import MemoryLRU, VideoInfo, file_key
 from c3dnet.data.resize import opencv, resize_image
-from c3dnet.data.video_index import LRUCache, VideoInfo, file_key
 from c3dnet.errors import DataError
 
 FRAME_TEMPLATE = "img_{:05d}.jpg"
 """File name of frame k (counted from FRAME_START) in a frame folder, as the seed and `c3d prepare` write them."""
 FRAME_START = 1
 
-folder_cache = LRUCache(16384)
+folder_cache = MemoryLRU(32 * 2**20)  # a few hundred bytes a folder: about 100,000 folders
 
 
 def _template_regex(template: str) -> re.Pattern[str]:

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -146,25 +145,3 @@ def folder_times(folder: Path, num_frames: int, source_fps: Fraction | None) -> 
                         f"--source-fps (e.g. --source-fps 25), or extract it with `c3d prepare`, which records "
                         f"them in {TIMING_FILE}")
     return FrameTimes.constant(num_frames, source_fps)
-
-
-def video_times(path: str | os.PathLike[str], source_fps: Fraction | None = None) -> FrameTimes:
-    """The frame times of a video file, frame folder or `ArrayVideo` (see the module docstring)."""
-    from c3dnet.data.decode import ArrayVideo, video_info
-    from c3dnet.data.video_index import video_index
-
-    if isinstance(path, ArrayVideo):
-        fps = source_fps or (Fraction(path.fps).limit_denominator(1001) if path.fps > 0 else None)
-        if fps is None:
-            raise DataError(f"{path}: frames in memory have no frame rate; give one (ArrayVideo(fps=...))")
-        return FrameTimes.constant(len(path.frames), fps)
-    path = Path(path)
-    if path.is_dir():
-        return folder_times(path, video_info(path).num_frames, source_fps)
-    index = video_index(path)
-    if index.frame_ts is None:  # a raw stream: no timestamps; its frame rate is all there is
-        fps = source_fps or (Fraction(index.fps).limit_denominator(1001) if index.fps > 0 else None)
-        if fps is None:
-            raise DataError(f"{path}: the stream has no timestamps and no frame rate; pass --source-fps")
-        return FrameTimes.constant(index.num_frames, fps)
-    return FrameTimes.from_timestamps(index.frame_ts, index.last_duration, index.time_base)

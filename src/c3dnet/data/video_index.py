@@ -15,22 +15,23 @@ Two kinds of index give that numbering.
   after the seek has the checksum recorded at its position, i.e. exactly the pixels decoding from the start gives.
 
 A timed index that decoding contradicts (a decoded pts it does not list, or out of order, or a listed frame the
-decoder skipped) is replaced by a counted one (`video_index(path, counted=True)`).
+decoder skipped) is replaced by a counted one (`Video.index(counted=True)`). Packets whose data does not decode
+are passed over as the FFmpeg CLI passes them over (`DecodeErrors`): the count is the frames the CLI outputs.
+
+The builders take an open container; `c3dnet.data.video.Video` opens the file, caches the index and is told of
+every packet and frame (limits, cancellation).
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
 from c3dnet.data.orientation import NONE, Orientation, orientation_of
+from c3dnet.data.records import VideoInfo
 from c3dnet.data.timing import FrameTimes
 from c3dnet.errors import DataError
 
@@ -43,29 +44,7 @@ TIMED_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "prores"
 """Codecs that give one displayed frame per packet. MPEG-4 Part 2 is left out: its packets may hold two frames
 (packed B-frames, as DivX/XviD write them even into Matroska) or none (a not-coded VOP)."""
 
-_CACHE_SIZE = 16384  # videos whose index a process remembers: all of UCF-101 (13,320) fits
-
 _ERR_CORRUPT = "the file is corrupt or truncated: re-download or re-encode it, or remove it (or use --skip-bad)"
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a video (or frame folder) holds.
-
-    Attributes:
-        num_frames: frames, as FFmpeg counts them.
-        fps: average frame rate (0.0 for frame folders: unknown).
-        height, width: frame size as returned: displayed (after autorotation) unless autorotation is off.
-        orientation: the turn applied to the coded frames ('none', 'transpose=clock', 'hflip,vflip', ...).
-        rotation: the display matrix's clockwise rotation in degrees, applied or not (0 without one).
-    """
-
-    num_frames: int
-    fps: float
-    height: int
-    width: int
-    orientation: str = "none"
-    rotation: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +65,8 @@ class VideoIndex:
             (`best_effort_timestamp`, stream time base); None for streams without timestamps.
         last_duration: the last frame's duration (stream time base; 0: unknown).
         time_base: seconds per timestamp unit.
+        errors: packets whose data did not decode (passed over, as the FFmpeg CLI does; counted only). A video
+            with errors is read from the start with slice threads only, never by seeking.
     """
 
     num_frames: int
@@ -100,6 +81,7 @@ class VideoIndex:
     frame_ts: np.ndarray | None = None
     last_duration: int = 0
     time_base: Fraction = Fraction(1, 1)
+    errors: int = 0
 
     def info(self, autorotate: bool = True) -> VideoInfo:
         h, w = self.coded_hw
@@ -114,74 +96,7 @@ class VideoIndex:
         return k if k >= 0 else None
 
 
-class LRUCache(OrderedDict):
-    """A bounded cache, safe to share between threads."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.lock = threading.Lock()
-
-    def put(self, key: object, value: object) -> None:
-        with self.lock:
-            self[key] = value
-            self.move_to_end(key)
-            while len(self) > self.size:
-                self.popitem(last=False)
-
-
-index_cache = LRUCache(_CACHE_SIZE)
-
-
-def file_key(path: Path) -> tuple[str, int, int]:
-    """(path, size, mtime): a rewritten file is indexed again."""
-    try:
-        st = path.stat()
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: video file not found; check the path (and the dataset root)") from e
-    except OSError as e:
-        raise DataError(f"{path}: cannot read this video ({e.strerror or e}); check that the path exists") from e
-    return str(path), st.st_size, st.st_mtime_ns
-
-
-# --------------------------------------------------------------------------------------------------- opening
-
-_decode_threads = 0  # FFmpeg threads per open video; 0 lets FFmpeg choose (one per core)
-
-
-def set_video_threads(n: int) -> None:
-    """FFmpeg's decoding threads per open video in this process (0: FFmpeg's choice)."""
-    global _decode_threads
-    if n < 0:
-        raise ValueError(f"decode threads must be >= 0, got {n}")
-    _decode_threads = int(n)
-
-
-def open_video(path: Path):  # -> (container, stream)
-    """The container and its first video stream, with a decoder set up; `DataError` naming the file if not."""
-    import av
-
-    if not path.exists():
-        raise DataError(f"{path}: video file not found; check the path (and the dataset root)")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: video file is empty (0 bytes); re-download or remove it (or use --skip-bad)")
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable video ({e}); the file is corrupt or not a video: "
-                        "re-download or remove it (or use --skip-bad)") from e
-    if not container.streams.video:
-        container.close()
-        raise DataError(f"{path}: has no video stream; remove it from the dataset (or use --skip-bad)")
-    stream = container.streams.video[0]
-    if stream.codec_context is None:  # FFmpeg found a video stream but has no decoder for its codec
-        container.close()
-        raise DataError(f"{path}: no decoder for this video's codec; re-encode it (e.g. to H.264) or remove it "
-                        "(or use --skip-bad)")
-    stream.thread_type = "AUTO"
-    if _decode_threads:
-        stream.codec_context.thread_count = _decode_threads
-    return container, stream
+# --------------------------------------------------------------------------------------------------- frames
 
 
 def frame_orientation(frame) -> Orientation:
@@ -217,20 +132,6 @@ def _row_bytes(frame, plane_index: int, width: int) -> int:
 # --------------------------------------------------------------------------------------------------- indexing
 
 
-def video_index(path: str | os.PathLike[str], counted: bool = False) -> VideoIndex:
-    """The frame map of a video file (cached per file version); `counted=True` forces the decoding kind."""
-    path = Path(path)
-    key = file_key(path)
-    hit = index_cache.get(key)
-    if hit is not None and (hit.timed is False or not counted):
-        return hit
-    index = None if counted else _timed_index(path)
-    if index is None:
-        index = _counted_index(path)
-    index_cache.put(key, index)
-    return index
-
-
 class PacketTally:
     """Counts a stream's packets as they are demuxed, to tell a complete file from one cut short.
 
@@ -252,14 +153,14 @@ class PacketTally:
             self.first_dts = packet.dts if self.first_dts is None else self.first_dts
             self.last_dts = packet.dts
 
-    def check(self, path: Path, container, stream) -> None:
-        """`DataError` naming `path` when the stream holds less than its header declares."""
+    def check(self, video: object, container, stream) -> None:
+        """`DataError` naming `video` when the stream holds less than its header declares."""
         declared = int(stream.frames or 0)
         held = self.present
         if "avi" in container.format.name.split(",") and self.last_dts is not None:
             held = max(held, self.last_dts - self.first_dts + 1)
         if held < declared:
-            raise DataError(f"{path}: truncated: the container declares {declared} frames but holds only {held}; "
+            raise DataError(f"{video}: truncated: the container declares {declared} frames but holds only {held}; "
                             f"{_ERR_CORRUPT}")
 
 
@@ -268,19 +169,20 @@ def _is_timed_container(container, stream) -> bool:
     return bool(names & set(TIMED_FORMATS)) and stream.codec_context.name in TIMED_CODECS
 
 
-def _timed_index(path: Path) -> VideoIndex | None:
-    """The pts map from one pass over the packets, or None where pts cannot identify frames."""
+def timed_index(container, stream, video) -> VideoIndex | None:
+    """The pts map from one pass over the packets of an open `container`, or None where pts cannot identify
+    frames. `video` (a `c3dnet.data.video.Video`) names the file in errors and is told of every packet."""
     import av
 
-    container, stream = open_video(path)
     try:
         if not _is_timed_container(container, stream):
             return None
         pts, key_pts, key_ts, first_frame, tally = [], [], [], None, PacketTally()
         last_pts, last_duration = None, 0  # the last frame shown, and how long
         for packet in container.demux(stream):
+            video.on_packet()
             if packet.is_corrupt:  # the demuxer flags packets cut short by truncation
-                raise DataError(f"{path}: corrupt or truncated video data at packet {tally.present}; "
+                raise DataError(f"{video}: corrupt or truncated video data at packet {tally.present}; "
                                 f"{_ERR_CORRUPT}")
             if first_frame is None:
                 for frame in packet.decode():  # the display matrix travels with the frames
@@ -300,16 +202,16 @@ def _timed_index(path: Path) -> VideoIndex | None:
         pts_arr = np.asarray(pts, dtype=np.int64)
         if not pts or len(np.unique(pts_arr)) != len(pts_arr):
             return None  # two frames at one pts cannot be told apart by pts
-        tally.check(path, container, stream)
+        tally.check(video, container, stream)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         height, width = stream.codec_context.height, stream.codec_context.width
         time_base = Fraction(stream.time_base or 1)
+    except av.InvalidDataError:
+        return None  # the first frame does not decode: counting by decoding tells what FFmpeg makes of it
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the video's packets ({e}); {_ERR_CORRUPT}") from e
-    finally:
-        container.close()
+        raise DataError(f"{video}: cannot read the video's packets ({e}); {_ERR_CORRUPT}") from e
     if height <= 0 or width <= 0:
-        raise DataError(f"{path}: the video stream has no frame size; {_ERR_CORRUPT}")
+        raise DataError(f"{video}: the video stream has no frame size; {_ERR_CORRUPT}")
     pts_arr.sort()
     keyframes = np.searchsorted(pts_arr, np.asarray(key_pts, dtype=np.int64))
     order = np.argsort(keyframes, kind="stable")  # `keyframe_before` and `_seek` search them sorted
@@ -319,49 +221,73 @@ def _timed_index(path: Path) -> VideoIndex | None:
                       pts_arr, last_duration, time_base)
 
 
-def _counted_index(path: Path) -> VideoIndex:
-    """The frame map from decoding every frame once, in FFmpeg's output order, with checksums and seek points."""
+class DecodeErrors:
+    """Decodes packets as the FFmpeg CLI does: a packet whose data does not decode gives no frame, is counted,
+    and decoding goes on with the next packet (the CLI logs "Error while decoding stream" and goes on)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+
+    def decode(self, packet, frames_so_far: int) -> list:
+        import av
+
+        try:
+            return packet.decode()
+        except av.InvalidDataError as e:
+            self.count += 1
+            if self.first is None:
+                self.first = f"the packet after frame {frames_so_far} does not decode ({e})"
+            return []
+
+
+def counted_index(container, stream, video) -> VideoIndex:
+    """The frame map from decoding every frame of an open `container` once, in FFmpeg's output order, with
+    checksums and seek points.
+
+    Packets whose data does not decode are passed over, as the FFmpeg CLI passes them over: the count is the
+    frames it outputs, and `errors` says how many packets gave none. Decode with slice threads only (frame
+    threads lose the frames in flight when a corrupt packet ends the stream)."""
     import av
 
-    container, stream = open_video(path)
+    errors = DecodeErrors()
     try:
         key_ts, has_ts, tally = [], True, PacketTally()
         checksums, key_positions, orientation, coded_hw = [], [], NONE, None
         times = BestEffortTimestamps()
         for packet in container.demux(stream):
             if packet.is_corrupt:
-                raise DataError(f"{path}: corrupt or truncated video data at packet {tally.present}; "
+                raise DataError(f"{video}: corrupt or truncated video data at packet {tally.present}; "
                                 f"{_ERR_CORRUPT}")
             tally.add(packet)
             if packet.size > 0 and packet.is_keyframe and not packet.is_discard:
                 ts = packet.dts if packet.dts is not None else packet.pts
                 has_ts &= ts is not None
                 key_ts.append(ts if ts is not None else -1)
-            for frame in packet.decode():  # the final, empty packet flushes the decoder
+            for frame in errors.decode(packet, len(checksums)):  # the final, empty packet flushes
+                video.on_frame(frame)
                 if not checksums:
                     orientation, coded_hw = frame_orientation(frame), (frame.height, frame.width)
                 if frame.key_frame:
                     key_positions.append(len(checksums))
                 checksums.append(checksum(frame))
                 times.add(frame.pts, frame.dts, frame.duration)
-        tally.check(path, container, stream)
+        tally.check(video, container, stream)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         time_base = Fraction(stream.time_base or 1)
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: decoding failed at frame {len(checksums)} ({e}); {_ERR_CORRUPT}") from e
-    finally:
-        container.close()
+        raise DataError(f"{video}: decoding failed at frame {len(checksums)} ({e}); {_ERR_CORRUPT}") from e
     if not checksums:
-        raise DataError(f"{path}: no video frames could be decoded; {_ERR_CORRUPT}")
+        raise DataError(f"{video}: no video frames could be decoded; {_ERR_CORRUPT}")
     # The k-th keyframe packet (decode order) holds the k-th keyframe the decoder outputs. Where the counts
     # disagree, or timestamps are missing (raw streams), reading never seeks: it decodes from the start.
-    if has_ts and len(key_ts) == len(key_positions) and key_positions:
+    if has_ts and len(key_ts) == len(key_positions) and key_positions and not errors.count:
         keyframes, seek_ts = np.asarray(key_positions, np.int64), np.asarray(key_ts, np.int64)
     else:
         keyframes, seek_ts = np.zeros(0, np.int64), np.zeros(0, np.int64)
     return VideoIndex(len(checksums), fps, coded_hw, orientation, False, None,
                       np.asarray(checksums, dtype=np.uint32), keyframes, seek_ts, times.array(), times.last_duration,
-                      time_base)
+                      time_base, errors.count)
 
 
 class BestEffortTimestamps:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from c3dnet.data import sampling
-from c3dnet.data.timing import FrameTimes
+from c3dnet.data.decode import FrameCountChanged, as_source, iter_frames, video_times
+from c3dnet.data.timing import FrameTimes, resample
 from c3dnet.data.transforms import center_offsets
 from c3dnet.errors import DataError
 from c3dnet.log import get_logger
@@ -57,8 +58,6 @@ class ClipPlan:
     @classmethod
     def of(cls, video: str | os.PathLike[str], num_frames: int, preprocess: Preprocess, stride: int,
            fps: Fraction | None = None, source_fps: Fraction | None = None) -> ClipPlan:
-        from c3dnet.data.timing import resample, video_times
-
         if fps is None:
             try:
                 times = video_times(video, source_fps)
@@ -134,9 +133,7 @@ def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: in
     frames than a clip) wrap around, as `sampling.clip_indices` does. `indices` (num_clips, T) gives the clips'
     source frames instead of the sliding clips (`ClipPlan.indices`, e.g. sampled at a fixed fps).
     """
-    from c3dnet.data.decode import ArrayVideo, iter_frames
-
-    path = path if isinstance(path, ArrayVideo) else Path(path)
+    path = as_source(path)
     if indices is None:
         starts = clip_starts(num_frames, preprocess, stride)
         indices = sampling.clip_indices(starts, num_frames, preprocess.clip_len, preprocess.frame_interval)
@@ -157,8 +154,8 @@ def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: in
                         del buffer[old]
             j += 1
     if k != len(idx):
-        raise DataError(f"{path}: decoded {j} frames but the container lists {num_frames}; the file is corrupt "
-                        "or truncated: re-encode or remove it (or use --skip-bad)")
+        raise FrameCountChanged(f"{path}: FFmpeg decodes {j} of the {num_frames} frames its container lists "
+                                "(corrupt data); count its frames again and plan the clips from that count")
 
 
 def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
