@@ -81,3 +81,13 @@ def test_ddp_training_matches_one_process(dataset: Path, tmp_path: Path) -> None
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     assert two["best_val_top1"] == one["best_val_top1"]
+
+    # The epoch's mean loss is over every clip of every process: the same whatever the world size.
+    def epochs(run: str) -> list[dict]:
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in records if r["kind"] == "epoch"]
+
+    assert [r["clips"] for r in epochs("two")] == [r["clips"] for r in epochs("one")] == [12, 12]
+    assert [r["loss"] for r in epochs("two")] == pytest.approx([r["loss"] for r in epochs("one")], rel=1e-5)
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-5) and two["final_loss"] == \
+        epochs("two")[-1]["loss"]

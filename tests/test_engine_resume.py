@@ -62,6 +62,10 @@ def test_sigkill_in_second_epoch_then_resume_is_exact(tmp_path: Path) -> None:
         return [{k: v for k, v in json.loads(line).items() if k not in ("clips_per_s", "data_wait")} for line in lines]
 
     assert records("resumed") == records("straight")  # no duplicated or missing iterations, same losses
+    # Epoch 2 was cut at iteration 6: its mean still covers all 4 of its iterations (the sums are in the state).
+    epochs = [r for r in records("resumed") if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["clips"]) for r in epochs] == [(1, 16), (2, 16), (3, 16)]
+    assert resumed.final_loss == straight.final_loss == epochs[-1]["loss"]
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path: Path) -> None:

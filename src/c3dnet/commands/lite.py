@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     top1 = result.last_val.get("top1") if result.last_val else None
     val = f"val top-1 {100 * top1:.1f}%" if top1 is not None else "no validation"
     step(2, "train", f"{cfg.model.clip_len}x{cfg.model.crop_size}x{cfg.model.crop_size} clips, {result.epochs} "
-         f"epoch, {result.iterations} iterations, final loss {result.final_loss:.3f}, {val} -> {weights}", t0,
+         f"epoch, {result.iterations} iterations, mean loss {result.final_loss:.3f}, {val} -> {weights}", t0,
          iterations=result.iterations, final_loss=result.final_loss, val_top1=top1,
          parameters=sum(p.numel() for p in result.model.parameters()))
 

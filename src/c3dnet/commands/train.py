@@ -90,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             best = f", best validation top-1 {100 * result.best_top1:.2f}% (epoch {result.best_epoch})" \
                 if result.best_top1 is not None else ""
-            print(f"trained {result.epochs} epochs ({result.iterations} iterations), final loss "
+            print(f"trained {result.epochs} epochs ({result.iterations} iterations), last epoch's mean loss "
                   f"{result.final_loss:.4f}{best}; weights: {result.last_path}")
     return 0

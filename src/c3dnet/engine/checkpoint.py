@@ -4,7 +4,8 @@
 ordinary native weight files (`c3d test --weights`, `c3dnet.weights.load_model`). `<work_dir>/last.state.pt`
 (epoch ends and every `train.checkpoint_every` iterations) holds everything `--resume` needs in one file, so
 nothing can disagree: model and optimiser tensors (SGD momentum), the iteration (which fixes the epoch and
-the learning rate), the best metric and the RNG states of python, numpy, torch and CUDA of every rank.
+the learning rate), the best metric, the current epoch's loss sums (so that a run resumed mid-epoch logs the
+epoch's mean over all of it) and the RNG states of python, numpy, torch and CUDA of every rank.
 There is no gradient-scaler state: CUDA runs bf16 autocast, whose range needs no loss scaling.
 Every file is written atomically (temporary file, fsync, rename): a crash at any moment leaves the previous
 complete checkpoint. The training loop copies the tensors to the host and leaves the writing to a thread, so
@@ -14,19 +15,22 @@ the disk does not hold up training. The state holds only tensors, numbers, strin
 
 from __future__ import annotations
 
+import contextlib
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from c3dnet.engine.distributed import DistInfo, all_gather_objects, barrier
 from c3dnet.errors import WeightsError
 from c3dnet.fileio import atomic_write
 
 if TYPE_CHECKING:
+    from c3dnet.engine.config import TrainConfig
     from c3dnet.model import C3D, C3DConfig
     from c3dnet.preprocess import Preprocess
 
@@ -175,3 +179,107 @@ class AsyncCheckpointer:
                 self._pool.shutdown(wait=True)
                 self._pool = None
             self._pending = []
+
+
+@dataclass
+class EpochSums:
+    """The running sums of the epoch in progress, over every clip of every process: the epoch's mean loss is
+    `loss / clips` whatever the number of processes, the batch split or where a resume came in."""
+
+    loss: float = 0.0  # sum of the clips' cross-entropy losses
+    correct: float = 0.0  # clips whose top-1 was right
+    clips: int = 0
+
+    def add(self, loss: float, correct: float, clips: int) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.clips += clips
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / self.clips if self.clips else float("nan")
+
+    @property
+    def top1(self) -> float:
+        return self.correct / self.clips if self.clips else float("nan")
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a resume restores besides the tensors and the RNG states."""
+
+    iteration: int = 0
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    last_val: dict[str, Any] | None = None
+    epoch: EpochSums = field(default_factory=EpochSums)
+
+
+def describe_state(path: Path) -> str:
+    """`path (iteration N: epoch E/EPOCHS, ...)`, read without loading the tensors; the bare path if the file
+    cannot be read."""
+    with contextlib.suppress(Exception):  # a message about another failure must not fail itself
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        iteration, per_epoch = int(state["iteration"]), int(state["iters_per_epoch"])
+        epochs = int(state["config"]["optim"]["epochs"])
+        epoch, done = divmod(iteration, per_epoch)
+        where = f"end of epoch {epoch}/{epochs}" if done == 0 else \
+            f"epoch {epoch + 1}/{epochs}, {done} of its {per_epoch} iterations done"
+        return f"{path} (iteration {iteration}: {where})"
+    return str(path)
+
+
+class Checkpoints:
+    """A run's checkpoint files, written by an `AsyncCheckpointer` on rank 0 (every rank's RNG state is gathered).
+
+    `last.state.pt` (epoch ends and every `train.checkpoint_every` iterations: all a resume needs), with
+    `last.safetensors` at epoch ends, and `best.safetensors` when validation improves.
+    """
+
+    def __init__(self, work_dir: Path, cfg: TrainConfig, iters_per_epoch: int, dist_info: DistInfo) -> None:
+        self.work_dir, self.cfg, self.iters_per_epoch, self.dist = work_dir, cfg, iters_per_epoch, dist_info
+        self.state_path = work_dir / "last.state.pt"
+        self.writer = AsyncCheckpointer()
+
+    def save(self, model: C3D, optimizer: torch.optim.Optimizer, progress: Progress, model_file: bool = True) -> None:
+        """The training state, and (with `model_file`, at epoch ends) the native weights of `model`."""
+        rng = all_gather_objects(rng_state())
+        if self.dist.is_main:
+            snapshot = ModelSnapshot.of(model)  # one host copy of the weights for both files
+            if model_file:
+                extra = {"epoch": progress.iteration // self.iters_per_epoch, "iteration": progress.iteration,
+                         "val": progress.last_val}
+                self.writer.save_model(snapshot, self.work_dir / "last.safetensors", extra)
+            e = progress.epoch
+            self.writer.save_state(self.state_path, {
+                "model": snapshot.state,
+                "optimizer": host_copy(optimizer.state_dict()),
+                "iteration": progress.iteration,
+                "iters_per_epoch": self.iters_per_epoch,
+                "best_top1": progress.best_top1,
+                "best_epoch": progress.best_epoch,
+                "last_val": progress.last_val,
+                "epoch_sums": [e.loss, e.correct, e.clips],
+                "rng": rng,
+                "config": self.cfg.to_dict(),
+            })
+        barrier()
+
+    def save_best(self, model: C3D, extra: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.writer.save_model(model, self.work_dir / "best.safetensors", extra)
+
+    def check(self) -> None:
+        """Re-raise the error of a write that has failed (a full disk, say), without waiting."""
+        self.writer.check()
+
+    def last_good(self) -> str:
+        """Where to go on from after a failure: the checkpoint on disk (once its writes are done), or none."""
+        with contextlib.suppress(Exception):  # a failed write is reported by `check`, not here
+            self.writer.wait()
+        if self.state_path.is_file():
+            return f"The last good checkpoint is {describe_state(self.state_path)} (resume from it with --resume)"
+        return f"No checkpoint was written yet in {self.work_dir}: start again (without --resume)"
+
+    def close(self, raise_errors: bool = True) -> None:
+        self.writer.close(raise_errors)

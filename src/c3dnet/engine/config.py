@@ -36,9 +36,15 @@ _MODEL, _PRE = C3DConfig(), Preprocess()  # each default lives in its dataclass;
 
 @dataclass
 class ModelSection:
-    """Architecture (see `C3DConfig`); `variant` names the temporal depths: d1, d3, d5, d7, increasing, ..."""
+    """Architecture (see `C3DConfig`); `variant` names the temporal depths: d1, d3, d5, d7, increasing, ...
+
+    `num_classes` is for annotation lists without a class file, whose class count is otherwise the largest label
+    + 1: it declares the count (every label must be below it), and lifts the bound on implied counts
+    (`c3dnet.engine.trainset.MAX_IMPLIED_CLASSES`). With a class list it must agree with the list.
+    """
 
     variant: str = "d3"
+    num_classes: int | None = None
     width_mult: float = _MODEL.width_mult
     fc_dim: int = _MODEL.fc_dim
     clip_len: int = _MODEL.clip_len
@@ -66,7 +72,9 @@ class DataSection:
     seed's loader does); `num_clips` is the test protocol's clips per video; `autorotate` turns video frames as
     their display matrix says (FFmpeg's default; false keeps the coded orientation); `fps` samples every video at
     that frame rate by presentation time before clips are chosen (null: its own frames; `c3d test --fps` and
-    `c3d predict --fps` then match training), `source_fps` is the rate of frame folders without timestamps."""
+    `c3d predict --fps` then match training), `source_fps` is the rate of frame folders without timestamps.
+    `val_fraction` > 0 holds out that share of each class's training videos (a fixed choice by path) as the
+    validation set, never trained on; 0 validates on the dataset's test subset, the seed's protocol."""
 
     split: int = 1
     batch_size: int = 32
@@ -79,6 +87,7 @@ class DataSection:
     autorotate: bool = True
     fps: float | str | None = None
     source_fps: float | str | None = None
+    val_fraction: float = 0.0
 
     def rates(self) -> tuple[Fraction | None, Fraction | None]:
         """`fps` and `source_fps` as exact fractions (None when not set)."""
@@ -209,6 +218,11 @@ class TrainConfig:
             (d.workers == "auto" or d.workers <= 1024, "data.workers must be <= 1024"),
             (d.num_clips <= 1000, "data.num_clips must be <= 1000"),
             (1 <= d.split <= 100, "data.split must be in 1 .. 100"),
+            (0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1) (0: validate on the test subset)"),
+            (d.val_fraction == 0 or t.val_every > 0,
+             "data.val_fraction holds out training videos for validation, but train.val_every is 0; set "
+             "train.val_every >= 1, or data.val_fraction=0 to train on every video"),
+            (m.num_classes is None or 1 <= m.num_classes <= 10_000_000, "model.num_classes must be in 1 .. 10000000"),
             (0 < m.width_mult <= 16, "model.width_mult must be in (0, 16]"),
             (1 <= m.fc_dim <= 65_536, "model.fc_dim must be in 1 .. 65536"),
             (1 <= m.clip_len <= 1024, "model.clip_len must be in 1 .. 1024"),

@@ -62,9 +62,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed over every rank (in place; the tensor itself when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+    return values

@@ -15,7 +15,6 @@ same batches, the same masks and the same learning rates, so it ends with the sa
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from c3dnet.data.samplers import EpochBatches, EpochDataset, ResumableSampler
-from c3dnet.data.sources import Source, load_source
+from c3dnet.data.sources import load_source
 from c3dnet.engine import checkpoint as ckpt
+from c3dnet.engine.checkpoint import Checkpoints, Progress
 from c3dnet.engine.config import TrainConfig, explicit_keys, load_config
-from c3dnet.engine.device import autocast, configure_for, loader_workers, prepare_model, select_device
+from c3dnet.engine.device import autocast, configure_for, prepare_model, select_device
 from c3dnet.engine.distributed import (
     DistInfo,
-    all_reduce_mean,
+    all_reduce_sum,
     barrier,
     cleanup_distributed,
     init_distributed,
@@ -42,6 +41,7 @@ from c3dnet.engine.evaluate import EvalResult, evaluate
 from c3dnet.engine.reports import MetricsLog
 from c3dnet.engine.runner import ClipRunner, Compiled, Prefetcher
 from c3dnet.engine.schedule import LRSchedule
+from c3dnet.engine.trainset import build_loaders, class_names_for
 from c3dnet.errors import C3DError, ConfigError
 from c3dnet.fileio import atomic_write_text
 from c3dnet.log import get_logger, progress_bar
@@ -64,7 +64,7 @@ class TrainResult:
     best_top1: float | None
     best_epoch: int | None
     last_val: dict[str, float | int] | None
-    final_loss: float
+    final_loss: float  # the last epoch's mean training loss over all its clips (not its last batch's)
     model: C3D = field(repr=False)
 
     @property
@@ -74,48 +74,6 @@ class TrainResult:
     @property
     def best_path(self) -> Path:
         return self.work_dir / "best.safetensors"
-
-
-@dataclass
-class _Loaders:
-    train: torch.utils.data.DataLoader
-    train_batches: EpochBatches
-    val: torch.utils.data.DataLoader | None
-    class_names: list[str]
-
-
-def _loaders(cfg: TrainConfig, source: Source, data: str | Path, dist_info: DistInfo,
-             device: torch.device) -> _Loaders:
-    from c3dnet.data.dataset import ClipDataset, worker_init_fn
-
-    d = cfg.data
-    preprocess = cfg.preprocess_record()
-    workers = loader_workers(d.workers, device)
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
-    fps, source_fps = d.rates()
-    train_set = ClipDataset(source.records, "train", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad,
-                            autorotate=d.autorotate, fps=fps, source_fps=source_fps)
-    sampler = ResumableSampler(len(train_set), True, cfg.train.seed, dist_info.rank, dist_info.world_size)
-    # One loader iterator serves the whole run (see EpochBatches), and the epoch travels with each index: every
-    # sample's augmentation stays keyed by (seed, epoch, index) whatever the worker.
-    # The private generator keeps the DataLoader from drawing on the global torch RNG (dropout's).
-    batches = EpochBatches(sampler, d.batch_size, d.drop_last, cfg.optim.epochs)
-    train_loader = torch.utils.data.DataLoader(EpochDataset(train_set), batch_sampler=batches,
-                                               generator=torch.Generator().manual_seed(cfg.train.seed), **common)
-    if len(train_loader) == 0:
-        raise ConfigError(f"{data}: {len(train_set)} training videos give no full batch of {d.batch_size} per "
-                          f"process; lower data.batch_size or set data.drop_last=false")
-    val_loader = None
-    if cfg.train.val_every > 0:
-        val_source = load_source(data, "test", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
-        val_set = ClipDataset(val_source.records, "val", preprocess, seed=cfg.train.seed, skip_bad=d.skip_bad,
-                              autorotate=d.autorotate, fps=fps, source_fps=source_fps)
-        val_sampler = ResumableSampler(len(val_set), False, 0, dist_info.rank, dist_info.world_size)
-        val_loader = torch.utils.data.DataLoader(
-            val_set, batch_size=d.val_batch_size, sampler=val_sampler, persistent_workers=workers > 0,
-            generator=torch.Generator(), **common,
-        )
-    return _Loaders(train_loader, batches, val_loader, source.class_names)
 
 
 ARCHITECTURE = ("variant", "width_mult", "fc_dim", "pool5", "clip_len", "crop_size")
@@ -203,7 +161,8 @@ def train(
 
     Args:
         config: a `TrainConfig`, a YAML path, or None for the seed's recipe.
-        data: any source `c3dnet.data.sources.load_source` reads; its test subset is the validation set.
+        data: any source `c3dnet.data.sources.load_source` reads; its test subset is the validation set, unless
+            `data.val_fraction` holds out a share of the training videos instead (`c3dnet.engine.trainset`).
         weights: optional pretrained weights (any format `load_model` reads); the head is re-initialised
             when the class count differs.
         work_dir: where checkpoints, metrics, plots and the resolved config go.
@@ -233,15 +192,16 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     state_path = _check_work_dir(work_dir, resume, overwrite, main)
     d = cfg.data
     source = load_source(data, "train", split=d.split, splits_dir=d.splits_dir, skip_bad=d.skip_bad)
+    class_names = class_names_for(source, data, cfg)  # checked before a model of that many classes is built
     torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
     if weights is None:
-        model = C3D(cfg.model_config(len(source.class_names)), cfg.preprocess_record(), source.class_names)
+        model = C3D(cfg.model_config(len(class_names)), cfg.preprocess_record(), class_names)
     else:
-        model, cfg = _pretrained(weights, source.class_names, cfg, explicit if explicit is not None else set())
+        model, cfg = _pretrained(weights, class_names, cfg, explicit if explicit is not None else set())
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(work_dir / "config.yaml", cfg.to_yaml())  # the recipe trained, weights' fields filled in
-    loaders = _loaders(cfg, source, data, dist_info, device)
+    loaders = build_loaders(cfg, source, data, dist_info, device)
     prepare_model(model, device, cfg.train.channels_last)
     optimizer = _optimizer(model, cfg)
     iters_per_epoch, epochs = len(loaders.train), cfg.optim.epochs
@@ -250,7 +210,7 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
     progress = Progress()
     torch.manual_seed(cfg.train.seed + dist_info.rank)  # dropout masks differ between ranks
     if resume:
-        progress = _resume(state_path, model, optimizer, iters_per_epoch, dist_info)
+        progress = _resume(state_path, model, optimizer, iters_per_epoch, dist_info, epochs)
         metrics.resume(progress.iteration)
     metrics.open_tensorboard(progress.iteration if resume else None)
 
@@ -276,7 +236,7 @@ def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_
             val_due = cfg.train.val_every > 0 and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == epochs)
             if val_due and loaders.val is not None:
                 _record_validation(validate(model, loaders.val, device, amp, cfg), epoch, progress, metrics,
-                                   checkpoints, model)
+                                   checkpoints, model, loaders.val_name)
             checkpoints.save(model, optimizer, progress)
             if main:
                 metrics.flush()
@@ -342,18 +302,8 @@ def _network(model: C3D, cfg: TrainConfig, device: torch.device, dist_info: Dist
     return net
 
 
-@dataclass
-class Progress:
-    """Where a run stands: what a resume restores besides the tensors and the RNG states."""
-
-    iteration: int = 0
-    best_top1: float | None = None
-    best_epoch: int | None = None
-    last_val: dict[str, Any] | None = None
-
-
 def _resume(state_path: Path, model: C3D, optimizer: torch.optim.Optimizer, iters_per_epoch: int,
-            dist_info: DistInfo) -> Progress:
+            dist_info: DistInfo, epochs: int) -> Progress:
     state = ckpt.load_state(state_path)
     if state["iters_per_epoch"] != iters_per_epoch:
         raise ConfigError(f"{state_path}: saved with {state['iters_per_epoch']} iterations per epoch, now "
@@ -362,8 +312,21 @@ def _resume(state_path: Path, model: C3D, optimizer: torch.optim.Optimizer, iter
     optimizer.load_state_dict(state["optimizer"])
     ckpt.set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
     progress = Progress(state["iteration"], state["best_top1"], state["best_epoch"], state["last_val"])
-    log.info("resumed from %s at epoch %d, iteration %d", state_path, progress.iteration // iters_per_epoch,
-             progress.iteration)
+    epoch, done = divmod(progress.iteration, iters_per_epoch)
+    if "epoch_sums" in state:
+        progress.epoch = ckpt.EpochSums(*state["epoch_sums"])
+    elif done:
+        log.warning("%s: written by an older c3dnet without the epoch's loss sums; epoch %d's mean loss will cover "
+                    "its last %d iterations only", state_path, epoch + 1, iters_per_epoch - done)
+    # Epochs are counted from 1, as in the epoch lines that follow.
+    if progress.iteration >= epochs * iters_per_epoch:
+        where = f"after its last epoch ({epochs}/{epochs}): nothing is left to train"
+    elif done == 0:
+        where = f"at the start of epoch {epoch + 1}/{epochs}"
+    else:
+        where = f"in epoch {epoch + 1}/{epochs}, {done} of its {iters_per_epoch} iterations done"
+    log.info("resumed from %s %s (iteration %d of %d)", state_path, where, progress.iteration,
+             epochs * iters_per_epoch)
     return progress
 
 
@@ -381,12 +344,15 @@ class Step:
     clip_grad_norm: float
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, iteration: int) -> tuple[float, torch.Tensor]:
-        """One SGD step at `iteration`'s learning rate; returns the lr and (loss, batch accuracy) on the device."""
+        """One SGD step at `iteration`'s learning rate; returns the lr and this process's (sum of the clips'
+        losses, clips right, clips) as float64 on the device: sums, so that they add up across processes."""
         lr = self.schedule.apply(self.optimizer, iteration)
         with autocast(self.device, self.amp):
             logits = self.net(x)
         loss = F.cross_entropy(logits.float(), y)
-        stats = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
+        clips = y.shape[0]
+        stats = torch.stack([loss.detach().double() * clips, (logits.detach().argmax(1) == y).double().sum(),
+                             torch.tensor(clips, dtype=torch.float64, device=y.device)])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip_grad_norm:
@@ -398,16 +364,17 @@ class Step:
 def train_one_epoch(step: Step, batches: Prefetcher, epoch: int, progress: Progress, iters_per_epoch: int,
                     cfg: TrainConfig, metrics: MetricsLog, checkpoints: Checkpoints, dist_info: DistInfo,
                     bar: Any = None) -> float:
-    """Train epoch `epoch` from `progress.iteration` (mid-epoch after a resume) to its end; returns the last loss.
+    """Train epoch `epoch` from `progress.iteration` (mid-epoch after a resume) to its end; returns the epoch's
+    mean loss over all its clips (every process's, the iterations before a resume included).
 
-    Logs every `train.log_every` iterations and checkpoints every `train.checkpoint_every` (mid-epoch states;
-    the epoch's end is the caller's). A loss that is not finite stops the run: the weights are bad in memory,
-    never on disk.
+    Every `train.log_every` iterations a "train" record (and the progress bar) gets the mean over those
+    iterations' clips; the epoch's end gets an "epoch" record and a log line with the epoch's mean. Checkpoints
+    every `train.checkpoint_every` iterations (mid-epoch states, with the epoch's sums so far; the epoch's end is
+    the caller's). A loss that is not finite stops the run: the weights are bad in memory, never on disk.
     """
     step.net.train()
     done = progress.iteration - epoch * iters_per_epoch  # batches of this epoch already trained (resume)
     window = _Window()
-    loss_value = float("nan")
     tick = time.perf_counter()
     while done < iters_per_epoch:
         checkpoints.check()
@@ -416,22 +383,23 @@ def train_one_epoch(step: Step, batches: Prefetcher, epoch: int, progress: Progr
         # While the GPU runs this step: the next batch's copy and normalisation on a side stream. Only then
         # wait for the step's loss, so the GPU goes straight on to the next step.
         data_time += batches.prefetch()
-        loss_local, correct = stats.tolist()  # one device-to-host copy for both numbers
-        loss_value = all_reduce_mean(loss_local, step.device)
-        if not math.isfinite(loss_value):
+        loss_sum, correct, clips = all_reduce_sum(stats).tolist()  # every process's clips; one copy to the host
+        clips = int(clips)
+        if not math.isfinite(loss_sum):
             raise NonFiniteLossError(
-                f"the training loss is {loss_value} at epoch {epoch + 1}, iteration {progress.iteration}; stopped. "
-                f"{checkpoints.last_good()}: lower optim.lr (or keep optim.clip_grad_norm set)"
+                f"the training loss is {loss_sum / clips} at epoch {epoch + 1}, iteration {progress.iteration}; "
+                f"stopped. {checkpoints.last_good()}: lower optim.lr (or keep optim.clip_grad_norm set)"
             )
         progress.iteration += 1
         done += 1
-        window.add(loss_value, correct, y.shape[0] * dist_info.world_size, data_time, time.perf_counter() - tick)
+        progress.epoch.add(loss_sum, correct, clips)
+        window.add(loss_sum, correct, clips, data_time, time.perf_counter() - tick)
         if progress.iteration % cfg.train.log_every == 0 or done == iters_per_epoch:
             summary = window.summary()
             metrics.log({"kind": "train", "epoch": epoch + 1, "iteration": progress.iteration, "lr": lr, **summary})
             if bar is not None:
-                bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{lr:.2e}",
-                                clips_s=f"{summary['clips_per_s']:.1f}", data_wait=f"{summary['data_wait']:.0%}")
+                bar.set_postfix_str(f"loss={summary['loss']:.3f} (mean of the last {window.n} it), lr={lr:.2e}, "
+                                    f"clips/s={summary['clips_per_s']:.1f}, data wait={summary['data_wait']:.0%}")
             window = _Window()
         if bar is not None:
             bar.update(1)
@@ -441,10 +409,13 @@ def train_one_epoch(step: Step, batches: Prefetcher, epoch: int, progress: Progr
             if dist_info.is_main:
                 metrics.flush()
         tick = time.perf_counter()
+    sums, progress.epoch = progress.epoch, ckpt.EpochSums()
+    metrics.log({"kind": "epoch", "epoch": epoch + 1, "iteration": progress.iteration, "loss": sums.mean_loss,
+                 "top1": sums.top1, "clips": sums.clips})
     if dist_info.is_main:
-        log.info("epoch %d/%d: loss %.4f, lr %.3g", epoch + 1, cfg.optim.epochs, loss_value,
-                 step.schedule.lr(progress.iteration - 1))
-    return loss_value
+        log.info("epoch %d/%d: mean loss %.4f over its %d clips (train top-1 %.4f), lr %.3g", epoch + 1,
+                 cfg.optim.epochs, sums.mean_loss, sums.clips, sums.top1, step.schedule.lr(progress.iteration - 1))
+    return sums.mean_loss
 
 
 def validate(model: C3D, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool,
@@ -457,74 +428,19 @@ def validate(model: C3D, loader: torch.utils.data.DataLoader, device: torch.devi
 
 
 def _record_validation(result: EvalResult, epoch: int, progress: Progress, metrics: MetricsLog,
-                       checkpoints: Checkpoints, model: C3D) -> None:
+                       checkpoints: Checkpoints, model: C3D, val_name: str) -> None:
     progress.last_val = result.metrics()
     metrics.log({"kind": "val", "epoch": epoch + 1, "iteration": progress.iteration, **progress.last_val})
-    log.info("epoch %d validation (1 centre clip per video, %d videos): top-1 %.4f, top-5 %.4f, mean class %.4f",
-             epoch + 1, result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
+    log.info("epoch %d validation on %s (1 centre clip per video, %d videos): top-1 %.4f, top-5 %.4f, mean class "
+             "%.4f", epoch + 1, val_name, result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
     if progress.best_top1 is None or result.top1 > progress.best_top1:
         progress.best_top1, progress.best_epoch = result.top1, epoch + 1
-        checkpoints.save_best(model, {"epoch": epoch + 1, "iteration": progress.iteration, "val": progress.last_val})
-
-
-class Checkpoints:
-    """A run's checkpoint files, written by an `AsyncCheckpointer` on rank 0 (every rank's RNG state is gathered).
-
-    `last.state.pt` (epoch ends and every `train.checkpoint_every` iterations: all a resume needs), with
-    `last.safetensors` at epoch ends, and `best.safetensors` when validation improves.
-    """
-
-    def __init__(self, work_dir: Path, cfg: TrainConfig, iters_per_epoch: int, dist_info: DistInfo) -> None:
-        self.work_dir, self.cfg, self.iters_per_epoch, self.dist = work_dir, cfg, iters_per_epoch, dist_info
-        self.state_path = work_dir / "last.state.pt"
-        self.writer = ckpt.AsyncCheckpointer()
-
-    def save(self, model: C3D, optimizer: torch.optim.Optimizer, progress: Progress, model_file: bool = True) -> None:
-        """The training state, and (with `model_file`, at epoch ends) the native weights of `model`."""
-        from c3dnet.engine.distributed import all_gather_objects
-
-        rng = all_gather_objects(ckpt.rng_state())
-        if self.dist.is_main:
-            snapshot = ckpt.ModelSnapshot.of(model)  # one host copy of the weights for both files
-            if model_file:
-                extra = {"epoch": progress.iteration // self.iters_per_epoch, "iteration": progress.iteration,
-                         "val": progress.last_val}
-                self.writer.save_model(snapshot, self.work_dir / "last.safetensors", extra)
-            self.writer.save_state(self.state_path, {
-                "model": snapshot.state,
-                "optimizer": ckpt.host_copy(optimizer.state_dict()),
-                "iteration": progress.iteration,
-                "iters_per_epoch": self.iters_per_epoch,
-                "best_top1": progress.best_top1,
-                "best_epoch": progress.best_epoch,
-                "last_val": progress.last_val,
-                "rng": rng,
-                "config": self.cfg.to_dict(),
-            })
-        barrier()
-
-    def save_best(self, model: C3D, extra: dict[str, Any]) -> None:
-        if self.dist.is_main:
-            self.writer.save_model(model, self.work_dir / "best.safetensors", extra)
-
-    def check(self) -> None:
-        """Re-raise the error of a write that has failed (a full disk, say), without waiting."""
-        self.writer.check()
-
-    def last_good(self) -> str:
-        """Where to go on from after a failure: the checkpoint on disk (once its writes are done), or none."""
-        with contextlib.suppress(Exception):  # a failed write is reported by `check`, not here
-            self.writer.wait()
-        if self.state_path.is_file():
-            return f"The last good checkpoint is {self.state_path} (resume from it with --resume)"
-        return f"No checkpoint was written yet in {self.work_dir}: start again (without --resume)"
-
-    def close(self, raise_errors: bool = True) -> None:
-        self.writer.close(raise_errors)
+        checkpoints.save_best(model, {"epoch": epoch + 1, "iteration": progress.iteration, "val": progress.last_val,
+                                      "val_set": val_name})
 
 
 class _Window:
-    """Running sums over the iterations between two log lines."""
+    """Running sums over the iterations between two log lines (losses and right answers summed over clips)."""
 
     def __init__(self) -> None:
         self.n = self.clips = 0
@@ -539,10 +455,11 @@ class _Window:
         self.total_time += total_time
 
     def summary(self) -> dict[str, float]:
-        n = max(self.n, 1)
+        clips = max(self.clips, 1)
         return {
-            "loss": self.loss / n,
-            "top1": self.correct / n,
+            "loss": self.loss / clips,
+            "top1": self.correct / clips,
+            "clips": self.clips,
             "clips_per_s": self.clips / max(self.total_time, 1e-9),
             "data_wait": self.data_time / max(self.total_time, 1e-9),
         }
