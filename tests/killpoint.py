@@ -43,11 +43,16 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
+def child_command(args: list[str], target: str, condition: str, marker: Path) -> list[str]:
+    """The command line of `start`'s child (also a program for torchrun --no-python to launch)."""
+    return [sys.executable, "-c", _CHILD, target, str(marker), condition, *map(str, args)]
+
+
 def start(args: list[str], target: str, condition: str, marker: Path, env: dict[str, str]) -> subprocess.Popen:
     """The child `c3d ARGS`, stopping once a completed call to `target` makes `condition` true; `condition` is a
     Python expression over `calls` (completed calls so far) and `args` (the call's arguments)."""
-    cmd = [sys.executable, "-c", _CHILD, target, str(marker), condition, *map(str, args)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(child_command(args, target, condition, marker), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
 
 
 def kill_at_marker(proc: subprocess.Popen, marker: Path, timeout: float = 240) -> None:

@@ -1,16 +1,27 @@
-"""Distributed runs under torchrun: process-group set-up from the environment, gathers and reductions.
+"""Distributed runs under torchrun: process-group set-up from the environment, gathers and reductions, and what
+a lost process means.
 
-The same code runs single-process (world size 1) when torchrun's variables are absent.
+The same code runs single-process (world size 1) when torchrun's variables are absent. On several nodes each
+node runs torchrun with the same `--nnodes`, `--nproc_per_node`, rendezvous address and command; when a process
+or a node dies, the collectives of the others fail (gloo: "Connection reset by peer", NCCL: a watchdog error or a
+timeout), and `is_peer_loss` tells such an error from the others.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from c3dnet.errors import C3DError
+
+
+class PeerLostError(C3DError):
+    """Another process of a distributed run died or became unreachable: every process stops."""
 
 
 @dataclass(frozen=True)
@@ -67,3 +78,28 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(values)
     return values
+
+
+def restart_count() -> int:
+    """How often torchrun has restarted this run's processes (`--max-restarts`); 0 on the first attempt."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+_LOST = re.compile(r"connection (reset|closed|refused)|broken pipe|closed by peer|nccl error|communicator was aborted",
+                   re.IGNORECASE)
+
+
+def is_peer_loss(error: BaseException) -> bool:
+    """Whether `error`, raised by a collective, means another process is gone: torch's `DistError` family
+    (backend, network and store errors) or a backend's `RuntimeError` about a dropped connection."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and bool(_LOST.search(str(error)))
+
+
+def peer_loss_reason(error: BaseException) -> str:
+    """The backend's first sentence, on one line: without its C++ source location, its advice or its traceback
+    (gloo: "Connection closed by peer [127.0.0.1]:5010")."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return re.split(r"\.\s", text, maxsplit=1)[0][:200]

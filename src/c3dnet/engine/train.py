@@ -32,10 +32,14 @@ from c3dnet.engine.config import TrainConfig, explicit_keys, load_config
 from c3dnet.engine.device import autocast, configure_for, prepare_model, select_device
 from c3dnet.engine.distributed import (
     DistInfo,
+    PeerLostError,
     all_reduce_sum,
     barrier,
     cleanup_distributed,
     init_distributed,
+    is_peer_loss,
+    peer_loss_reason,
+    restart_count,
 )
 from c3dnet.engine.evaluate import EvalResult, evaluate
 from c3dnet.engine.reports import MetricsLog
@@ -166,7 +170,8 @@ def train(
         weights: optional pretrained weights (any format `load_model` reads); the head is re-initialised
             when the class count differs.
         work_dir: where checkpoints, metrics, plots and the resolved config go.
-        resume: continue from `<work_dir>/last.state.pt` exactly where it stopped.
+        resume: continue from `<work_dir>/last.state.pt` exactly where it stopped. When torchrun restarts the
+            processes (`--max-restarts`), a restarted run resumes from that file by itself.
         device: "auto", "cpu" or "cuda"; under torchrun each process takes its LOCAL_RANK GPU.
         overrides: `section.key=value` strings applied on top of `config`.
         overwrite: start afresh in a work dir that holds an earlier run, deleting that run's files (`RUN_FILES`)
@@ -174,14 +179,38 @@ def train(
 
     Returns:
         A `TrainResult`; `<work_dir>/last.safetensors` and `best.safetensors` hold the weights.
+
+    Raises:
+        PeerLostError: under torchrun, another process or node died: one line naming the last checkpoint.
     """
     cfg = _as_config(config, overrides)
+    work_dir = Path(work_dir)
     dist_info = init_distributed(device)
+    if restart_count() > 0 and not resume:
+        # torchrun restarted the processes after a failure: this run's own files are in the work dir.
+        resume = (work_dir / "last.state.pt").is_file()
+        overwrite = overwrite or not resume
+        log.warning("torchrun restart %d: %s", restart_count(), f"resuming from {work_dir / 'last.state.pt'}"
+                    if resume else "no checkpoint was written before the failure; starting again")
     try:
-        return _train(cfg, data, weights, Path(work_dir), resume, device, dist_info, overwrite,
+        return _train(cfg, data, weights, work_dir, resume, device, dist_info, overwrite,
                       explicit_keys(config, overrides))
+    except RuntimeError as e:
+        if not (dist_info.is_distributed and is_peer_loss(e)):
+            raise
+        raise PeerLostError(_peer_lost_message(work_dir, dist_info, e)) from e
     finally:
         cleanup_distributed()
+
+
+def _peer_lost_message(work_dir: Path, dist_info: DistInfo, error: RuntimeError) -> str:
+    state = work_dir / "last.state.pt"
+    last = f"the last checkpoint is {ckpt.describe_state(state)}" if state.is_file() else \
+        f"no checkpoint was written yet in {work_dir} (rerun without --resume)"
+    return (f"rank {dist_info.rank} of {dist_info.world_size} lost contact with the other processes of the run "
+            f"({peer_loss_reason(error)}): a process or node has died, so every process stops. Rerun every node "
+            f"with the same torchrun topology (--nnodes, --nproc_per_node) and the same command plus --resume; "
+            f"{last}")
 
 
 def _train(cfg: TrainConfig, data: str | Path, weights: str | Path | None, work_dir: Path, resume: bool,
