@@ -123,11 +123,11 @@ def choose_demuxer(path: Path, name: str) -> str:
     ext = Path(name).suffix.lower()
     by_name = EXTENSIONS.get(ext)
     found = content_demuxer(head)
-    allowed = ", ".join(sorted({NAMES[d] for d in SINGLE_FILE_DEMUXERS}))
     if found is None:
         raise UnsupportedContainer(
-            f"{name}: not a video container this server opens (checked by its content; playlists, concat lists "
-            f"and image sequences are refused); send a single video file ({allowed})")
+            f"{name}: not a video file this server opens (checked by its content, not its name; playlists, concat "
+            "lists and image sequences are refused); send a single video file such as .mp4, .mov, .mkv, .webm, "
+            ".avi or .ts")
     if found == "raw":
         raw = sorted(by_name & RAW_STREAMS) if by_name else []
         if not raw:

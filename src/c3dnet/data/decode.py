@@ -246,6 +246,8 @@ class _Converter:
     take swscale's unscaled converter there, which `VideoReformatter` reaches directly (its context kept across
     frames); any other frame (odd sizes, 10-bit, 4:2:2, ...) goes through the same filter graph as the CLI's,
     since `VideoReformatter` upsamples their chroma differently (by up to 100 grey levels at sharp colour edges).
+    So do interlaced frames (DV, broadcast TS): PyAV's FFmpeg converts those field by field, where the CLI's
+    `scale` filter treats them as progressive (a DV file differed from the CLI by a mean of 0.9 and up to 255).
     """
 
     def __init__(self, size_hw: tuple[int, int] | None, ops: tuple[str, ...]) -> None:
@@ -259,7 +261,7 @@ class _Converter:
 
     def __call__(self, frame) -> np.ndarray:
         fmt = frame.format.name
-        if fmt in _UNSCALED_RGB and frame.width % 2 == 0 and frame.height % 2 == 0:
+        if fmt in _UNSCALED_RGB and frame.width % 2 == 0 and frame.height % 2 == 0 and not frame.interlaced_frame:
             rgb = self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
         else:
             rgb = self._through_graph(frame)

@@ -22,6 +22,10 @@ class LimitExceeded(DataError):
     """A video past a limit the caller set (frame size, aspect ratio, decoding budget): refused, not broken."""
 
 
+class NotAVideo(DataError):
+    """A file FFmpeg cannot open as a video (not a container it knows, or cut off before its headers end)."""
+
+
 class NoVideoStream(DataError):
     """A file FFmpeg reads that holds no video stream (audio only, subtitles, ...)."""
 

@@ -22,7 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from c3dnet.data.containers import describe_demuxer, open_options
-from c3dnet.data.records import DecodeGuard, FrameLimits, MemoryLRU, NoVideoStream, VideoInfo, file_key
+from c3dnet.data.records import DecodeGuard, FrameLimits, MemoryLRU, NotAVideo, NoVideoStream, VideoInfo, file_key
 from c3dnet.data.timing import FrameTimes
 from c3dnet.data.video_index import PacketTally, VideoIndex, counted_index, timed_index
 from c3dnet.errors import DataError
@@ -124,7 +124,7 @@ class Video:
             container = av.open(str(path), format=self.demuxer, options=open_options(self.demuxer),
                                 metadata_errors="ignore")
         except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{self}: not a readable video ({str(e).replace(str(path), str(self))}); the file is "
+            raise NotAVideo(f"{self}: not a readable video ({str(e).replace(str(path), str(self))}); the file is "
                             "corrupt or not a video: re-download or remove it (or use --skip-bad)") from e
         try:
             stream = self._video_stream(container)
