@@ -460,7 +460,7 @@ def _record_validation(result: EvalResult, epoch: int, progress: Progress, metri
                        checkpoints: Checkpoints, model: C3D, val_name: str) -> None:
     progress.last_val = result.metrics()
     metrics.log({"kind": "val", "epoch": epoch + 1, "iteration": progress.iteration, **progress.last_val})
-    log.info("epoch %d validation on %s (1 centre clip per video, %d videos): top-1 %.4f, top-5 %.4f, mean class "
+    log.info("epoch %d validation on %s: 1 centre clip per video, %d videos, top-1 %.4f, top-5 %.4f, mean class "
              "%.4f", epoch + 1, val_name, result.num_videos, result.top1, result.top5, result.mean_class_accuracy)
     if progress.best_top1 is None or result.top1 > progress.best_top1:
         progress.best_top1, progress.best_epoch = result.top1, epoch + 1
