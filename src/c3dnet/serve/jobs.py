@@ -1,19 +1,23 @@
-"""The work behind one request, run in the decoding pool: check the upload, cut clips, get their rows from the
-model thread (`DynamicBatcher`), and build the same records as `c3d predict --json` / `--timeline` and the same
-rows as `c3d extract`.
+"""The work behind one request, run in the decoding pool: open the upload safely, check it against the limits before
+decoding it, cut clips, get their rows from the model thread (`DynamicBatcher`), and build the same records as
+`c3d predict --json` / `--timeline` and the same rows as `c3d extract`.
+
+An upload is opened only as the single-file container its content and its name agree on
+(`c3dnet.data.containers`), on one decoding thread, with its frame size, length and the size of the answer checked
+before any frame is decoded (`open_upload`). Its decoding ticks the request's `RequestGuard` on every packet and
+frame, so a cancelled request stops within a frame, a request past its CPU budget is refused, and requests take
+turns on the decoding slots.
 
 Clips are cut by the commands' own code. `prediction.predict_video` (the 10-clip test sampling) and
 `prediction.predict_timeline` run through `BatchedRunner`, a stand-in for `ClipRunner` whose forward passes are
 the model thread's shared batches; features come from `features.clips.clip_batches` over a `ClipPlan` (the loop
 of `c3dnet.extract_features`), each CHUNK clips queued as soon as they are decoded so that decoding overlaps the
-model. The request's `cancel` event is checked every CHUNK clips and while waiting for the model: a client that
-went away stops its decoding there.
+model.
 """
 
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,13 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from c3dnet.data.decode import VideoInfo, read_frames, video_info
+from c3dnet.data import sampling
+from c3dnet.data.containers import UnsupportedContainer, choose_demuxer
+from c3dnet.data.decode import FrameCountChanged, Video, VideoInfo, read_frames
+from c3dnet.data.records import FrameLimits, LimitExceeded, NotAVideo, NoVideoStream
 from c3dnet.errors import DataError
 from c3dnet.features.clips import ClipPlan, clip_batches, finish_rows
 from c3dnet.features.pooling import row_groups
 from c3dnet.prediction import predict_timeline, predict_video
 from c3dnet.preprocess import Preprocess
-from c3dnet.serve.batcher import Cancelled, DynamicBatcher
+from c3dnet.serve.batcher import DynamicBatcher
+from c3dnet.serve.fairness import RequestGuard
 from c3dnet.serve.uploads import RequestError, Upload
 
 CHUNK = 8
@@ -36,14 +44,28 @@ CHUNK = 8
 
 MAX_THUMBNAILS = 64
 THUMB_HEIGHT = 128
+JSON_BYTES_PER_VALUE = 24  # a float32 value printed as JSON, with its separator: at most about this
+TIMELINE_BYTES_PER_CLIP = 160  # a timeline clip's frames and times, before its top-k
+TOP_K_BYTES = 80  # one {"label", "index", "prob"} entry
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What every request is held to: the longest video (seconds), and whether frames are turned upright."""
+    """What every request is held to, checked before the work it bounds.
+
+    Attributes:
+        max_duration_s: longest video, in seconds (from its packets, before it is decoded).
+        autorotate: turn frames as the video's display matrix says.
+        frames: the largest frames (pixels, aspect ratio), from the stream header.
+        cpu_budget_s: most CPU seconds one request's decoding may take.
+        max_response_bytes: largest answer (features, timeline), estimated before decoding.
+    """
 
     max_duration_s: float = 600.0
     autorotate: bool = True
+    frames: FrameLimits = FrameLimits()
+    cpu_budget_s: float | None = None
+    max_response_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,93 +91,123 @@ class FeatureOptions:
     segments: int = 0
     segment_rule: str = "uniform"
     l2: str = "none"
+    npy: bool = False  # answered as .npy bytes (4 per value), not JSON
+
+
+@dataclass
+class Job:
+    """One request's work: the model thread, the opened upload, the limits, the guard and a clip counter."""
+
+    batcher: DynamicBatcher
+    upload: Upload
+    limits: Limits
+    guard: RequestGuard
+    on_clips: Callable[[int], object] | None = None
+    video: Video | None = None
+    info: VideoInfo | None = None
+
+    def count(self, clips: int) -> None:
+        if self.on_clips is not None:
+            self.on_clips(clips)
+
+    def refuse(self, error: DataError) -> RequestError:
+        """A decoding error as the client should read it: under its own file name, without CLI advice."""
+        if isinstance(error, NotAVideo):
+            return RequestError(415, f"{self.upload.name}: not a video file that FFmpeg can read (checked by its "
+                                     "content, not its name), or one cut off before its end; upload a whole video "
+                                     "such as .mp4, .avi, .webm or .mkv")
+        status = 415 if isinstance(error, (UnsupportedContainer, NoVideoStream)) else \
+            413 if isinstance(error, LimitExceeded) else 422
+        text = str(error).replace(str(self.upload.path), self.upload.name)
+        text = text.replace(" (or use --skip-bad)", "").replace("remove it from the dataset", "upload another file")
+        return RequestError(status, text)
 
 
 class BatchedRunner:
     """What `predict_video` needs of a `ClipRunner` (`preprocess`, `runner(clips) -> rows`), computed in the model
-    thread's shared batches."""
+    thread's shared batches; the request's decoding slot is free while it waits for them."""
 
-    def __init__(self, batcher: DynamicBatcher, output: str, cancel: threading.Event | None,
-                 on_clips: Callable[[int], object] | None = None) -> None:
-        self.batcher, self.output, self.cancel, self.on_clips = batcher, output, cancel, on_clips
-        self.preprocess: Preprocess = batcher.runner(output).preprocess
+    def __init__(self, job: Job, output: str) -> None:
+        self.job, self.output = job, output
+        self.preprocess: Preprocess = job.batcher.runner(output).preprocess
 
     def __call__(self, clips: torch.Tensor) -> np.ndarray:
-        if self.on_clips is not None:
-            self.on_clips(len(clips))
-        return self.batcher.submit(clips, self.output, self.cancel)
+        self.job.count(len(clips))
+        with self.job.guard.paused():
+            return self.job.batcher.submit(clips, self.output, self.job.guard.cancel)
 
 
-def check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("the request was cancelled")
-
-
-def probe(upload: Upload, limits: Limits) -> VideoInfo:
-    """The upload's frame count, rate and size, if PyAV finds a decodable video stream in it and it is no longer
-    than the limit.
+def open_upload(job: Job) -> None:
+    """Open the upload as its container, count its frames, and check its size and length before decoding it
+    (`job.video`, `job.info`).
 
     Raises:
-        RequestError: 415 not a video (by content, whatever its name) or no video stream; 422 unreadable;
-            413 too long.
+        RequestError: 415 not a single-file video container (by content and name) or no video stream; 413 past
+            a limit (frame size, aspect ratio, duration); 422 unreadable.
     """
-    import av
-
-    path = upload.path
+    upload, limits = job.upload, job.limits
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            if not container.streams.video:
-                kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-                raise RequestError(415, f"{upload.name}: has no video stream (it holds {', '.join(kinds)}); "
-                                        "upload a video file")
-    except RequestError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
-        raise RequestError(415, f"{upload.name}: not a video file that FFmpeg can read (checked by its content, "
-                                "not its name), or one cut off before its end; upload a whole video such as .mp4, "
-                                ".avi, .webm or .mkv") from None
-    try:
-        info = video_info(path, limits.autorotate)
+        demuxer = choose_demuxer(upload.path, upload.name)
+        video = Video(upload.path, demuxer=demuxer, name=upload.name, limits=limits.frames, guard=job.guard,
+                      threads=1)
+        if video.cheap_index() is None:  # an AVI, MPEG-TS, ...: its frames are counted by decoding them
+            _check_duration(upload, video.scan()[1], limits)
+        job.info = video.info(limits.autorotate)
     except DataError as e:
-        raise RequestError(422, _message(e, upload)) from None
-    duration = info.num_frames / info.fps if info.fps > 0 else 0.0
-    if duration > limits.max_duration_s:
-        raise RequestError(413, f"{upload.name}: the video is {duration:.0f} s long; this server takes videos up "
-                                f"to {limits.max_duration_s:g} s (--max-duration); trim it and try again")
+        raise job.refuse(e) from None
+    job.video = video
+    info = job.info
+    _check_duration(upload, info.num_frames / info.fps if info.fps > 0 else 0.0, limits)
     if info.num_frames < 1:
         raise RequestError(422, f"{upload.name}: the video has no frames")
-    return info
 
 
-def _message(error: Exception, upload: Upload) -> str:
-    """A decoding error as the client should read it: under its own file name, without CLI advice."""
-    text = str(error).replace(str(upload.path), upload.name)
-    return text.replace(" (or use --skip-bad)", "").replace("remove it from the dataset", "upload another file")
+def _check_duration(upload: Upload, seconds: float, limits: Limits) -> None:
+    if seconds > limits.max_duration_s:
+        raise RequestError(413, f"{upload.name}: the video is {seconds:.0f} s long; this server takes videos up "
+                                f"to {limits.max_duration_s:g} s (--max-duration); trim it and try again")
 
 
-def sliding_rows(batcher: DynamicBatcher, upload: Upload, info: VideoInfo, output: str, plan: ClipPlan,
-                 limits: Limits, cancel: threading.Event | None, on_clips: Callable[[int], object] | None = None,
-                 ) -> np.ndarray:
+def check_response(job: Job, estimate: int, what: str) -> None:
+    """413 before any decoding when the answer would be larger than the limit."""
+    limit = job.limits.max_response_bytes
+    if limit is not None and estimate > limit:
+        raise RequestError(413, f"{job.upload.name}: {what} would take about {estimate / 2**20:.0f} MB, more than "
+                                f"this server's limit of {limit / 2**20:g} MB per answer (--max-response-mb); ask "
+                                "for fewer rows (a larger stride, fewer segments, video_mean) or for .npy "
+                                "(Accept: application/x-npy)")
+
+
+def _sliding_clips(job: Job, pre: Preprocess, stride: int, fps: Fraction | None) -> int:
+    """How many sliding clips a plan will have, from the frame count (and rate) alone."""
+    info = job.info
+    n = info.num_frames if fps is None or info.fps <= 0 else int(np.ceil(info.num_frames * float(fps) / info.fps))
+    return len(sampling.sliding_start_frames(max(n, 1), pre.clip_len, stride, pre.frame_interval))
+
+
+def sliding_rows(job: Job, output: str, plan: ClipPlan) -> np.ndarray:
     """Rows (num_clips, D) of the clips of `plan`, decoding the video once, as `c3d extract` cuts them; chunks are
     queued while the next ones decode."""
-    pre = batcher.runner(output).preprocess
-    size = pre.resize_target(info.height, info.width)
-    queued = []
-    for clips in clip_batches(upload.path, plan, pre, size, CHUNK, limits.autorotate):
-        queued += batcher.enqueue(clips, output, cancel)  # raises Cancelled once `cancel` is set
-        if on_clips is not None:
-            on_clips(len(clips))
-    return batcher.gather(queued, cancel)
+    pre = job.batcher.runner(output).preprocess
+    size = pre.resize_target(job.info.height, job.info.width)
+    queued, cancel = [], job.guard.cancel
+    for clips in clip_batches(job.video, plan, pre, size, CHUNK, job.limits.autorotate):
+        with job.guard.paused():  # waits only while the queue is full
+            queued += job.batcher.enqueue(clips, output, cancel)  # raises Cancelled once `cancel` is set
+        job.count(len(clips))
+    with job.guard.paused():
+        return job.batcher.gather(queued, cancel)
 
 
-def thumbnails(upload: Upload, info: VideoInfo, count: int, limits: Limits) -> list[dict[str, Any]]:
+def thumbnails(job: Job, count: int) -> list[dict[str, Any]]:
     """`count` evenly spaced frames as small JPEG data URLs, for pages whose browser cannot play the video."""
     import cv2
 
+    info = job.info
     count = min(count, MAX_THUMBNAILS, info.num_frames)
     frames_at = np.unique(np.linspace(0, info.num_frames - 1, count).round().astype(np.int64))
     width = max(1, round(info.width * THUMB_HEIGHT / max(info.height, 1)))
-    frames = read_frames(upload.path, frames_at, (THUMB_HEIGHT, width), autorotate=limits.autorotate)
+    frames = read_frames(job.video, frames_at, (THUMB_HEIGHT, width), autorotate=job.limits.autorotate)
     out = []
     for i, frame in zip(frames_at.tolist(), frames):
         ok, jpeg = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])  # RGB -> BGR
@@ -165,29 +217,45 @@ def thumbnails(upload: Upload, info: VideoInfo, count: int, limits: Limits) -> l
     return out
 
 
-def predict_job(batcher: DynamicBatcher, upload: Upload, options: PredictOptions, class_names: list[str],
-                limits: Limits, cancel: threading.Event | None = None,
-                on_clips: Callable[[int], object] | None = None) -> dict[str, Any]:
+def _replanned(job: Job, work: Callable[[], Any]) -> Any:
+    """`work()`, once more if decoding showed fewer frames than the container lists (its count is then FFmpeg's)."""
+    try:
+        try:
+            return work()
+        except FrameCountChanged:
+            job.info = job.video.info(job.limits.autorotate)
+            return work()
+    except DataError as e:
+        raise job.refuse(e) from None
+
+
+def predict_job(job: Job, options: PredictOptions, class_names: list[str]) -> dict[str, Any]:
     """The `c3d predict --json` record of the upload (its `video` is the uploaded file's name), plus its
     `timeline` (the `--timeline` JSON, with clip end times) and, if asked, `thumbnails`.
 
     The timeline's clips reach the model CHUNK at a time, so a cancelled request stops within CHUNK clips."""
-    info = probe(upload, limits)
-    check_cancel(cancel)
-    runner = BatchedRunner(batcher, "logits", cancel, on_clips)
-    try:
-        prediction = predict_video(runner, upload.path, class_names, options.clips, options.average,
-                                   limits.autorotate, fps=options.fps)
-        timeline = predict_timeline(runner, upload.path, class_names, options.stride, batch_size=CHUNK,
-                                    autorotate=limits.autorotate, fps=options.fps)
-        thumbs = thumbnails(upload, info, options.thumbnails, limits) if options.thumbnails > 0 else None
-    except DataError as e:
-        raise RequestError(422, _message(e, upload)) from None
+    open_upload(job)
+    runner = BatchedRunner(job, "logits")
+    pre, info = runner.preprocess, job.info
+    thumb_width = max(1, round(info.width * THUMB_HEIGHT / max(info.height, 1)))
+    check_response(job, _sliding_clips(job, pre, options.stride, options.fps) *
+                   (TIMELINE_BYTES_PER_CLIP + options.top_k * TOP_K_BYTES) +
+                   min(options.thumbnails, MAX_THUMBNAILS) * THUMB_HEIGHT * thumb_width // 2, "the timeline")
+    autorotate = job.limits.autorotate
+
+    def work() -> tuple:
+        prediction = predict_video(runner, job.video, class_names, options.clips, options.average, autorotate,
+                                   fps=options.fps)
+        timeline = predict_timeline(runner, job.video, class_names, options.stride, batch_size=CHUNK,
+                                    autorotate=autorotate, fps=options.fps)
+        return prediction, timeline
+
+    prediction, timeline = _replanned(job, work)
     record = prediction.to_dict(options.top_k)
-    record["video"] = upload.name
-    record["timeline"] = {**timeline.to_dict(options.top_k), "video": upload.name}
-    if thumbs is not None:
-        record["thumbnails"] = thumbs
+    record["video"] = job.upload.name
+    record["timeline"] = {**timeline.to_dict(options.top_k), "video": job.upload.name}
+    if options.thumbnails > 0:
+        record["thumbnails"] = _replanned(job, lambda: thumbnails(job, options.thumbnails))
     return record
 
 
@@ -207,24 +275,29 @@ class Features:
         spans = [{"start_frame": int(a), "end_frame": int(b), "time_s": None if np.isnan(t0) else float(t0),
                   "end_s": None if np.isnan(t1) else float(t1)} for a, b, t0, t1 in self.spans.tolist()]
         return {"video": self.video, "layer": o.layer, "stride": o.stride,
-                "sample_fps": str(o.fps) if o.fps is not None else "", "segments": o.segments,
+                "sample_fps": str(o.fps) if o.fps is not None else None, "segments": o.segments,
                 "segment_rule": o.segment_rule, "video_mean": o.video_mean, "l2": o.l2,
                 "fps": self.fps, "num_frames": self.num_frames, "shape": list(self.rows.shape), "dtype": "float32",
                 "spans": spans, "features": self.rows.tolist()}
 
 
-def features_job(batcher: DynamicBatcher, upload: Upload, options: FeatureOptions, limits: Limits,
-                 cancel: threading.Event | None = None, on_clips: Callable[[int], object] | None = None,
-                 ) -> Features:
-    """The upload's features, as `c3d extract --layer --stride --fps --video-mean --segments --l2` computes them."""
-    info = probe(upload, limits)
-    pre = batcher.runner(options.layer).preprocess
-    try:
-        plan = ClipPlan.of(upload.path, info.num_frames, pre, options.stride, options.fps)
-        rows = sliding_rows(batcher, upload, info, options.layer, plan, limits, cancel, on_clips)
-    except DataError as e:
-        raise RequestError(422, _message(e, upload)) from None
-    groups = row_groups(len(rows), options.segments, options.segment_rule, options.video_mean)
-    return Features(video=upload.name, options=options,
-                    rows=finish_rows(rows, options.video_mean, options.l2, options.segments, options.segment_rule),
-                    spans=plan.spans(groups), fps=info.fps, num_frames=info.num_frames)
+def features_job(job: Job, options: FeatureOptions, dim: int) -> Features:
+    """The upload's features (rows of `dim` values), as `c3d extract --layer --stride --fps --video-mean
+    --segments --l2` computes them."""
+    open_upload(job)
+    pre = job.batcher.runner(options.layer).preprocess
+    clips = _sliding_clips(job, pre, options.stride, options.fps)
+    rows = 1 if options.video_mean else options.segments or clips
+    size = rows * dim * 4 if options.npy else rows * (dim * JSON_BYTES_PER_VALUE + TIMELINE_BYTES_PER_CLIP)
+    check_response(job, size, f"{rows} rows of {dim} features")
+
+    def work() -> tuple[ClipPlan, np.ndarray]:
+        plan = ClipPlan.of(job.video, job.info.num_frames, pre, options.stride, options.fps)
+        return plan, sliding_rows(job, options.layer, plan)
+
+    plan, clip_rows = _replanned(job, work)
+    groups = row_groups(len(clip_rows), options.segments, options.segment_rule, options.video_mean)
+    return Features(video=job.upload.name, options=options,
+                    rows=finish_rows(clip_rows, options.video_mean, options.l2, options.segments,
+                                     options.segment_rule),
+                    spans=plan.spans(groups), fps=job.info.fps, num_frames=job.info.num_frames)

@@ -9,15 +9,19 @@ fields (the request's options) are kept in memory, up to a few kB each.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
+
+from c3dnet.errors import printable
 
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 32
@@ -100,6 +104,9 @@ class _Receiver:
             self.upload.path = self.folder / f"{secrets.token_hex(12)}{_safe_suffix(self.upload.name)}"
             fd = os.open(self.upload.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._file = os.fdopen(fd, "wb")
+        elif params.get(b"filename") is not None:
+            raise RequestError(400, f"the form sends a file as the field {printable(name)!r}; send the video as the "
+                                    "form field `file` (curl -F file=@video.mp4)")
         elif len(self.upload.fields) >= MAX_FIELDS:
             raise RequestError(400, f"too many form fields (at most {MAX_FIELDS})")
 
@@ -113,7 +120,9 @@ class _Receiver:
         else:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
-                raise RequestError(400, f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+                raise RequestError(400, f"form field {printable(self._name)!r} is longer than {MAX_FIELD_BYTES} "
+                                        "bytes; send the video as the form field `file` (curl -F file=@video.mp4) "
+                                        "and options in the query string")
 
     def on_part_end(self) -> None:
         if self._file is not None:
@@ -137,6 +146,35 @@ def _safe_suffix(name: str) -> str:
 def _too_large(max_bytes: int) -> RequestError:
     return RequestError(413, f"the upload is larger than this server's limit of {max_bytes / 2**20:g} MB "
                              "(--max-upload-mb); send a shorter or smaller video")
+
+
+async def paced(body: AsyncIterator[bytes], min_bytes_per_s: float, timeout_s: float) -> AsyncIterator[bytes]:
+    """`body`'s chunks, as long as each arrives within `timeout_s` and, after the first `timeout_s` seconds, the
+    body arrives at `min_bytes_per_s` on average (a client sending a byte every few seconds would otherwise hold
+    its request slot until the request timeout).
+
+    Raises:
+        RequestError: 408 when a chunk is late or the upload is too slow.
+    """
+    start = time.monotonic()
+    received = 0
+    chunks = body.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"no part of the upload arrived for {timeout_s:g} s (--header-timeout); "
+                                    "send it again") from None
+        received += len(chunk)
+        late = time.monotonic() - start - timeout_s
+        if late > 0 and received < min_bytes_per_s * late:
+            rate = received / max(time.monotonic() - start, 1e-9) / 1000
+            raise RequestError(408, f"the upload arrives at {rate:.1f} kB/s, slower than this server's minimum of "
+                                    f"{min_bytes_per_s / 1000:g} kB/s (--min-upload-kbps); send it again over a "
+                                    "faster connection")
+        yield chunk
 
 
 async def receive_upload(content_type: str | None, content_length: str | None, body: AsyncIterator[bytes],
