@@ -210,3 +210,23 @@ def test_errors_name_the_video_not_its_path(tmp_path):
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(DataError, match=r"^clip\.mp4: not a readable video"):
         Video(bad, name="clip.mp4").info()
+
+
+def test_fps_repeat_warnings_name_each_video(caplog, monkeypatch):
+    """Sampling several videos above their own rate names each of them (up to REPEAT_WARNINGS), then says once
+    that there are more."""
+    from fractions import Fraction
+
+    from c3dnet.data.decode import ArrayVideo
+    from c3dnet.features import clips
+    from c3dnet.preprocess import Preprocess
+
+    monkeypatch.setattr(clips, "_repeats_warned", 0)
+    pre = Preprocess(clip_len=4, crop_size=8, short_side=8)
+    frames = np.zeros((20, 8, 8, 3), np.uint8)
+    with caplog.at_level(logging.WARNING, logger="c3dnet"):
+        for k in range(clips.REPEAT_WARNINGS + 3):
+            clips.ClipPlan.of(ArrayVideo(frames, fps=10, name=f"v{k}.mp4"), 20, pre, 4, Fraction(30))
+    named = [k for k in range(clips.REPEAT_WARNINGS + 3) if f"v{k}.mp4: --fps 30 is above" in caplog.text]
+    assert named == list(range(clips.REPEAT_WARNINGS))
+    assert caplog.text.count("more videos are sampled above their own rate") == 1

@@ -95,17 +95,25 @@ class ClipPlan:
         return out
 
 
-_warned_repeats = False
+REPEAT_WARNINGS = 5
+"""Videos sampled above their own rate that are each named in a warning; past them, one line says there are more."""
+
+_repeats_warned = 0
 
 
 def _warn_repeats(video: object, fps: Fraction, times: FrameTimes) -> None:
-    """Sampling above a video's own rate repeats frames: said once per process (a dataset would say it per video)."""
-    global _warned_repeats
-    if not _warned_repeats:
-        _warned_repeats = True
-        rate = (times.num_frames / float(times.seconds(times.end))) if times.end else 0.0
-        log.warning("%s: --fps %s is above the video's own rate (%.3g fps): frames are repeated to fill it "
-                    "(said once)", video, fps, rate)
+    """Sampling above a video's own rate repeats frames: said for the first REPEAT_WARNINGS videos of a process,
+    each by name, then once for all the others (a dataset would say it for every video)."""
+    global _repeats_warned
+    _repeats_warned += 1
+    if _repeats_warned > REPEAT_WARNINGS + 1:
+        return
+    if _repeats_warned == REPEAT_WARNINGS + 1:
+        log.warning("more videos are sampled above their own rate with --fps %s; they are not listed", fps)
+        return
+    rate = (times.num_frames / float(times.seconds(times.end))) if times.end else 0.0
+    log.warning("%s: --fps %s is above the video's own rate (%.3g fps): frames are repeated to fill it", video, fps,
+                rate)
 
 
 def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
