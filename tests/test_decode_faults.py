@@ -230,3 +230,22 @@ def test_fps_repeat_warnings_name_each_video(caplog, monkeypatch):
     named = [k for k in range(clips.REPEAT_WARNINGS + 3) if f"v{k}.mp4: --fps 30 is above" in caplog.text]
     assert named == list(range(clips.REPEAT_WARNINGS))
     assert caplog.text.count("more videos are sampled above their own rate") == 1
+
+
+def test_commands_plan_a_damaged_video_again(tmp_path, tiny_model):
+    """`c3dnet.extract_features` and `predict` (ClipDataset) on an MP4 whose last frames do not decode: the
+    listed count is disproved by the reads and the clips are planned again from FFmpeg's count."""
+    import c3dnet
+
+    bad = _corrupt(corpus_path(CORPUS_BY_NAME["h264_bf_g12_mp4"]), tmp_path / "bad.mp4", [-1, -2, -3], 2)
+    oracle = ffmpeg_frames(bad, check=False)
+    video_module.index_cache.clear()
+    assert count_frames(bad) == 100 > len(oracle)  # the container's count, before anything is decoded
+    rows = c3dnet.extract_features(tiny_model, bad, stride=8, device="cpu")
+    assert count_frames(bad) == len(oracle)
+    from c3dnet.features.clips import clip_starts
+
+    assert len(rows) == len(clip_starts(len(oracle), tiny_model.preprocess, 8))
+    video_module.index_cache.clear()
+    record = c3dnet.predict(tiny_model, bad, device="cpu")
+    assert record["video"] == str(bad) and count_frames(bad) == len(oracle)

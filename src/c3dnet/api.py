@@ -144,7 +144,7 @@ def extract_features(
         fps: sample the video at this frame rate by presentation time first (`c3d extract --fps`).
         source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
     """
-    from c3dnet.data.decode import video_info
+    from c3dnet.data.decode import replanned, video_info
     from c3dnet.features.clips import ClipPlan, clip_batches, finish_rows
     from c3dnet.features.pooling import check_pooling, l2_mode
 
@@ -155,8 +155,12 @@ def extract_features(
     rate, source_rate = _rates(fps, source_fps)
     runner = _runner(model_or_weights, layer, device, amp)
     source = _video(video, source_rate)
-    info = video_info(source, autorotate)
-    plan = ClipPlan.of(source, info.num_frames, runner.preprocess, stride, rate, source_rate)
-    size = runner.preprocess.resize_target(info.height, info.width)
-    rows = [runner(clips) for clips in clip_batches(source, plan, runner.preprocess, size, batch_size, autorotate)]
-    return finish_rows(np.concatenate(rows), video_mean, l2, segments, segment_rule)
+
+    def rows() -> np.ndarray:
+        info = video_info(source, autorotate)
+        plan = ClipPlan.of(source, info.num_frames, runner.preprocess, stride, rate, source_rate)
+        size = runner.preprocess.resize_target(info.height, info.width)
+        return np.concatenate([runner(clips) for clips in clip_batches(source, plan, runner.preprocess, size,
+                                                                        batch_size, autorotate)])
+
+    return finish_rows(replanned(rows), video_mean, l2, segments, segment_rule)

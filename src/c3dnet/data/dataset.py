@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from c3dnet.data import sampling
-from c3dnet.data.decode import count_frames, read_frames, set_decode_threads, video_info, video_times
+from c3dnet.data.decode import count_frames, read_frames, replanned, set_decode_threads, video_info, video_times
 from c3dnet.data.sources import VideoRecord
 from c3dnet.data.timing import resample
 from c3dnet.data.transforms import eval_transform, train_transform
@@ -117,7 +117,12 @@ class ClipDataset(Dataset):
         return self.sample(i).clips
 
     def sample(self, i: int) -> ClipSample:
-        """Clips of item i with the frames they were cut from; raises `DataError` for an unreadable video."""
+        """Clips of item i with the frames they were cut from; raises `DataError` for an unreadable video.
+
+        Planned once more if decoding showed that the video holds fewer frames than its container lists."""
+        return replanned(lambda: self._sample(i))
+
+    def _sample(self, i: int) -> ClipSample:
         record = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
         info = video_info(record.path, self.autorotate)  # cached per process: frame size (and count, for videos)

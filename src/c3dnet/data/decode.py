@@ -26,11 +26,11 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -54,9 +54,11 @@ from c3dnet.log import get_logger
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
 
+T = TypeVar("T")
+
 __all__ = ["FRAME_START", "FRAME_TEMPLATE", "SEEK_MIN_GAP", "ArrayVideo", "FrameCountChanged", "Video", "VideoInfo",
-           "as_source", "count_frames", "iter_frames", "plan_reads", "read_frames", "set_decode_threads", "video_info",
-           "video_times"]
+           "as_source", "count_frames", "iter_frames", "plan_reads", "read_frames", "replanned", "set_decode_threads",
+           "video_info", "video_times"]
 
 log = get_logger(__name__)
 
@@ -109,6 +111,15 @@ class ArrayVideo:
 class FrameCountChanged(DataError):
     """Decoding showed that a video holds fewer frames than its container lists (corrupt data that FFmpeg passes
     over), after frames were asked for by the listed count: plan the clips again from `count_frames`."""
+
+
+def replanned(work: Callable[[], T]) -> T:
+    """`work()`, which counts a video's frames, plans from that count and reads, done once more if decoding
+    showed the count wrong (`FrameCountChanged`): by then the video's index holds FFmpeg's count."""
+    try:
+        return work()
+    except FrameCountChanged:
+        return work()
 
 
 def as_source(record_or_path: VideoRecord | str | os.PathLike[str] | ArrayVideo | Video) -> Path | ArrayVideo | Video:

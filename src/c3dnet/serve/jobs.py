@@ -218,13 +218,18 @@ def thumbnails(job: Job, count: int) -> list[dict[str, Any]]:
 
 
 def _replanned(job: Job, work: Callable[[], Any]) -> Any:
-    """`work()`, once more if decoding showed fewer frames than the container lists (its count is then FFmpeg's)."""
+    """`work()`, once more if decoding showed fewer frames than the container lists (its count is then FFmpeg's);
+    decoding errors as the client reads them."""
+
+    def again() -> Any:
+        job.info = job.video.info(job.limits.autorotate)
+        return work()
+
     try:
         try:
             return work()
         except FrameCountChanged:
-            job.info = job.video.info(job.limits.autorotate)
-            return work()
+            return again()
     except DataError as e:
         raise job.refuse(e) from None
 
