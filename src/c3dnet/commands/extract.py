@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model first (seconds to a minute; pays off on long extractions)")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable videos (listed in OUT/failed.txt) instead of stopping")
+                        help="skip unreadable videos, and inputs that cannot be listed (symlink loops, unreadable "
+                             "folders), each listed in OUT/failed.txt, instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--break-locks", action="store_true",
                         help="first remove every lock in OUT/.locks, saying what each was (locks of a crashed run "
@@ -89,11 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from c3dnet.data.sources import load_video_list
+    from c3dnet.data.sources import find_videos
     from c3dnet.engine.device import configure_for, loader_workers, select_device
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError
-    from c3dnet.features import ExtractOptions, extract, output_keys
+    from c3dnet.features import ExtractOptions, OutputDir, extract, output_keys
     from c3dnet.features.pooling import check_pooling, l2_mode
 
     if args.stride < 1 or (args.batch_size is not None and args.batch_size < 1) or \
@@ -108,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
     check_pooling(segments, args.segment_rule, l2, args.video_mean)
     fps, source_fps = fps_arguments(args)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    records = load_video_list(args.inputs)
-    keys = output_keys(records)  # from the whole list, so every rank names files alike
-    records, keys = records[rank::world], keys[rank::world]
+    found = find_videos(args.inputs, skip_bad=args.skip_bad)  # before the model: a bad input costs no loading
+    keys = output_keys(found.records)  # from the whole list, so every rank names files alike
+    records, keys = found.records[rank::world], keys[rank::world]
     if args.onnx:
         from c3dnet.export import OnnxC3D
 
@@ -131,16 +132,17 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size or (64 if runner.device.type == "cuda" else 32),
                              workers=workers, skip_bad=args.skip_bad,
                              weights=str(source), autorotate=args.autorotate)
+    out = OutputDir(args.out)
     if args.break_locks:
-        from c3dnet.features import OutputDir
-
-        for line in OutputDir(args.out).break_locks():
+        for line in out.break_locks():
             print(f"c3d extract: removed the lock of {line}", file=sys.stderr)
+    out.create().write_unlisted(found.skipped, found.searched)  # into failed.txt, with the videos that fail
     s = extract(records, runner, args.out, options, keys=keys, progress=not args.no_progress)
     shard = f" (rank {rank} of {world})" if world > 1 else ""
+    unlisted = f" (and {len(found.skipped)} inputs that cannot be listed)" if found.skipped else ""
     print(f"extracted {s.done} videos{shard} in {s.seconds:.1f} s ({s.frames_per_s:.0f} frames/s, "
           f"{s.clips / max(s.seconds, 1e-9):.1f} clips/s); {s.skipped} already done, {s.busy} in progress elsewhere, "
-          f"{len(s.failed)} failed; manifest: {os.path.join(args.out, 'manifest.jsonl')}")
-    if s.failed:
+          f"{len(s.failed)} failed{unlisted}; manifest: {os.path.join(args.out, 'manifest.jsonl')}")
+    if s.failed or found.skipped:
         print(f"failed videos are listed in {os.path.join(args.out, 'failed.txt')}")
     return 0

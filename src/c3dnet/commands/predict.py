@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from c3dnet.data.sources import load_video_list
+    from c3dnet.data.sources import find_videos
     from c3dnet.engine.device import configure_for, select_device
     from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError, DataError, printable
@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--timeline {args.timeline}: cannot create this folder ({e.strerror or e}); "
                               "choose another") from None
     fps, source_fps = fps_arguments(args)
-    records = load_video_list(args.videos)
+    found = find_videos(args.videos, skip_bad=args.skip_bad)
+    for item in found.skipped:
+        print(f"c3d predict: skipped: {item.where}: {item.reason}", file=sys.stderr)
+    records = found.records
     if args.onnx:
         from c3dnet.export import OnnxC3D
 
@@ -98,4 +101,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     if args.timeline and results:
         print(f"timelines written to {args.timeline}", file=sys.stderr if args.json else sys.stdout)
-    return 1 if failed and not results else 0
+    return 1 if (failed or found.skipped) and not results else 0

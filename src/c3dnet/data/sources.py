@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -56,6 +57,12 @@ class VideoRecord:
         """True when `path` is a folder of frame images rather than a video file."""
         return self.path.is_dir()
 
+    @property
+    def real_path(self) -> Path:
+        """`path` made absolute with symlinks resolved (a path that cannot be resolved stays as it is: never an
+        error, as `Path.resolve` is for a symlink loop)."""
+        return Path(os.path.realpath(self.path))
+
 
 @dataclass(frozen=True)
 class SkippedItem:
@@ -63,6 +70,15 @@ class SkippedItem:
 
     where: str
     reason: str
+
+
+@dataclass
+class VideoList:
+    """The videos that inputs name (`find_videos`), and what could not be listed under `skip_bad`."""
+
+    records: list[VideoRecord]
+    skipped: list[SkippedItem] = field(default_factory=list)
+    searched: list[Path] = field(default_factory=list)  # the inputs, and the paths their list files name
 
 
 @dataclass
@@ -77,15 +93,15 @@ class Source:
 
 
 class _Problems:
-    """Raises at the first bad item, or (skip_bad) collects every one."""
+    """Raises at the first bad item (its message ending in `hint`), or (skip_bad) collects every one."""
 
-    def __init__(self, skip_bad: bool) -> None:
-        self.skip_bad = skip_bad
+    def __init__(self, skip_bad: bool, hint: str = "") -> None:
+        self.skip_bad, self.hint = skip_bad, hint
         self.items: list[SkippedItem] = []
 
     def bad(self, where: str, reason: str) -> None:
         if not self.skip_bad:
-            raise DataError(f"{where}: {reason}")
+            raise DataError(f"{where}: {reason}{self.hint}")
         self.items.append(SkippedItem(where, reason))
 
 
@@ -160,29 +176,49 @@ def available_splits(data: str | Path, splits_dir: str | Path | None = None) -> 
     return [1]
 
 
-def load_video_list(paths: list[str | Path]) -> list[VideoRecord]:
+def find_videos(paths: list[str | Path], skip_bad: bool = False) -> VideoList:
     """Unlabelled records (label -1) for videos named by files, folders (searched recursively) or list files.
 
     A folder that itself holds frame images is one frame-folder record. A `.txt` file lists one video per line
-    (first field; later fields ignored), relative to the list's folder.
+    (first field; later fields ignored), relative to the list's folder. Symlinked folders are searched too. A
+    symlink loop (a link to itself, or to a folder it is inside), a broken link named like a video, and a folder
+    or video file that cannot be read are each a `DataError` naming the path, or with `skip_bad` a `SkippedItem`
+    in `VideoList.skipped` (logged). A video reached twice (named twice, or through two links) is listed once.
+    An input that does not exist at all is always an error.
     """
+    problems = _Problems(skip_bad, "; or pass --skip-bad to leave it out")
     records: list[VideoRecord] = []
+    searched = list(map(Path, paths))
     for p in map(Path, paths):
-        if not p.exists():
+        if not (p.exists() or p.is_symlink()):
             raise DataError(f"{p}: no such video, folder or list file")
+        if _stat(p, problems) is None:
+            continue
         if p.is_dir():
-            records.extend(_videos_under(p))
+            records.extend(_videos_under(p, problems))
         elif p.suffix.lower() == ".txt":
             for lineno, line in text_lines(p):
                 target = _resolve(p.parent, line.split()[0])
-                if not target.exists():
+                if not (target.exists() or target.is_symlink()):
                     raise DataError(f"{p}:{lineno}: {target} does not exist; fix the path in the list")
-                records.extend(_videos_under(target) if target.is_dir() else [VideoRecord(target, -1)])
+                searched.append(target)
+                if _stat(target, problems, f" (line {lineno} of {p})") is None:
+                    continue
+                records.extend(_videos_under(target, problems) if target.is_dir() else _video_file(target, problems))
         else:
-            records.append(VideoRecord(p, -1))
+            records.extend(_video_file(p, problems))
+    records = _once(records)
+    if problems.items:
+        log.warning("skipped %d input(s) that cannot be listed, first: %s: %s", len(problems.items),
+                    problems.items[0].where, problems.items[0].reason)
     if not records:
         raise DataError(f"no videos found in {[str(p) for p in paths]}; give video files, folders or list files")
-    return records
+    return VideoList(records, problems.items, searched)
+
+
+def load_video_list(paths: list[str | Path], skip_bad: bool = False) -> list[VideoRecord]:
+    """The records of `find_videos(paths, skip_bad)` (what could not be listed is logged, and dropped)."""
+    return find_videos(paths, skip_bad).records
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -212,19 +248,89 @@ def _is_frame_folder(path: Path) -> bool:
         return False
 
 
-def _videos_under(folder: Path) -> list[VideoRecord]:
-    if _is_frame_folder(folder):
-        return [VideoRecord(folder, -1)]
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        d = Path(dirpath)
-        if d != folder and _is_frame_folder(d):
+def _unusable(path: Path, e: OSError) -> str:
+    """Why `path` cannot be listed, and what to do."""
+    if e.errno == errno.ELOOP:
+        return f"a symlink loop ({e.strerror}): the link leads back to itself; fix or remove the link"
+    if e.errno == errno.ENOENT and path.is_symlink():
+        return f"a broken symlink (to {os.readlink(path)!r}, which does not exist); fix or remove the link"
+    return f"cannot be read ({e.strerror or e}); fix its permissions"
+
+
+def _stat(path: Path, problems: _Problems, listed: str = "") -> os.stat_result | None:
+    """`path`'s status (symlinks followed), or None once its problem is reported (`listed`: where a list names
+    it)."""
+    try:
+        return path.stat()
+    except OSError as e:
+        problems.bad(str(path), f"{_unusable(path, e)}{listed}")
+        return None
+
+
+def _video_file(path: Path, problems: _Problems) -> list[VideoRecord]:
+    """[the record of video file `path`], or [] once its problem is reported (it cannot be read)."""
+    if not os.access(path, os.R_OK):
+        problems.bad(str(path), _unusable(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES))))
+        return []
+    return [VideoRecord(path, -1)]
+
+
+def _videos_under(folder: Path, problems: _Problems) -> list[VideoRecord]:
+    """The videos under `folder`, in sorted order (each folder's files before its subfolders); a folder of frame
+    images is one record. Symlinked folders are followed, except back into a folder being searched (a loop)."""
+    found: list[VideoRecord] = []
+
+    def visit(d: Path, ancestors: frozenset[tuple[int, int]]) -> None:
+        try:
+            st = d.stat()
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problems.bad(str(d), _unusable(d, e))
+            return
+        here = (st.st_dev, st.st_ino)
+        if here in ancestors:
+            problems.bad(str(d), f"a symlink loop: this is {os.path.realpath(d)}, a folder it is inside; remove the "
+                                 "link")
+            return
+        if any(Path(e.name).suffix.lower() in IMAGE_EXTENSIONS for e in entries):
             found.append(VideoRecord(d, -1))
-            dirnames.clear()
-            continue
-        found.extend(VideoRecord(d / f, -1) for f in sorted(filenames) if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
+            return
+        subfolders = []
+        for entry in entries:
+            path = d / entry.name
+            video = Path(entry.name).suffix.lower() in VIDEO_EXTENSIONS
+            try:
+                if entry.is_symlink():
+                    os.stat(path)  # where a loop or a broken link shows
+                is_dir = entry.is_dir()  # (following a link)
+            except OSError as e:
+                if e.errno == errno.ELOOP or video:
+                    problems.bad(str(path), _unusable(path, e))
+                continue
+            if is_dir:
+                subfolders.append(path)
+            elif video:
+                found.extend(_video_file(path, problems))
+        for sub in subfolders:
+            visit(sub, ancestors | {here})
+
+    visit(folder, frozenset())
     return found
+
+
+def _once(records: list[VideoRecord]) -> list[VideoRecord]:
+    """`records` without repeats of one video (the same file reached twice), the first kept."""
+    seen: dict[Path, Path] = {}
+    kept = []
+    for r in records:
+        real = r.real_path
+        if real in seen:
+            log.info("%s: the same video as %s; listed once", r.path, seen[real])
+            continue
+        seen[real] = r.path
+        kept.append(r)
+    return kept
 
 
 def _parse_int(text: str) -> int | None:

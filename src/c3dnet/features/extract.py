@@ -151,4 +151,4 @@ class _Extraction:
             raise error
         log.warning("skipped: %s", error)
         self.summary.failed.append((str(job.record.path), str(error)))
-        self.out.write_failed(job.key, str(job.record.path.resolve()), str(error))
+        self.out.write_failed(job.key, str(job.record.real_path), str(error))

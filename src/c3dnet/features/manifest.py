@@ -121,7 +121,7 @@ def output_keys(records: list[VideoRecord]) -> list[str]:
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(str(r.path.resolve()).encode()).hexdigest()[:8]}"
+    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(os.fsencode(r.real_path)).hexdigest()[:8]}"
             for s, r in zip(stems, records)]
 
 
@@ -131,10 +131,10 @@ def write_merged_manifest(out_dir: str | os.PathLike[str]) -> int:
     entries = read_manifest(out_dir)
     atomic_write_text(out_dir / MANIFEST, "".join(json.dumps(e.to_dict()) + "\n" for e in entries))
     failed = []
-    for p in sorted((out_dir / PARTS_DIR).glob("*.failed")):
+    for p in (out_dir / PARTS_DIR).glob("*.failed"):
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
             d = json.loads(p.read_text(encoding="utf-8"))
             failed.append(f"{d['video']}\t{d['error']}\n")
     if failed or (out_dir / FAILED).exists():
-        atomic_write_text(out_dir / FAILED, "".join(failed))
+        atomic_write_text(out_dir / FAILED, "".join(sorted(failed)))  # by path
     return len(entries)

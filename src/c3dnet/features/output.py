@@ -14,10 +14,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c3dnet.errors import DataError
 from c3dnet.features.locks import VideoLock, break_locks
@@ -31,6 +32,12 @@ from c3dnet.features.manifest import (
     write_merged_manifest,
 )
 from c3dnet.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from c3dnet.data.sources import SkippedItem
+
+UNLISTED = ".unlisted.failed"
+"""Suffix of the failure records of inputs that could not be listed (`.parts/<hash of the path>.unlisted.failed`)."""
 
 
 class OutputDir:
@@ -81,7 +88,25 @@ class OutputDir:
             (self.path / PARTS_DIR / f"{entry.key}.failed").unlink()
 
     def write_failed(self, key: str, video: str, error: str) -> None:
-        atomic_write_text(self.path / PARTS_DIR / f"{key}.failed", json.dumps({"video": video, "error": error}) + "\n")
+        self._write_failure(self.path / PARTS_DIR / f"{key}.failed", video, error)
+
+    def write_unlisted(self, skipped: list[SkippedItem], searched: list[str | os.PathLike[str]]) -> None:
+        """Record the inputs that could not be listed (a symlink loop, an unreadable folder or file) as failures,
+        merged into failed.txt like those of videos; clear the earlier records under the `searched` paths that list
+        fine now (records under other paths belong to other runs sharing the folder)."""
+        bad = {os.path.abspath(item.where): item.reason for item in skipped}
+        roots = [os.path.abspath(p) for p in searched]
+        for record in (self.path / PARTS_DIR).glob(f"*{UNLISTED}"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                where = json.loads(record.read_text(encoding="utf-8"))["video"]
+                if where not in bad and any(where == r or where.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+                    record.unlink()
+        for where, reason in bad.items():
+            name = hashlib.sha1(where.encode("utf-8", "surrogateescape")).hexdigest()[:16] + UNLISTED
+            self._write_failure(self.path / PARTS_DIR / name, where, reason)
+
+    def _write_failure(self, path: Path, video: str, error: str) -> None:
+        atomic_write_text(path, json.dumps({"video": video, "error": error}) + "\n")
 
     def leftovers(self, keys: set[str]) -> dict[str, list[str]]:
         """Temporary files of the videos `keys` (`.<key>.c3dpart-<pid>-*.npy.tmp`, `.<key>.npy.*.tmp`,

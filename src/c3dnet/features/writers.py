@@ -115,7 +115,7 @@ def write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions) ->
     times = job.out.times(job.key)
     atomic_write_text(times, format_times(m.plan.spans(groups)))
     job.out.write_part(ManifestEntry(
-        key=job.key, output=out.name, video=str(job.record.path.resolve()), layer=runner.output,
+        key=job.key, output=out.name, video=str(job.record.real_path), layer=runner.output,
         num_frames=m.num_frames, fps=m.fps, clip_starts=[int(s) for s in m.starts],
         clip_len=runner.preprocess.clip_len, frame_interval=runner.preprocess.frame_interval, stride=options.stride,
         video_mean=options.video_mean, l2=options.l2, dim=runner.dim, weights=options.weights,
