@@ -376,10 +376,15 @@ def test_a_full_disk_while_writing_stops_extraction_and_loses_nothing(tmp_path, 
 
     monkeypatch.setattr(extract_module, "publish", full_disk_on_third)
     options = ExtractOptions(stride=4, batch_size=2, workers=1)
-    with pytest.raises(OSError, match="No space left"):  # raised on a writer thread, reported here
+    from c3dnet.fileio import OutputError
+
+    # raised on a writer thread, reported here as one line naming the folder, the video and the bytes
+    with pytest.raises(OutputError, match=r"out: no space left on the device for the features of v2 \([\d,]+ bytes "
+                                          r"needed, [\d,]+ free\); free some space, or choose another --out folder"):
         extract(records, runner, tmp_path / "out", options, progress=False)
     out = tmp_path / "out"
     assert not list(out.glob(".*.tmp")) and not list((out / ".locks").glob("*"))
+    assert not (out / "v2.npy").exists()  # nothing that looks complete
     monkeypatch.setattr(extract_module, "publish", publish)
     summary = extract(records, runner, out, options, progress=False)  # the rerun finishes the rest
     assert summary.done + summary.skipped == 5 and len(read_manifest(out)) == 5

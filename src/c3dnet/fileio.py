@@ -9,11 +9,58 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from c3dnet.errors import C3DError
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The errnos of a full disk (or a full quota)."""
+
+
+class OutputError(C3DError):
+    """An output folder that cannot take what is written to it: a full disk, a read-only or foreign folder."""
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer may still put in `folder`'s filesystem (-1 where that cannot be read)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return -1
+
+
+def output_error(e: OSError, folder: str | os.PathLike[str], what: str, needed: int | None = None,
+                 remedy: str = "choose another output folder") -> OutputError:
+    """One clear line for an `OSError` met writing `what` into `folder`: with a full disk, the bytes needed and
+    free, then what to do (free some space, or `remedy`)."""
+    if e.errno in NO_SPACE:
+        free = free_bytes(folder)
+        have = f", {free:,} free" if free >= 0 else ""
+        need = f" ({needed:,} bytes needed{have})" if needed is not None else f" ({free:,} bytes free)" if have else ""
+        return OutputError(f"{folder}: no space left on the device for {what}{need}; free some space, or {remedy}")
+    return OutputError(f"{folder}: cannot write {what} ({e.strerror or e}); fix the folder, or {remedy}")
+
+
+def reserve(fd: int, size: int, folder: str | os.PathLike[str]) -> None:
+    """Allocate `size` bytes of the open file `fd` (in `folder`) now, so that a full disk shows here, as `OSError`
+    ENOSPC before any work, and later writes into that range cannot run out of space. Where the filesystem (or
+    the OS) cannot allocate ahead, the free space is compared instead."""
+    allocate = getattr(os, "posix_fallocate", None)  # not on macOS
+    if allocate is not None:
+        try:
+            allocate(fd, 0, size)
+            return
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise
+    if 0 <= free_bytes(folder) < size:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 @contextlib.contextmanager

@@ -4,8 +4,8 @@ Every video is decoded once, front to back, in chunks (`iter_frames`), resized i
 as the weights' `Preprocess` says; a small buffer keeps only the frames that the next sliding clips still need,
 so memory stays bounded whatever the video's length. Decoder processes (one video each, handed out as they
 free up) send clips through shared memory; the main process fills fixed-size pinned batches from them, mixing
-videos, so the device never waits for one video's tail. Rows of long videos go straight to a memory-mapped
-temporary `.npy`.
+videos, so the device never waits for one video's tail. Rows of long videos go straight to a temporary `.npy`,
+written at each row's offset (its space allocated when the video starts, so a full disk is one clear error).
 
 Output folder layout (several processes or torchrun ranks may share it):
     OUT/<key>.npy            (num_clips, dim) float32, or (dim,) with `video_mean`; written to a temporary

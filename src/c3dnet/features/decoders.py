@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from c3dnet.engine.runner import ClipRunner
-from c3dnet.errors import DataError
+from c3dnet.errors import C3DError, DataError
 from c3dnet.features.clips import ClipPlan, clip_frames
 from c3dnet.features.options import ExtractOptions
 from c3dnet.features.output import OutputDir
@@ -101,10 +101,13 @@ class Clips:
 
 @dataclass(frozen=True)
 class Failed:
-    """Video `index` could not be read (its clips sent before the failure are to be dropped)."""
+    """Video `index` could not be read (its clips sent before the failure are to be dropped); `fatal`: the output
+    folder failed (no lock could be written there: a full disk, say), which stops the extraction whatever
+    `skip_bad` says."""
 
     index: int
     error: str
+    fatal: bool = False
 
 
 Message = Skipped | Busy | Started | Clips | Failed
@@ -207,7 +210,12 @@ class VideoDecoder(torch.utils.data.IterableDataset):
             yield Skipped(i)
             return
         lock = self.out.lock(key, owner_pid=self.owner_pid)
-        if not lock.acquire():
+        try:
+            acquired = lock.acquire()
+        except C3DError as e:  # the folder, not the video: sent as a message, not raised through the DataLoader
+            yield Failed(i, str(e), fatal=True)
+            return
+        if not acquired:
             yield Busy(i)
             return
         self.out.remove(self.leftovers.get(key, []))

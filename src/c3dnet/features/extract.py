@@ -22,6 +22,7 @@ from c3dnet.features.manifest import output_keys
 from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import OutputDir
 from c3dnet.features.writers import VideoJob, WriterPool
+from c3dnet.fileio import OutputError
 from c3dnet.log import get_logger, progress_bar
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
 
     Raises:
         DataError: an unreadable video (unless `options.skip_bad`); finished videos stay finished.
+        OutputError: the output folder cannot take the features (a full disk: the line names the folder and the
+            bytes needed); the video being written leaves nothing behind, and a rerun resumes.
     """
     options = options or ExtractOptions()
     out = OutputDir(out_dir).create()
@@ -46,10 +49,12 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
     decoders = DecoderLoader(todo, out, runner, options)
     run = _Extraction(todo, out, runner, options, summary, decoders.clip_shape, progress, len(records))
     messages = decoders.messages()
+    finished = False
     try:
         for message in messages:
             run.dispatch(message, decoders)
         run.finish()
+        finished = True
     finally:
         # Stop the decoder processes now, not whenever the iterator is collected: none may still take a lock
         # after ours are released below.
@@ -57,9 +62,16 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
         del messages
         run.close()
         out.release_own_locks()  # also those of videos a decoder process had locked but not yet started
-        out.clear_stale_locks()
-        out.merge_manifest()
-        decoders.close()
+        try:
+            out.clear_stale_locks()
+            out.merge_manifest()
+        except OutputError:
+            if finished:
+                raise
+            # Otherwise the error that stopped the run (a full disk, most likely) is the one to report; the parts
+            # stay the record, and the next run merges them.
+        finally:
+            decoders.close()
     return summary
 
 
@@ -101,10 +113,12 @@ class _Extraction:
                 self.bar.update(1)
             case Started(index=i, meta=meta):
                 job = self.jobs[i] = self._job(i)
-                job.open(meta, self.runner.dim, self.options.video_mean)
+                job.open(meta, self.runner.dim, self.options)
             case Clips(index=i, first=first):
                 self.batcher.add(self.jobs[i], first, decoders.clips(message))  # copied into the batch...
                 decoders.release(message)  # ...so its ring slots are free again
+            case Failed(error=error, fatal=True):
+                raise OutputError(error)
             case Failed(index=i, error=error):
                 self._fail(self.jobs.pop(i, None) or self._job(i), DataError(error))
 
@@ -129,7 +143,7 @@ class _Extraction:
 
     def _row(self, job: VideoJob, k: int, row: np.ndarray) -> None:
         self.summary.clips += 1
-        if job.add(k, row, self.options.video_mean, self.options.l2):
+        if job.add(k, row):
             self.writers.submit(job)
 
     def _collect(self, wait: bool = False) -> None:

@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 from c3dnet.errors import DataError
-from c3dnet.fileio import pid_alive
+from c3dnet.fileio import output_error, pid_alive
 from c3dnet.log import get_logger
 
 log = get_logger(__name__)
 
+REMEDY = "choose another --out folder"
+"""What to do about an output folder that cannot take the features, besides freeing space (`c3d extract`)."""
 HEARTBEAT_S = 10.0
 """Seconds between two touches of a held lock."""
 STALE_S = 60.0
@@ -123,11 +125,15 @@ class VideoLock:
         self.held = False
 
     def acquire(self) -> bool:
+        """Take the lock: True, or False while a live owner holds it. `OutputError` when no lock file can be
+        written there (a full disk, say), `DataError` when its folder is a file."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
             raise DataError(f"{self.path.parent}: is not a folder, so no lock can be taken there; remove it (c3d "
                             "extract keeps its locks in OUT/.locks)") from e
+        except OSError as e:
+            raise output_error(e, self.path.parent.parent, "its lock folder", remedy=REMEDY) from e
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
         for _ in range(3):
             try:
@@ -136,8 +142,16 @@ class VideoLock:
                 if not self._reclaim_stale():
                     return False
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self.token + "\n")
+            except OSError as e:
+                raise output_error(e, self.path.parent.parent, f"the lock of {self.path.stem}", remedy=REMEDY) from e
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(self.token + "\n")
+            except OSError as e:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()  # an empty lock is nobody's: it would only wait to turn stale
+                raise output_error(e, self.path.parent.parent, f"the lock of {self.path.stem}", len(self.token) + 1,
+                                   REMEDY) from e
             self.held = True
             return True
         return False

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from c3dnet.errors import DataError
-from c3dnet.features.locks import VideoLock, break_locks
+from c3dnet.features.locks import REMEDY, VideoLock, break_locks
 from c3dnet.features.manifest import (
     LOCKS_DIR,
     PARTS_DIR,
@@ -31,7 +31,7 @@ from c3dnet.features.manifest import (
     parse_entry,
     write_merged_manifest,
 )
-from c3dnet.fileio import atomic_write_text
+from c3dnet.fileio import atomic_write_text, output_error
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import SkippedItem
@@ -56,6 +56,8 @@ class OutputDir:
             (self.path / PARTS_DIR).mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
             raise DataError(f"{self.path}: is not a folder; choose another --out") from e
+        except OSError as e:
+            raise output_error(e, self.path, f"its {PARTS_DIR} folder", remedy=REMEDY) from e
         return self
 
     def npy(self, key: str) -> Path:
@@ -106,7 +108,10 @@ class OutputDir:
             self._write_failure(self.path / PARTS_DIR / name, where, reason)
 
     def _write_failure(self, path: Path, video: str, error: str) -> None:
-        atomic_write_text(path, json.dumps({"video": video, "error": error}) + "\n")
+        try:
+            atomic_write_text(path, json.dumps({"video": video, "error": error}) + "\n")
+        except OSError as e:
+            raise output_error(e, self.path, f"the failure record {path.name}", remedy=REMEDY) from e
 
     def leftovers(self, keys: set[str]) -> dict[str, list[str]]:
         """Temporary files of the videos `keys` (`.<key>.c3dpart-<pid>-*.npy.tmp`, `.<key>.npy.*.tmp`,
@@ -173,5 +178,10 @@ class OutputDir:
                     lock.release()
 
     def merge_manifest(self) -> int:
-        """(Re)write `manifest.jsonl` and `failed.txt` from the per-video parts; returns the entry count."""
-        return write_merged_manifest(self.path)
+        """(Re)write `manifest.jsonl` and `failed.txt` from the per-video parts; returns the entry count.
+        `OutputError` when the disk cannot take them (the parts stay the record: a rerun merges them)."""
+        try:
+            return write_merged_manifest(self.path)
+        except OSError as e:
+            raise output_error(e, self.path, "the merged manifest (every video is extracted; rerun to merge)",
+                               remedy=REMEDY) from e

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ import numpy as np
 
 from c3dnet.errors import ConfigError, DataError
 from c3dnet.features.manifest import ManifestEntry, load_features, read_manifest, read_times
-from c3dnet.fileio import atomic_path, atomic_write_text
+from c3dnet.fileio import atomic_path, atomic_write_text, output_error
 
 FORMATS = ("h5", "txt", "pt")
 INDEX = "index.json"
@@ -100,11 +101,22 @@ def pack(features_dir: str | os.PathLike[str], to: str | os.PathLike[str], fmt: 
     times = [_times_path(src, e) for e in entries]  # a missing sidecar is an error before anything is written
     videos = ((e, load_features(src, e), read_times(t) if t else None)  # one video in memory at a time
               for e, t in zip(entries, times))
-    if fmt == "h5":
-        _write_h5(to, videos, settings, dataset_name)
-    else:
-        _write_folder(to, videos, settings, fmt)
+    needed = sum(_features_size(src, e) for e in entries)  # about what the pack takes
+    try:
+        if fmt == "h5":
+            _write_h5(to, videos, settings, dataset_name)
+        else:
+            _write_folder(to, videos, settings, fmt)
+    except OSError as e:
+        raise output_error(e, to.parent, f"the pack {to.name}", needed, "choose another --to") from e
     return PackSummary(len(entries), to, fmt)
+
+
+def _features_size(src: Path, entry: ManifestEntry) -> int:
+    try:
+        return (src / entry.output).stat().st_size
+    except OSError as e:
+        raise DataError(f"{src / entry.output}: {e.strerror or e}; re-run `c3d extract` on {entry.video}") from e
 
 
 def _times_path(src: Path, entry: ManifestEntry) -> Path | None:
@@ -170,7 +182,9 @@ def _write_rows(path: Path, rows: np.ndarray, fmt: str) -> None:
     else:
         import torch
 
-        torch.save(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)), path)
+        data = io.BytesIO()  # torch's own file writer reports a full disk as an opaque RuntimeError
+        torch.save(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)), data)
+        path.write_bytes(data.getvalue())
 
 
 def _replace_folder(tmp: Path, to: Path) -> None:

@@ -7,6 +7,8 @@ threads: on a disk whose fsync takes milliseconds, doing it in the extracting th
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import tempfile
 from concurrent import futures
@@ -21,59 +23,138 @@ from c3dnet.features.decoders import VideoMeta
 from c3dnet.features.locks import VideoLock
 from c3dnet.features.manifest import TMP_TAG, ManifestEntry, format_times
 from c3dnet.features.options import ExtractOptions
-from c3dnet.features.output import OutputDir
+from c3dnet.features.output import REMEDY, OutputDir
 from c3dnet.features.pooling import mean_row, pool_groups, prepare_clip_row, row_groups
-from c3dnet.fileio import atomic_write, atomic_write_text, publish
+from c3dnet.fileio import atomic_write, atomic_write_text, free_bytes, output_error, publish, reserve
 from c3dnet.metrics import l2_normalize
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
 
 WRITERS = 8  # threads writing finished videos: their fsyncs overlap
+SIDECAR_BYTES = 4096 + 64  # a video's manifest part and times file, beyond 64 bytes per row (an estimate)
+
+
+def npy_bytes(rows: int, dim: int) -> int:
+    """The size of a float32 (rows, dim) .npy file: numpy's 128-byte header (shapes this small) and the data."""
+    return 128 + rows * dim * 4
+
+
+class RowFile:
+    """A video's clip rows (num_clips, dim) float32 in a temporary .npy, each row written at its offset with
+    `os.pwrite`. Its space is allocated when it is opened, so a full disk shows before the video is decoded, and
+    any later write error is an `OSError` (a memory map turned it into a SIGBUS that killed the process without a
+    word). Reading back goes through `os.pread` as well: `rows[g]` is the rows of clip numbers `g`."""
+
+    def __init__(self, path: Path, num_clips: int, dim: int) -> None:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                      "fortran_order": False, "shape": (int(num_clips), int(dim))})
+        self.path, self.dim, self.offset = path, dim, len(header.getvalue())
+        self.fd = os.open(path, os.O_RDWR)
+        try:
+            reserve(self.fd, self.offset + num_clips * dim * 4, path.parent)
+            self._write(header.getvalue(), 0)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, k: int, row: np.ndarray) -> None:
+        self._write(np.ascontiguousarray(row, dtype=np.float32).tobytes(), self.offset + k * self.dim * 4)
+
+    def __getitem__(self, clips: np.ndarray) -> np.ndarray:
+        """The rows of clip numbers `clips` (a range, as segments are), (len(clips), dim) float32."""
+        lo, hi = int(clips.min()), int(clips.max()) + 1
+        size = (hi - lo) * self.dim * 4
+        data = bytearray()
+        while len(data) < size:
+            chunk = os.pread(self.fd, size - len(data), self.offset + lo * self.dim * 4 + len(data))
+            if not chunk:
+                raise OSError(f"{self.path}: shorter than its rows")
+            data += chunk
+        return np.frombuffer(bytes(data), dtype=np.float32).reshape(hi - lo, self.dim)[clips - lo]
+
+    def _write(self, data: bytes, at: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, at)
+            view, at = view[n:], at + n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class VideoJob:
     """One video being extracted: its lock, its clips and a row sink (a running sum with `video_mean`, else a
-    memory-mapped temporary .npy, so long videos' rows live on disk)."""
+    `RowFile`, so long videos' rows live on disk)."""
 
     def __init__(self, record: VideoRecord, key: str, out: OutputDir, lock: VideoLock, index: int) -> None:
         self.record, self.key, self.out, self.lock, self.index = record, key, out, lock, index
         self.meta: VideoMeta | None = None
+        self.options = ExtractOptions()
         self.received = 0
-        self.rows: np.ndarray | None = None
+        self.total: np.ndarray | None = None  # with video_mean: the float64 sum of the clip rows
+        self.rows: RowFile | None = None
         self.tmp: Path | None = None
+        self.needed = 0  # bytes its outputs take
 
     @property
     def num_clips(self) -> int:
         return len(self.meta.starts) if self.meta is not None else 0
 
-    def open(self, meta: VideoMeta, dim: int, video_mean: bool) -> None:
-        """Ready the row sink: a running sum with `video_mean`, else a memory-mapped (num_clips, dim) file (the
-        segments are pooled from it once every clip is in)."""
-        self.meta = meta
-        if video_mean:
-            self.rows = np.zeros((1, dim), dtype=np.float64)  # running sum
-            return
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.{TMP_TAG}{os.getpid()}-", suffix=".npy.tmp",
-                                   dir=self.out.path)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.num_clips, dim))
-
-    def add(self, k: int, row: np.ndarray, video_mean: bool, l2: str = "none") -> bool:
-        """Row of clip `k` (normalised first with l2="clip"); True when it was the video's last."""
-        row = prepare_clip_row(row, l2)
-        if video_mean:
-            self.rows[0] += row
+    def open(self, meta: VideoMeta, dim: int, options: ExtractOptions) -> None:
+        """Ready the row sink: a running sum with `video_mean`, else a (num_clips, dim) `RowFile` (the segments
+        are pooled from it once every clip is in). The space the video needs is allocated or checked first:
+        `OutputError` (naming the folder and the bytes) when the disk cannot take it."""
+        self.meta, self.options = meta, options
+        rows_out = 1 if options.video_mean else options.segments or self.num_clips
+        sidecars = SIDECAR_BYTES + 64 * rows_out + 8 * self.num_clips
+        self.needed = npy_bytes(rows_out, dim) + sidecars
+        if options.video_mean:
+            self.total = np.zeros(dim, dtype=np.float64)  # running sum
+            rest = self.needed
         else:
-            self.rows[k] = row
+            if options.segments:
+                self.needed += npy_bytes(self.num_clips, dim)  # the clip rows, until they are pooled
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.{TMP_TAG}{os.getpid()}-", suffix=".npy.tmp",
+                                       dir=self.out.path)
+            os.close(fd)
+            self.tmp = Path(tmp)
+            try:
+                self.rows = RowFile(self.tmp, self.num_clips, dim)
+            except OSError as e:
+                self.drop_rows()
+                raise output_error(e, self.out.path, f"the rows of {self.key}", self.needed, REMEDY) from e
+            rest = self.needed - npy_bytes(self.num_clips, dim)
+        if 0 <= free_bytes(self.out.path) < rest:
+            self.drop_rows()
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise output_error(full, self.out.path, f"the features of {self.key}", self.needed, REMEDY)
+
+    def add(self, k: int, row: np.ndarray) -> bool:
+        """Row of clip `k` (normalised first with l2="clip"; with l2="output" and nothing pooled, each row is
+        written normalised); True when it was the video's last."""
+        o = self.options
+        row = prepare_clip_row(row, o.l2)
+        if self.total is not None:
+            self.total += row
+        else:
+            if o.l2 == "output" and not o.segments:
+                row = l2_normalize(row)  # written as float32
+            try:
+                self.rows.write(k, row)
+            except OSError as e:
+                raise output_error(e, self.out.path, f"the rows of {self.key}", self.needed, REMEDY) from e
         self.received += 1
         return self.received == self.num_clips
 
     def drop_rows(self) -> None:
-        """Close and remove the memory-mapped clip rows (once pooled into the output)."""
-        del self.rows
-        self.rows = None
+        """Close and remove the temporary clip rows (once pooled into the output, or given up)."""
+        if self.rows is not None:
+            self.rows.close()
+            self.rows = None
         if self.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.tmp.unlink()
@@ -81,39 +162,50 @@ class VideoJob:
 
     def discard(self) -> None:
         """Drop the partial rows and release the lock (an unreadable video, an error or an interrupt)."""
-        self.rows = None
-        if self.tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.tmp.unlink()
+        self.total = None
+        self.drop_rows()
         self.lock.release()
 
 
 def write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions) -> None:
-    """Write the video's .npy (rename into place), then its manifest part, then release its lock."""
+    """Write the video's .npy (rename into place), then its times and manifest part, then release its lock.
+
+    A write that fails (a full disk) removes what this call published, so no `.npy` without its part is left to
+    look complete, and raises `OutputError` naming the folder and the bytes the video needs.
+    """
+    published: list[Path] = []
+    try:
+        _write_outputs(job, runner, options, published)
+    except OSError as e:
+        for path in published:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        raise output_error(e, job.out.path, f"the features of {job.key}", job.needed, REMEDY) from e
+    job.lock.release()
+
+
+def _write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions, published: list[Path]) -> None:
     out = job.out.npy(job.key)
-    assert job.rows is not None and job.meta is not None
+    assert job.meta is not None
     groups = row_groups(job.num_clips, options.segments, options.segment_rule, options.video_mean)
-    if options.video_mean:
-        feats = mean_row(job.rows[0], job.received, options.l2)  # (dim,) from the running sum
+    if options.video_mean or options.segments:
+        feats = mean_row(job.total, job.received, options.l2) if options.video_mean \
+            else pool_groups(job.rows, groups, options.l2)  # (dim,) from the running sum, or (segments, dim)
+        npy = io.BytesIO()
+        np.save(npy, feats)  # in memory: numpy's own file writes report a full disk as a short write, no errno
         with atomic_write(out, "wb") as f:
-            np.save(f, feats)
-    elif options.segments:
-        feats = pool_groups(job.rows, groups, options.l2)  # (segments, dim)
-        with atomic_write(out, "wb") as f:
-            np.save(f, feats)
+            f.write(npy.getvalue())
+        published.append(out)
         job.drop_rows()
     else:
-        if options.l2 == "output":
-            for lo in range(0, len(job.rows), 4096):  # in blocks: the rows live on disk
-                job.rows[lo:lo + 4096] = l2_normalize(job.rows[lo:lo + 4096])  # cast back to float32
-        job.rows.flush()
-        del job.rows
-        job.rows = None
-        publish(job.tmp, out)
-        job.tmp = None
+        job.rows.close()
+        publish(job.tmp, out)  # every row is in: renamed into place
+        job.rows, job.tmp = None, None
+        published.append(out)
     m = job.meta
     times = job.out.times(job.key)
     atomic_write_text(times, format_times(m.plan.spans(groups)))
+    published.append(times)
     job.out.write_part(ManifestEntry(
         key=job.key, output=out.name, video=str(job.record.real_path), layer=runner.output,
         num_frames=m.num_frames, fps=m.fps, clip_starts=[int(s) for s in m.starts],
@@ -124,7 +216,7 @@ def write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions) ->
         sample_fps=str(options.fps) if options.fps is not None else "", num_sampled_frames=m.plan.num_sampled,
         times=times.name,
     ))
-    job.lock.release()
+    published.clear()  # done: the part marks it so
 
 
 class WriterPool:
