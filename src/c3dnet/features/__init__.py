@@ -14,6 +14,7 @@ Output folder layout (several processes or torchrun ranks may share it):
     OUT/.parts/<key>.failed  why an unreadable video failed (with skip_bad)
     OUT/.locks/<key>.lock    "pid host" of the process working on it (O_CREAT|O_EXCL; dead pids are reclaimed)
     OUT/manifest.jsonl       every finished video's entry, merged from .parts at the end of each run
+    OUT/keys.csv             "key,video" per finished video (a key is the file stem; clashing names get a hash)
     OUT/failed.txt           "path<TAB>reason" per failed video or input that cannot be listed, merged likewise
 
 Example:

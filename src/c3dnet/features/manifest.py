@@ -7,7 +7,9 @@ exist.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -19,14 +21,19 @@ import numpy as np
 from c3dnet.engine.runner import OUTPUTS  # noqa: F401 - the outputs a manifest's layer names
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text
+from c3dnet.log import get_logger
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
+
+log = get_logger(__name__)
 
 PARTS_DIR = ".parts"
 LOCKS_DIR = ".locks"
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.txt"
+KEYS = "keys.csv"
+KEYS_HEADER = ("key", "video")
 TMP_TAG = "c3dpart-"
 TIMES_SUFFIX = ".times.csv"
 TIMES_HEADER = "first_frame,last_frame,start_s,end_s"
@@ -116,20 +123,41 @@ def load_features(out_dir: str | os.PathLike[str], entry: ManifestEntry) -> np.n
 
 
 def output_keys(records: list[VideoRecord]) -> list[str]:
-    """File stem per record: the video's name, plus a hash of its path when two inputs share a name."""
+    """File stem per record: the video's name without its extension (a frame folder's name); when several
+    inputs share one, each of them gets "-" and the first 8 hex digits of the SHA-1 of its absolute path with
+    symlinks resolved (`bikes.mp4` and `bikes.mov` -> `bikes-<8 hex digits>` each). Each clash is logged once
+    (INFO), naming every renamed input; `keys.csv` maps every key to its video."""
     stems = [r.path.name if r.path.is_dir() else r.path.stem for r in records]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(os.fsencode(r.real_path)).hexdigest()[:8]}"
-            for s, r in zip(stems, records)]
+    clashes: dict[str, list[int]] = {}
+    for n, s in enumerate(stems):
+        clashes.setdefault(s, []).append(n)
+    keys = list(stems)
+    for stem, where in clashes.items():
+        if len(where) < 2:
+            continue
+        for n in where:
+            keys[n] = f"{stem}-{hashlib.sha1(os.fsencode(records[n].real_path)).hexdigest()[:8]}"
+        log.info("%d inputs are named %r: written as %s; keys.csv maps each key to its video", len(where), stem,
+                 ", ".join(f"{keys[n]} ({records[n].path})" for n in where))
+    return keys
+
+
+def keys_csv(entries: list[ManifestEntry]) -> str:
+    """`keys.csv`: a header `key,video`, then each video's key (its files' stem) and absolute source path."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(KEYS_HEADER)
+    writer.writerows((e.key, e.video) for e in entries)
+    return text.getvalue()
 
 
 def write_merged_manifest(out_dir: str | os.PathLike[str]) -> int:
-    """(Re)write OUT/manifest.jsonl and OUT/failed.txt from the per-video parts; returns the entry count."""
+    """(Re)write OUT/manifest.jsonl, OUT/keys.csv and OUT/failed.txt from the per-video parts; returns the entry
+    count."""
     out_dir = Path(out_dir)
     entries = read_manifest(out_dir)
     atomic_write_text(out_dir / MANIFEST, "".join(json.dumps(e.to_dict()) + "\n" for e in entries))
+    atomic_write_text(out_dir / KEYS, keys_csv(entries))
     failed = []
     for p in (out_dir / PARTS_DIR).glob("*.failed"):
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):

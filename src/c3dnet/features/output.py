@@ -178,8 +178,8 @@ class OutputDir:
                     lock.release()
 
     def merge_manifest(self) -> int:
-        """(Re)write `manifest.jsonl` and `failed.txt` from the per-video parts; returns the entry count.
-        `OutputError` when the disk cannot take them (the parts stay the record: a rerun merges them)."""
+        """(Re)write `manifest.jsonl`, `keys.csv` and `failed.txt` from the per-video parts; returns the entry
+        count. `OutputError` when the disk cannot take them (the parts stay the record: a rerun merges them)."""
         try:
             return write_merged_manifest(self.path)
         except OSError as e:

@@ -8,9 +8,11 @@
   each followed by a space, one row per line (as their MATLAB code's `fprintf(fid, '%f ', row)`).
 - "pt": a folder of `<key>.pt`, each a float32 tensor (rows, dim) saved by `torch.save`.
 
-Folders also get `index.json` (settings, and each video's file, frames and times). The per-video `.npy` files stay
-the resumable store; packing reads only finished videos and replaces `--to` whole (written beside it, then
-renamed), so it can be rerun at any time. Features extracted with different settings are refused.
+Folders also get `index.json` (settings, and each video's file, frames and times) and `keys.csv` (each key and its
+source video, as `c3d extract` writes it); in the HDF5 file, each video's dataset (and its group, with
+`dataset_name`) has the attribute `video`, its source path, and the root holds nothing but videos. The per-video
+`.npy` files stay the resumable store; packing reads only finished videos and replaces `--to` whole (written beside
+it, then renamed), so it can be rerun at any time. Features extracted with different settings are refused.
 
 Example:
     >>> pack("feats", "feats.h5")                                    # doctest: +SKIP
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from c3dnet.errors import ConfigError, DataError
-from c3dnet.features.manifest import ManifestEntry, load_features, read_manifest, read_times
+from c3dnet.features.manifest import KEYS, ManifestEntry, keys_csv, load_features, read_manifest, read_times
 from c3dnet.fileio import atomic_path, atomic_write_text, output_error
 
 FORMATS = ("h5", "txt", "pt")
@@ -106,7 +108,7 @@ def pack(features_dir: str | os.PathLike[str], to: str | os.PathLike[str], fmt: 
         if fmt == "h5":
             _write_h5(to, videos, settings, dataset_name)
         else:
-            _write_folder(to, videos, settings, fmt)
+            _write_folder(to, videos, settings, fmt, keys_csv(entries))
     except OSError as e:
         raise output_error(e, to.parent, f"the pack {to.name}", needed, "choose another --to") from e
     return PackSummary(len(entries), to, fmt)
@@ -145,10 +147,12 @@ def _write_h5(to: Path, videos: Iterator[Video], settings: dict[str, Any], datas
                 if times is not None:
                     ds.attrs["frames"] = times[:, :2].astype(np.int64)
                     ds.attrs["times"] = times[:, 2:]
-                ds.attrs["video"] = entry.video
+                ds.attrs["video"] = entry.video  # keys.csv's mapping, where an HDF5 reader looks
+                if dataset_name:
+                    node.attrs["video"] = entry.video
 
 
-def _write_folder(to: Path, videos: Iterator[Video], settings: dict[str, Any], fmt: str) -> None:
+def _write_folder(to: Path, videos: Iterator[Video], settings: dict[str, Any], fmt: str, keys: str) -> None:
     if to.exists() and not (to.is_dir() and (to / INDEX).is_file()):
         raise ConfigError(f"{to}: exists and is not a `c3d pack` output; choose another --to or remove it")
     tmp = to.parent / f".{to.name}.pack-{os.getpid()}"
@@ -163,6 +167,7 @@ def _write_folder(to: Path, videos: Iterator[Video], settings: dict[str, Any], f
                 "file": name, "video": entry.video,
                 "frames": None if times is None else times[:, :2].astype(int).tolist(),
                 "times": None if times is None else [[_num(a), _num(b)] for a, b in times[:, 2:]]}
+        atomic_write_text(tmp / KEYS, keys)
         atomic_write_text(tmp / INDEX, json.dumps(index, indent=1) + "\n")
         _replace_folder(tmp, to)
     except BaseException:
