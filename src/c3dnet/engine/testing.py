@@ -30,7 +30,7 @@ import torch
 from c3dnet.data.sources import Source
 from c3dnet.engine.config import TrainConfig
 from c3dnet.engine.evaluate import Average, EvalResult
-from c3dnet.errors import ConfigError
+from c3dnet.errors import C3DError, ConfigError, DataError
 from c3dnet.log import get_logger
 from c3dnet.model import C3D
 
@@ -179,7 +179,6 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
     from c3dnet.engine.device import configure_for, loader_workers, select_device
     from c3dnet.engine.evaluate import evaluate
     from c3dnet.engine.runner import ClipRunner
-    from c3dnet.errors import DataError
     from c3dnet.weights import load_model
 
     device = configure_for(select_device(options.device, dist_info.local_rank if dist_info.is_distributed else None))
@@ -212,11 +211,38 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
                         preprocess=model.preprocess, channels_last=options.channels_last)
     timed = _TimedBatches(loader)
     t0 = time.perf_counter()
-    result = evaluate(runner, timed, average=options.average, progress=options.progress and dist_info.is_main)
+    try:
+        result = evaluate(runner, timed, average=options.average, progress=options.progress and dist_info.is_main)
+    except DataError as e:
+        raise _one_line(e, options.skip_bad) from None
     data_wait = timed.wait / max(time.perf_counter() - t0, 1e-9)
     return TestRun(result=result, model=model, class_names=list(source.class_names),
                    videos=[r.path for r in source.records], device=device, seconds=0.0, data_wait=data_wait,
                    is_main=dist_info.is_main)
+
+
+def unwrap_worker_error(error: C3DError) -> C3DError:
+    """A c3dnet error raised in a DataLoader worker process, as it was raised there.
+
+    The DataLoader re-raises a worker's error in the main process as the same type, with the worker's whole
+    traceback as its message ("Caught DataError in DataLoader worker process 0. Original Traceback ...": some 50
+    lines, the file named on the last). This gives back the error with its own message; any other error as it is.
+    """
+    text, cls = str(error), type(error)
+    marker = f"\n{cls.__module__}.{cls.__qualname__}: "
+    cut = text.rfind(marker)
+    if not (text.startswith("Caught ") and "Original Traceback" in text) or cut < 0:
+        return error
+    return cls(text[cut + len(marker):].strip())
+
+
+def _one_line(error: DataError, skip_bad: bool) -> DataError:
+    """An unreadable video's error as it was raised in a loader process (not the loader's 50-line traceback),
+    saying what to do."""
+    error = unwrap_worker_error(error)
+    if skip_bad or "skip-bad" in str(error):
+        return error
+    return type(error)(f"{error}; pass --skip-bad to leave such videos out, or remove it from the dataset")
 
 
 class _TimedBatches:
