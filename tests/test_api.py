@@ -75,7 +75,9 @@ def test_extract_features_are_the_c3d_extract_rows(setup, flags):
     ours = c3dnet.extract_features(root / "w.safetensors", video, layer="fc7", stride=8, device="cpu",
                                    video_mean="--video-mean" in flags, l2="--l2" in flags)
     assert ours.dtype == np.float32 and ours.shape == written.shape == ((32,) if "--video-mean" in flags else (5, 32))
-    np.testing.assert_allclose(ours, written, rtol=1e-5, atol=1e-6)
+    # float32 rounding at the rows' scale: the extraction's clips reach the model in another memory layout
+    # (views of channels-last decoder buffers), which oneDNN may convolve with another algorithm
+    np.testing.assert_allclose(ours, written, rtol=1e-5, atol=1e-6 * np.abs(written).max())
 
 
 def test_extract_features_from_frames_and_onnx(setup):
