@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.dataset import ClipDataset, worker_init_fn  # noqa: E402
 from c3dnet.data.encode import write_video  # noqa: E402
 from c3dnet.data.sources import Source, load_source  # noqa: E402
+from c3dnet.device import configure_for, prepare_model, select_device  # noqa: E402
 from c3dnet.engine.config import load_config  # noqa: E402
-from c3dnet.engine.device import configure_for, prepare_model, select_device  # noqa: E402
 from c3dnet.engine.testing import TestOptions, test_weights  # noqa: E402
 from c3dnet.engine.train import train  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402

@@ -31,8 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.decode import video_info
 from c3dnet.data.sources import VideoRecord
-from c3dnet.engine.device import configure_for, select_device
+from c3dnet.device import configure_for, select_device
 from c3dnet.features import ClipRunner, ExtractOptions, PendingRows, clip_frames, extract
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
 from common import environment, markdown_table, write_results  # noqa: E402
@@ -197,7 +198,8 @@ def main() -> None:
             runs.insert(0, (NoModel(model, args.layer, device), max(counts),
                             f"extract with no model (decode, batch, write), {max(counts)} decoder processes"))
         for run, workers, label in runs:
-            options = ExtractOptions(stride=args.stride, batch_size=args.batch_size, workers=workers)
+            options = ExtractOptions(FeatureRecipe(args.layer, stride=args.stride), batch_size=args.batch_size,
+                                     workers=workers)
             out = tmp / f"out_{workers}"
             summary = extract([VideoRecord(p, -1) for p in paths], run, out, options, progress=False)
             shutil.rmtree(out)

@@ -3,7 +3,7 @@
 Paths (--paths picks them by these names):
     naive: fp32, TF32 off, cudnn.benchmark off, eager, contiguous layout (what the seed ran).
     tf32: the same with TF32 and cudnn.benchmark on (CUDA only by default).
-    c3dnet: the engine's own helpers (`c3dnet.engine.device`): channels_last_3d, inference_mode, and on CUDA bf16
+    c3dnet: the engine's own helpers (`c3dnet.device`): channels_last_3d, inference_mode, and on CUDA bf16
         autocast and cudnn.benchmark. On the CPU c3dnet runs fp32.
     compile: c3dnet plus torch.compile (default with --compile).
     compile-max: the same in mode "max-autotune-no-cudagraphs" (Inductor benchmarks its kernel choices; minutes
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from c3dnet.engine.device import autocast, inference_context, prepare_model  # noqa: E402
-from c3dnet.engine.runner import Compiled  # noqa: E402
+from c3dnet.device import autocast, inference_context, prepare_model  # noqa: E402
+from c3dnet.inference.backends import Compiled  # noqa: E402
 from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
 from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
 

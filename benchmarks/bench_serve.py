@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.encode import write_video  # noqa: E402
-from c3dnet.engine.device import configure_for, select_device  # noqa: E402
+from c3dnet.device import configure_for, select_device  # noqa: E402
 from c3dnet.model import C3D, C3DConfig  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402
 

@@ -218,7 +218,7 @@ def test_fps_repeat_warnings_name_each_video(caplog, monkeypatch):
     from fractions import Fraction
 
     from c3dnet.data.decode import ArrayVideo
-    from c3dnet.features import clips
+    from c3dnet.inference import clips
     from c3dnet.preprocess import Preprocess
 
     monkeypatch.setattr(clips, "_repeats_warned", 0)
@@ -243,7 +243,7 @@ def test_commands_plan_a_damaged_video_again(tmp_path, tiny_model):
     assert count_frames(bad) == 100 > len(oracle)  # the container's count, before anything is decoded
     rows = c3dnet.extract_features(tiny_model, bad, stride=8, device="cpu")
     assert count_frames(bad) == len(oracle)
-    from c3dnet.features.clips import clip_starts
+    from c3dnet.inference.clips import clip_starts
 
     assert len(rows) == len(clip_starts(len(oracle), tiny_model.preprocess, 8))
     video_module.index_cache.clear()

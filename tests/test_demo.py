@@ -71,7 +71,7 @@ def test_2d_twin_is_exactly_at_chance_within_pairs(tmp_path):
     from c3dnet.data.sources import load_source
     from c3dnet.data.synthetic import SynthParams, class_names, generate_synthetic
     from c3dnet.engine.evaluate import evaluate
-    from c3dnet.engine.runner import ClipRunner
+    from c3dnet.inference.runner import ClipRunner
     from c3dnet.preprocess import Preprocess
 
     params = SynthParams(num_pairs=2, videos_per_class=6, groups=3, test_groups=1, height=36, width=36)

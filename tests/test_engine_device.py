@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from c3dnet import device as device_mod
 from c3dnet.data.samplers import EpochBatches, ResumableSampler
-from c3dnet.engine import device as device_mod
-from c3dnet.engine.device import inference_context, select_device, to_input
-from c3dnet.engine.runner import Compiled
+from c3dnet.device import inference_context, select_device, to_input
 from c3dnet.errors import ConfigError
+from c3dnet.inference.backends import Compiled
 from c3dnet.preprocess import Preprocess
 
 
@@ -86,7 +86,7 @@ def test_epoch_batches_run_on_across_epochs_without_mixing_them() -> None:
 def test_prefetcher_hands_over_the_loader_batches_normalised_on_the_device(device: str) -> None:
     import time
 
-    from c3dnet.engine.runner import Prefetcher
+    from c3dnet.engine.prefetch import Prefetcher
 
     p = Preprocess(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0), clip_len=4, crop_size=8)
     pin = device == "cuda"
@@ -112,7 +112,7 @@ def test_prefetcher_hands_over_the_loader_batches_normalised_on_the_device(devic
 
 
 def test_loader_workers_auto(monkeypatch) -> None:
-    from c3dnet.engine.device import loader_workers
+    from c3dnet.device import loader_workers
 
     assert loader_workers(3, torch.device("cpu")) == 3 and loader_workers(0, torch.device("cuda")) == 0
     assert loader_workers("auto", torch.device("cpu")) == 1  # the model needs the cores

@@ -8,7 +8,7 @@ import torch
 
 from c3dnet.data.transforms import normalize
 from c3dnet.engine.evaluate import ClipAggregator, evaluate
-from c3dnet.engine.runner import ClipRunner
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.metrics import mean_class_accuracy, per_class_accuracy, topk_accuracy
 from c3dnet.model import C3D
 from tests.conftest import tiny_config

@@ -106,6 +106,6 @@ def test_train_command_prints_summary(setup: tuple[Path, Path], tmp_path: Path,
     assert Path(summary["last"]).is_file() and Path(summary["best"]).is_file()
     assert main([*base, "--work-dir", str(tmp_path / "w2"), "--no-progress"]) == 0  # without --json: one plain line
     (line,) = capsys.readouterr().out.strip().splitlines()
-    assert line.startswith("trained 1 epochs (1 iterations), final loss ") and "w2/last.safetensors" in line
+    assert line.startswith("trained 1 epochs (1 iterations), last epoch's mean loss ") and "w2/last.safetensors" in line
     bad = main(["train", "--config", str(config), "--data", str(data), "--set", "optim.lr=fast"])
     assert bad == 2 and "optim.lr must be a number" in capsys.readouterr().err

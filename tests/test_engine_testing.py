@@ -15,8 +15,8 @@ from c3dnet.data.dataset import ClipDataset
 from c3dnet.data.sources import Source, VideoRecord, load_source
 from c3dnet.engine import testing
 from c3dnet.engine.evaluate import evaluate
-from c3dnet.engine.runner import ClipRunner
 from c3dnet.errors import ConfigError, DataError
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import load_model, save_model
@@ -44,7 +44,7 @@ def test_scores_are_those_of_the_dataset_and_evaluate_by_hand(setup: tuple[Path,
     assert run.result.clips_per_video == 4 and run.result.num_videos == 6
     assert run.class_names == NAMES and run.videos == [r.path for r in source.records]
     assert run.device == torch.device("cpu") and run.is_main and run.seconds > 0 and 0 <= run.data_wait <= 1
-    assert run.model.num_classes == 3 and not run.model.training
+    assert run.backend.num_classes == 3 and not run.backend.model.training
 
 
 def test_workers_auto_and_a_given_model_and_source(setup: tuple[Path, Path]) -> None:
@@ -54,7 +54,7 @@ def test_workers_auto_and_a_given_model_and_source(setup: tuple[Path, Path]) -> 
     zero = testing.test_weights(model, source, testing.TestOptions(device="cpu", workers=0))
     auto = testing.test_weights(model, source, testing.TestOptions(device="cpu", workers="auto"))
     np.testing.assert_array_equal(auto.result.scores, zero.result.scores)
-    assert auto.model is model and auto.result.clips_per_video == 10
+    assert auto.backend.model is model and auto.result.clips_per_video == 10
 
 
 def test_options_from_a_training_config() -> None:
@@ -103,7 +103,7 @@ def test_edge_values_the_validator_accepts_run_through_train_and_test(tmp_path: 
     assert trained.iterations == 2 and np.isfinite(trained.final_loss) and trained.last_val["num_videos"] == 3
     run = testing.test_weights(trained.last_path, data, testing.TestOptions.from_config(cfg, device="cpu"))
     assert run.result.num_videos == 3 and run.result.clips_per_video == 10
-    assert run.model.preprocess == cfg.preprocess_record()
+    assert run.backend.preprocess == cfg.preprocess_record()
 
 
 def test_autorotate_reaches_the_test_clips() -> None:

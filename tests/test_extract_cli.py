@@ -19,6 +19,7 @@ from c3dnet.data import sampling
 from c3dnet.data.encode import write_video
 from c3dnet.data.sources import VideoRecord
 from c3dnet.features import ClipRunner, ExtractOptions, extract
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import save_model
@@ -74,7 +75,7 @@ def test_extract_cli_writes_npy_and_manifest(tmp_path, weights, capsys):
     assert lines[0]["clip_starts"] == [0] and lines[1]["clip_starts"] == [0, 8, 16]
     assert lines[1]["num_frames"] == 30 and lines[1]["layer"] == "fc6" and lines[1]["video"] == str(videos[1])
     ref = extract([VideoRecord(videos[1], -1)], ClipRunner(model, "fc6"), tmp_path / "ref",
-                  ExtractOptions(stride=8, video_mean=True, l2=True), progress=False)
+                  ExtractOptions(FeatureRecipe(stride=8, video_mean=True, l2=True)), progress=False)
     assert ref.done == 1
     feats = np.load(tmp_path / "out" / "clip01.npy")
     np.testing.assert_allclose(feats, np.load(tmp_path / "ref" / "clip01.npy"), rtol=1e-5, atol=1e-6)
@@ -102,7 +103,7 @@ def test_extract_cli_compile_matches_eager(tmp_path, weights, caplog, monkeypatc
 
 def _reference(model, videos, tmp_path, stride):
     extract([VideoRecord(p, -1) for p in videos], ClipRunner(model, "fc6"), tmp_path / "ref",
-            ExtractOptions(stride=stride, batch_size=4), progress=False)
+            ExtractOptions(FeatureRecipe(stride=stride), batch_size=4), progress=False)
     return {p.stem: np.load(tmp_path / "ref" / f"{p.stem}.npy") for p in videos}
 
 
@@ -162,7 +163,7 @@ def test_extract_with_onnx_matches_pytorch(tmp_path, weights, capsys):
     assert main(["extract", "--onnx", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "out"), "--stride", "4",
                  "--layer", "fc7", "--no-progress", str(tmp_path / "videos")]) == 0
     extract([VideoRecord(p, -1) for p in videos], ClipRunner(model, "fc7"), tmp_path / "ref",
-            ExtractOptions(stride=4), progress=False)
+            ExtractOptions(FeatureRecipe("fc7", stride=4)), progress=False)
     for p in videos:
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"{p.stem}.npy"),
                                    np.load(tmp_path / "ref" / f"{p.stem}.npy"), rtol=1e-4, atol=1e-4)

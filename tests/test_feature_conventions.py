@@ -1,6 +1,6 @@
 """Feature conventions (issue 13): --fps by presentation time, --segments (uniform and Sultani's rule), --l2 modes,
 the rows' times sidecar, and `c3d pack`. The oracles are FFmpeg's own frame timestamps (ffprobe) and a
-recomputation of the segments written here from the formulas, independently of c3dnet.features.pooling."""
+recomputation of the segments written here from the formulas, independently of c3dnet.inference.pooling."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from c3dnet.cli import main
 from c3dnet.data.decode import video_times
 from c3dnet.data.timing import FrameTimes, resample
 from c3dnet.features.manifest import read_times
-from c3dnet.features.pooling import segment_groups
+from c3dnet.inference.pooling import segment_groups
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import save_model
@@ -186,8 +186,8 @@ def test_times_sidecar_on_a_variable_frame_rate_file(tmp_path, weights):
 def test_predict_and_timeline_at_fps(tmp_path, weights):
     """predict --fps takes its 10 test clips among the sampled frames; the timeline's times follow them."""
     from c3dnet.data import sampling
-    from c3dnet.engine.runner import ClipRunner
-    from c3dnet.prediction import predict_timeline, predict_video
+    from c3dnet.inference.prediction import predict_timeline, predict_video
+    from c3dnet.inference.runner import ClipRunner
     from c3dnet.weights import load_model
 
     video = _videos()["vfr_h264_mp4"]

@@ -26,6 +26,7 @@ from c3dnet.features import (
     stream_clips,
     write_merged_manifest,
 )
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from tests.conftest import tiny_config
@@ -76,7 +77,8 @@ def test_extracted_rows_equal_forward_features(tmp_path):
     paths = [_video(tmp_path / f"v{i}.avi", n, seed=i) for i, n in enumerate([5, 20, 37])]
     model = _model()
     summary = extract([VideoRecord(p, -1) for p in paths], ClipRunner(model, "fc6"), tmp_path / "out",
-                      ExtractOptions(stride=4, batch_size=3, workers=2, weights="w.safetensors"), progress=False)
+                      ExtractOptions(FeatureRecipe(stride=4), batch_size=3, workers=2, weights="w.safetensors"),
+                      progress=False)
     assert summary.done == 3 and summary.skipped == 0 and summary.frames == 5 + 20 + 37
     entries = {e.key: e for e in read_manifest(tmp_path / "out")}
     assert sorted(entries) == ["v0", "v1", "v2"]
@@ -98,8 +100,10 @@ def test_video_mean_and_l2_follow_the_paper(tmp_path):
     path = _video(tmp_path / "v.avi", 30)
     model = _model()
     runner = ClipRunner(model, "fc7")
-    extract([VideoRecord(path, -1)], runner, tmp_path / "rows", ExtractOptions(stride=8, l2=True), progress=False)
-    extract([VideoRecord(path, -1)], runner, tmp_path / "mean", ExtractOptions(stride=8, l2=True, video_mean=True),
+    extract([VideoRecord(path, -1)], runner, tmp_path / "rows", ExtractOptions(FeatureRecipe("fc7", stride=8, l2=True)),
+            progress=False)
+    extract([VideoRecord(path, -1)], runner, tmp_path / "mean", ExtractOptions(FeatureRecipe("fc7", stride=8, l2=True,
+                                                                                video_mean=True)),
             progress=False)
     starts = sampling.sliding_start_frames(30, 8, 8)
     ref = _reference_rows(model, path, starts, "fc7")
@@ -131,7 +135,7 @@ def test_crash_then_resume_gives_identical_outputs(tmp_path):
     paths = [_video(tmp_path / f"v{i}.avi", 12 + 7 * i, seed=i) for i in range(5)]
     records = [VideoRecord(p, -1) for p in paths]
     runner = ClipRunner(_model(), "fc6")
-    options = ExtractOptions(stride=4, batch_size=2, workers=1)
+    options = ExtractOptions(FeatureRecipe(stride=4), batch_size=2, workers=1)
     extract(records, runner, tmp_path / "clean", options, progress=False)
     with pytest.raises(RuntimeError, match="injected"):
         extract(records, _CrashAfter(runner, 4), tmp_path / "out", options, progress=False)
@@ -183,7 +187,8 @@ def test_lock_is_exclusive_and_dead_owner_is_reclaimed(tmp_path):
 
 def test_merged_manifest_ignores_unfinished(tmp_path):
     path = _video(tmp_path / "v.avi", 9)
-    extract([VideoRecord(path, -1)], ClipRunner(_model(), "pool5"), tmp_path / "o", progress=False)
+    extract([VideoRecord(path, -1)], ClipRunner(_model(), "pool5"), tmp_path / "o",
+            ExtractOptions(FeatureRecipe("pool5")), progress=False)
     (tmp_path / "o" / "orphan.npy").write_bytes(b"")  # an output without its manifest part is not finished
     assert write_merged_manifest(tmp_path / "o") == 1
     (entry,) = read_manifest(tmp_path / "o")
@@ -216,8 +221,8 @@ def test_frame_folders_are_extracted_like_videos(tmp_path):
     for i in range(19):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"img_{i + 1:05d}.jpg")
     model = _model()
-    extract([VideoRecord(folder, -1, 19)], ClipRunner(model, "fc6"), tmp_path / "out", ExtractOptions(stride=5),
-            progress=False)
+    extract([VideoRecord(folder, -1, 19)], ClipRunner(model, "fc6"), tmp_path / "out",
+            ExtractOptions(FeatureRecipe(stride=5)), progress=False)
     (entry,) = read_manifest(tmp_path / "out")
     assert entry.key == "v_folder" and entry.fps == 0.0 and entry.clip_starts == [0, 5, 10]
     np.testing.assert_allclose(np.load(tmp_path / "out" / "v_folder.npy"),
@@ -227,11 +232,13 @@ def test_frame_folders_are_extracted_like_videos(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path):
     path = _video(tmp_path / "v.avi", 20)
     runner = ClipRunner(_model(), "fc6")
-    extract([VideoRecord(path, -1)], runner, tmp_path / "o", ExtractOptions(stride=8), progress=False)
+    extract([VideoRecord(path, -1)], runner, tmp_path / "o", ExtractOptions(FeatureRecipe(stride=8)), progress=False)
     with pytest.raises(DataError, match=r"v.json: .* other settings \(stride 8 there, 4 now\)"):
-        extract([VideoRecord(path, -1)], runner, tmp_path / "o", ExtractOptions(stride=4), progress=False)
+        extract([VideoRecord(path, -1)], runner, tmp_path / "o", ExtractOptions(FeatureRecipe(stride=4)),
+                progress=False)
     with pytest.raises(DataError, match=r"layer 'fc6' there, 'fc7' now"):
-        extract([VideoRecord(path, -1)], ClipRunner(_model(), "fc7"), tmp_path / "o", ExtractOptions(stride=8),
+        extract([VideoRecord(path, -1)], ClipRunner(_model(), "fc7"), tmp_path / "o",
+                ExtractOptions(FeatureRecipe("fc7", stride=8)),
                 progress=False)
 
 
@@ -242,7 +249,8 @@ def test_several_decoder_processes_extract_each_video_once(tmp_path):
     records = [VideoRecord(p, -1) for p in paths[:3]] + [VideoRecord(bad, -1)] + [VideoRecord(p, -1) for p in paths[3:]]
     model = _model()
     summary = extract(records, ClipRunner(model, "fc6"), tmp_path / "out",
-                      ExtractOptions(stride=4, batch_size=5, workers=2, skip_bad=True), progress=False)
+                      ExtractOptions(FeatureRecipe(stride=4), batch_size=5, workers=2, skip_bad=True),
+                      progress=False)
     assert summary.done == 6 and [f[0] for f in summary.failed] == [str(bad)]
     assert summary.clips == sum(len(e.clip_starts) for e in read_manifest(tmp_path / "out"))
     assert not list((tmp_path / "out" / ".locks").glob("*")) and not list((tmp_path / "out").glob(".*.tmp"))
@@ -314,7 +322,8 @@ def test_queued_batches_ring_slots_and_a_video_failing_midway(tmp_path, monkeypa
     signal.alarm(60)
     try:
         summary = extract([VideoRecord(p, -1) for p in paths], runner, tmp_path / "out",
-                          ExtractOptions(stride=2, batch_size=4, workers=2, skip_bad=True), progress=False)
+                          ExtractOptions(FeatureRecipe(stride=2), batch_size=4, workers=2, skip_bad=True),
+                          progress=False)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -334,7 +343,7 @@ def test_extraction_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     paths = [_video(tmp_path / f"v{i}.avi", 14 + 9 * i, seed=i) for i in range(4)]
     records = [VideoRecord(p, -1) for p in paths]
-    options = ExtractOptions(stride=4, batch_size=4, workers=2)
+    options = ExtractOptions(FeatureRecipe(stride=4), batch_size=4, workers=2)
     model = _model()
     gpu_runner = ClipRunner(copy.deepcopy(model), "fc6", "cuda", amp=False)
     extract(records, ClipRunner(model, "fc6"), tmp_path / "cpu", options, progress=False)
@@ -375,7 +384,7 @@ def test_a_full_disk_while_writing_stops_extraction_and_loses_nothing(tmp_path, 
         publish(tmp, path)
 
     monkeypatch.setattr(extract_module, "publish", full_disk_on_third)
-    options = ExtractOptions(stride=4, batch_size=2, workers=1)
+    options = ExtractOptions(FeatureRecipe(stride=4), batch_size=2, workers=1)
     from c3dnet.fileio import OutputError
 
     # raised on a writer thread, reported here as one line naming the folder, the video and the bytes

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from c3dnet.engine.reports import plot_confusion
+from c3dnet.inference.prediction import Timeline, save_timeline
 from c3dnet.plots import figure, save_png
-from c3dnet.prediction import Timeline, save_timeline
 from c3dnet.probe import tsne_plot
 
 

@@ -15,8 +15,8 @@ from c3dnet.data.sources import VideoRecord
 from c3dnet.data.transforms import normalize
 from c3dnet.export import OnnxC3D, export_onnx
 from c3dnet.features import ClipRunner
+from c3dnet.inference.prediction import predict_timeline, predict_video, softmax
 from c3dnet.model import C3D
-from c3dnet.prediction import predict_timeline, predict_video, softmax
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import save_model
 from tests.conftest import tiny_config

@@ -12,6 +12,7 @@ from c3dnet.data.encode import write_video
 from c3dnet.data.sources import VideoRecord
 from c3dnet.errors import DataError
 from c3dnet.features import PARTS_DIR, ClipRunner, ExtractOptions, ManifestEntry, extract
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.probe import linear_probe, read_label_list, tsne_plot, video_feature
@@ -126,7 +127,8 @@ def test_probe_on_extracted_features_of_distinct_videos(tmp_path, capsys):
     for split, text in lines.items():
         (tmp_path / f"{split}.txt").write_text("".join(text))
     model = C3D(tiny_config(), preprocess=Preprocess(clip_len=8, crop_size=32, short_side=36)).eval()
-    extract(records, ClipRunner(model, "fc6"), tmp_path / "feats", ExtractOptions(stride=4), progress=False)
+    extract(records, ClipRunner(model, "fc6"), tmp_path / "feats", ExtractOptions(FeatureRecipe(stride=4)),
+            progress=False)
     assert main(["probe", "--features", str(tmp_path / "feats"), "--train-list", str(tmp_path / "train.txt"),
                  "--test-list", str(tmp_path / "test.txt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0

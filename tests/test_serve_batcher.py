@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from c3dnet.engine.runner import ClipRunner
 from c3dnet.export import OnnxC3D, export_onnx
+from c3dnet.inference.backends import PendingRows, TorchBackend
+from c3dnet.inference.recipe import FeatureRecipe
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.model import C3D
 from c3dnet.serve.batcher import Cancelled, DynamicBatcher
 from c3dnet.serve.fairness import FairSlots, RequestGuard
@@ -75,16 +77,16 @@ def test_cancelled_chunks_are_dropped(model):
 def test_model_thread_drops_chunks_cancelled_while_queued(model):
     """A chunk queued behind a running forward pass, whose request then goes away, never reaches the model: the
     model thread drops it (its rows future is cancelled) and the queue empties."""
-    batcher = DynamicBatcher(model, "cpu", max_batch=4, max_queue=8, max_wait_s=0.001)
     entered, go, sizes = threading.Event(), threading.Event(), []
 
-    def blocking(clips):  # the fc6 runner, held until the second chunk is queued and cancelled
-        sizes.append(len(clips))
-        entered.set()
-        assert go.wait(10)
-        return np.zeros((len(clips), 32), dtype=np.float32)
+    class Blocking(TorchBackend):  # fc6 held until the second chunk is queued and cancelled
+        def submit(self, clips, output, preprocess=None):
+            sizes.append(len(clips))
+            entered.set()
+            assert go.wait(10)
+            return PendingRows(np.zeros((len(clips), 32), dtype=np.float32))
 
-    batcher._runners["fc6"] = blocking
+    batcher = DynamicBatcher(Blocking(model), max_batch=4, max_queue=8, max_wait_s=0.001)
     try:
         first = batcher.enqueue(_clips(0, 1), "fc6")
         assert entered.wait(10)
@@ -116,7 +118,7 @@ def test_onnx_model_serves_every_layer(model, tmp_path):
     torch_ = DynamicBatcher(model, "cpu", max_batch=4)
     try:
         for layer in ("fc6", "fc7", "pool5"):
-            options = FeatureOptions(layer=layer, stride=8)
+            options = FeatureOptions(FeatureRecipe(layer, stride=8))
             dim = model.feature_dims[layer]
             a = _features(onnx, video, options, dim)
             b = _features(torch_, video, options, dim)

@@ -3,7 +3,7 @@
 `predict` returns the record `c3d predict --json` prints for one video; `extract_features` returns the rows
 `c3d extract` writes. Both take weights (a path to any format `load_model` reads, or an ONNX file from `c3d export`)
 or a loaded model, and a video path or an array of frames, and run through the same inference core
-(`engine.runner.ClipRunner`) and the same clip sampling as the commands.
+(`inference.runner.ClipRunner`) and the same clip sampling as the commands.
 
 Example:
     >>> import c3dnet
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,31 +26,15 @@ if TYPE_CHECKING:
     import torch
 
     from c3dnet.data.decode import ArrayVideo
-    from c3dnet.engine.runner import ClipRunner
     from c3dnet.export import OnnxC3D
+    from c3dnet.inference.runner import ClipRunner
     from c3dnet.model import C3D
 
 def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp: bool) -> ClipRunner:
-    import torch
+    from c3dnet.inference.backends import load_backend
+    from c3dnet.inference.runner import ClipRunner
 
-    from c3dnet.engine.device import configure_for, select_device
-    from c3dnet.engine.runner import ClipRunner
-
-    model = model_or_weights
-    if isinstance(model, (str, os.PathLike)):
-        if Path(model).suffix.lower() == ".onnx":
-            from c3dnet.export import OnnxC3D
-
-            model = OnnxC3D(model)
-        else:
-            from c3dnet.weights import load_model
-
-            model = load_model(model)
-    if not isinstance(model, torch.nn.Module):  # an ONNX model: ONNX Runtime on the CPU
-        return ClipRunner(model, output, "cpu")
-    if not isinstance(device, torch.device):
-        device = configure_for(select_device(device))
-    return ClipRunner(model, output, device, amp=amp)
+    return ClipRunner(load_backend(model_or_weights, device, "auto" if amp else "fp32"), output)
 
 
 def _video(video: Any, source_fps: Fraction | None) -> str | os.PathLike[str] | ArrayVideo:
@@ -95,11 +78,11 @@ def predict(
         fps: sample the video at this frame rate by presentation time first (`c3d predict --fps`).
         source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
     """
-    from c3dnet.prediction import class_labels, predict_video
+    from c3dnet.inference.prediction import class_labels, predict_video
 
     fps, source = _rates(fps, source_fps)
     runner = _runner(model_or_weights, "logits", device, amp)
-    names = class_labels(runner.model.class_names, runner.dim)
+    names = class_labels(runner.class_names, runner.dim)
     return predict_video(runner, _video(video, source), names, clips, average, autorotate, fps,
                          source).to_dict(top_k)
 
@@ -145,22 +128,22 @@ def extract_features(
         source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
     """
     from c3dnet.data.decode import replanned, video_info
-    from c3dnet.features.clips import ClipPlan, clip_batches, finish_rows
-    from c3dnet.features.pooling import check_pooling, l2_mode
+    from c3dnet.inference.clips import ClipPlan, clip_batches
+    from c3dnet.inference.recipe import FeatureRecipe
 
-    if stride < 1 or batch_size < 1:
-        raise ValueError(f"stride and batch_size must be >= 1, got {stride} and {batch_size}")
-    l2 = l2_mode(l2, segments)
-    check_pooling(segments, segment_rule, l2, video_mean)
-    rate, source_rate = _rates(fps, source_fps)
-    runner = _runner(model_or_weights, layer, device, amp)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    recipe = FeatureRecipe(layer=layer, stride=stride, fps=fps, video_mean=video_mean, segments=segments,
+                           segment_rule=segment_rule, l2=l2)
+    _, source_rate = _rates(None, source_fps)
+    runner = _runner(model_or_weights, recipe.layer, device, amp)
     source = _video(video, source_rate)
 
     def rows() -> np.ndarray:
         info = video_info(source, autorotate)
-        plan = ClipPlan.of(source, info.num_frames, runner.preprocess, stride, rate, source_rate)
+        plan = ClipPlan.of(source, info.num_frames, runner.preprocess, recipe.stride, recipe.fps, source_rate)
         size = runner.preprocess.resize_target(info.height, info.width)
         return np.concatenate([runner(clips) for clips in clip_batches(source, plan, runner.preprocess, size,
                                                                         batch_size, autorotate)])
 
-    return finish_rows(replanned(rows), video_mean, l2, segments, segment_rule)
+    return recipe.finish(replanned(rows))

@@ -89,56 +89,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "says (FFmpeg's -noautorotate); the manifest records what was applied")
 
 
+def recipe_of(args: argparse.Namespace):  # -> FeatureRecipe
+    """The extraction's recipe from the flags (`ConfigError` saying what is allowed)."""
+    from c3dnet.inference.recipe import FeatureRecipe
+
+    return FeatureRecipe(layer=args.layer, stride=args.stride, fps=args.fps, video_mean=args.video_mean,
+                         segments=args.segments or 0, segment_rule=args.segment_rule, l2=args.l2)
+
+
 def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import find_videos
-    from c3dnet.engine.device import configure_for, loader_workers, select_device
-    from c3dnet.engine.runner import ClipRunner
+    from c3dnet.device import loader_workers
+    from c3dnet.engine.distributed import DistInfo
     from c3dnet.errors import ConfigError
     from c3dnet.features import ExtractOptions, OutputDir, extract, output_keys
-    from c3dnet.features.pooling import check_pooling, l2_mode
+    from c3dnet.inference.backends import load_backend
+    from c3dnet.inference.runner import ClipRunner
 
-    if args.stride < 1 or (args.batch_size is not None and args.batch_size < 1) or \
-            (args.workers is not None and args.workers < 1):
-        raise ConfigError(f"--stride, --batch-size and --workers must be >= 1, got {args.stride}, "
-                          f"{args.batch_size}, {args.workers}")
+    if (args.batch_size is not None and args.batch_size < 1) or (args.workers is not None and args.workers < 1):
+        raise ConfigError(f"--batch-size and --workers must be >= 1, got {args.batch_size}, {args.workers}")
     if args.segments is not None and args.segments < 1:
         raise ConfigError(f"--segments must be a number of segments >= 1 (leave it out for one row per clip), got "
                           f"{args.segments}")
-    segments = args.segments or 0
-    l2 = l2_mode(args.l2, segments)
-    check_pooling(segments, args.segment_rule, l2, args.video_mean)
-    fps, source_fps = fps_arguments(args)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    recipe = recipe_of(args)
+    _, source_fps = fps_arguments(args)
+    dist = DistInfo.from_env()
     found = find_videos(args.inputs, skip_bad=args.skip_bad)  # before the model: a bad input costs no loading
     keys = output_keys(found.records)  # from the whole list, so every rank names files alike
-    records, keys = found.records[rank::world], keys[rank::world]
-    if args.onnx:
-        from c3dnet.export import OnnxC3D
-
-        model, device, source = OnnxC3D(args.onnx), "cpu", args.onnx
-    else:
-        from c3dnet.weights import load_model
-
-        # LOCAL_RANK under torchrun; 0 otherwise, which also gives a plain "cuda" its index.
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = configure_for(select_device(args.device, local_rank))
-        model, source = load_model(args.weights, progress=False if args.no_progress else None), args.weights
-    if args.compile and args.onnx:
-        raise ConfigError("--compile applies to --weights; an --onnx model runs through ONNX Runtime")
-    runner = ClipRunner(model, args.layer, device, amp=not args.fp32, compile=args.compile)
-    workers = loader_workers(args.workers, runner.device)
-    options = ExtractOptions(stride=args.stride, video_mean=args.video_mean, l2=l2, segments=segments,
-                             segment_rule=args.segment_rule, fps=fps, source_fps=source_fps,
+    records, keys = found.records[dist.rank::dist.world_size], keys[dist.rank::dist.world_size]
+    backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto",
+                           compile=args.compile, progress=False if args.no_progress else None,
+                           local_rank=dist.local_rank)
+    runner = ClipRunner(backend, recipe.layer)
+    options = ExtractOptions(recipe, source_fps=source_fps,
                              batch_size=args.batch_size or (64 if runner.device.type == "cuda" else 32),
-                             workers=workers, skip_bad=args.skip_bad,
-                             weights=str(source), autorotate=args.autorotate)
+                             workers=loader_workers(args.workers, runner.device), skip_bad=args.skip_bad,
+                             weights=backend.source, autorotate=args.autorotate)
     out = OutputDir(args.out)
     if args.break_locks:
         for line in out.break_locks():
             print(f"c3d extract: removed the lock of {line}", file=sys.stderr)
     out.create().write_unlisted(found.skipped, found.searched)  # into failed.txt, with the videos that fail
     s = extract(records, runner, args.out, options, keys=keys, progress=not args.no_progress)
-    shard = f" (rank {rank} of {world})" if world > 1 else ""
+    shard = f" (rank {dist.rank} of {dist.world_size})" if dist.is_distributed else ""
     unlisted = f" (and {len(found.skipped)} inputs that cannot be listed)" if found.skipped else ""
     print(f"extracted {s.done} videos{shard} in {s.seconds:.1f} s ({s.frames_per_s:.0f} frames/s, "
           f"{s.clips / max(s.seconds, 1e-9):.1f} clips/s); {s.skipped} already done, {s.busy} in progress elsewhere, "

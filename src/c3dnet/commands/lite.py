@@ -88,14 +88,16 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import load_source
     from c3dnet.data.synthetic import SynthParams, generate_synthetic
     from c3dnet.engine.config import load_config
-    from c3dnet.engine.runner import ClipRunner
     from c3dnet.engine.testing import TestOptions, test_weights
     from c3dnet.engine.train import train
     from c3dnet.errors import C3DError
     from c3dnet.export import DEFAULT_TOLERANCE, OnnxC3D, export_onnx
     from c3dnet.features import ExtractOptions, extract
-    from c3dnet.prediction import class_labels, predict_video
+    from c3dnet.inference.prediction import class_labels, predict_video
+    from c3dnet.inference.recipe import FeatureRecipe
+    from c3dnet.inference.runner import ClipRunner
     from c3dnet.probe import LabelledVideo, gather_features, linear_probe
+    from c3dnet.weights import load_model
 
     class _TappedRunner(ClipRunner):
         """A `ClipRunner` that keeps the outputs it returned last: the clip logits `predict_video` averaged."""
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     tested = test_weights(weights, test_src, TestOptions.from_config(cfg, device=args.device))
-    model, metrics = tested.model, tested.result.metrics()
+    metrics = tested.result.metrics()
     step(3, "test", f"{metrics['clips_per_video']}-clip top-1 {100 * metrics['top1']:.1f}%, top-5 "
          f"{100 * metrics['top5']:.1f}%, mean class {100 * metrics['mean_class_accuracy']:.1f}% on "
          f"{metrics['num_videos']} videos", t0, **metrics)
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     onnx_path = work / "model.onnx"
     # Verified before it is written: a difference beyond the tolerance raises ExportError.
-    exported = export_onnx(model.cpu(), onnx_path, extra_metadata={"weights": str(weights)})
+    model = load_model(weights)
+    exported = export_onnx(model, onnx_path, extra_metadata={"weights": str(weights)})
     step(4, "export", f"{onnx_path} ({exported.size_bytes / 1e6:.2f} MB), max |diff| / max |PyTorch| "
          f"{exported.worst_rel_diff:.2e}", t0, max_rel_diff=exported.worst_rel_diff,
          max_abs_diff=max(exported.max_abs_diff.values()), path=str(onnx_path))
@@ -178,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     records = train_src.records + test_src.records
     summary = extract(records, ClipRunner(onnx_model, "fc6"), work / "features",
-                      ExtractOptions(stride=8, batch_size=scale.extract_batch, weights=str(onnx_path)), progress=False)
+                      ExtractOptions(FeatureRecipe(stride=8), batch_size=scale.extract_batch, weights=str(onnx_path)),
+                      progress=False)
     feats = work / "features"
     train_x, train_y, _ = gather_features(feats, [LabelledVideo(str(r.path), r.label, "train")
                                                   for r in train_src.records])

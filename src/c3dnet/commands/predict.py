@@ -43,12 +43,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from c3dnet.data.sources import find_videos
-    from c3dnet.engine.device import configure_for, select_device
-    from c3dnet.engine.runner import ClipRunner
     from c3dnet.errors import ConfigError, DataError, printable
     from c3dnet.features import output_keys
+    from c3dnet.inference.backends import load_backend
+    from c3dnet.inference.prediction import class_labels, predict_timeline, predict_video, save_timeline
+    from c3dnet.inference.runner import ClipRunner
     from c3dnet.log import progress_bar
-    from c3dnet.prediction import class_labels, predict_timeline, predict_video, save_timeline
 
     if args.top_k < 1 or args.clips < 1 or args.stride < 1:
         raise ConfigError(f"--top-k, --clips and --stride must be >= 1, got {args.top_k}, {args.clips}, "
@@ -64,17 +64,10 @@ def run(args: argparse.Namespace) -> int:
     for item in found.skipped:
         print(f"c3d predict: skipped: {item.where}: {item.reason}", file=sys.stderr)
     records = found.records
-    if args.onnx:
-        from c3dnet.export import OnnxC3D
-
-        model, device = OnnxC3D(args.onnx), "cpu"
-    else:
-        from c3dnet.weights import load_model
-
-        model = load_model(args.weights, progress=False if args.no_progress else None)  # a name may download
-        device = configure_for(select_device(args.device, local_rank=0))
-    runner = ClipRunner(model, "logits", device, amp=not args.fp32)
-    names = class_labels(model.class_names, model.num_classes)
+    backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto",
+                           progress=False if args.no_progress else None, local_rank=0)  # a name may download
+    runner = ClipRunner(backend, "logits")
+    names = class_labels(backend.class_names, backend.num_classes)
     results, failed = [], 0
     bar = progress_bar(len(records), "predict", "video", enabled=not args.no_progress and len(records) > 1)
     for record, key in zip(records, output_keys(records)):

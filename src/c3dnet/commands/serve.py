@@ -104,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ConfigError(f"c3d serve needs the serving extra ({e.name} is missing): "
                           "pip install 'c3dnet[serve]'") from None
-    from c3dnet.engine.device import configure_for, select_device
+    from c3dnet.device import select_device
+    from c3dnet.inference.backends import load_backend
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    device = "cpu" if args.onnx else configure_for(select_device(args.device, 0))
-    on_gpu = str(device).startswith("cuda")
+    on_gpu = not args.onnx and select_device(args.device, 0).type == "cuda"
     workers = args.decode_workers if args.decode_workers is not None else max(1, min(8, os.cpu_count() or 1))
     config = ServeConfig(
         max_batch=args.max_batch if args.max_batch is not None else 64 if on_gpu else CPU_MAX_BATCH,
@@ -121,19 +121,12 @@ def run(args: argparse.Namespace) -> int:
         min_upload_kbps=args.min_upload_kbps, header_timeout_s=args.header_timeout,
         allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()), host=args.host,
         api_key=_api_key(args), cors_origins=tuple(args.cors_origins))  # checks every setting (ConfigError)
-    if args.onnx:
-        from c3dnet.export import OnnxC3D
-
-        model, source = OnnxC3D(args.onnx), args.onnx
-    else:
-        from c3dnet.weights import load_model
-
-        model, source = load_model(args.weights), args.weights
+    backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto", local_rank=0)
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"c3d serve: warning: listening on {args.host} without an API key: anyone who can reach this machine "
               "can upload videos and use its compute; set --api-key-file, or put it behind a reverse proxy with "
               "authentication and TLS", file=sys.stderr)
-    app = create_app(model, device, config, str(source))
+    app = create_app(backend, config=config)
     # Connections past limit_concurrency get uvicorn's own 503 before any work; a connection must send its
     # headers within --header-timeout (slowloris).
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.no_progress,

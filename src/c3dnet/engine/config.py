@@ -68,7 +68,7 @@ class PreprocessSection:
 @dataclass
 class DataSection:
     """Loading. `batch_size` is per process (per GPU under torchrun); `workers` per process too ("auto": see
-    `c3dnet.engine.device.loader_workers`); `drop_last` drops each epoch's last partial training batch (as the
+    `c3dnet.device.loader_workers`); `drop_last` drops each epoch's last partial training batch (as the
     seed's loader does); `num_clips` is the test protocol's clips per video; `autorotate` turns video frames as
     their display matrix says (FFmpeg's default; false keeps the coded orientation); `fps` samples every video at
     that frame rate by presentation time before clips are chosen (null: its own frames; `c3d test --fps` and

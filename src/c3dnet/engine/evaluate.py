@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from c3dnet.engine.distributed import all_gather_objects
-from c3dnet.engine.runner import ClipRunner
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.log import progress_bar
 from c3dnet.metrics import (
     Average,

@@ -31,6 +31,7 @@ from c3dnet.data.sources import Source
 from c3dnet.engine.config import TrainConfig
 from c3dnet.engine.evaluate import Average, EvalResult
 from c3dnet.errors import C3DError, ConfigError, DataError
+from c3dnet.inference.backends import Backend
 from c3dnet.log import get_logger
 from c3dnet.model import C3D
 
@@ -47,11 +48,11 @@ class TestOptions:
         clips: clips per video.
         average: "score" (clip logits averaged, the seed) or "prob" (softmax probabilities, mmaction2).
         batch_size: videos per batch, each of `clips` clips; None: 16 on a GPU, 4 on the CPU.
-        workers: data-loader processes; "auto" or None: `c3dnet.engine.device.loader_workers`' choice.
+        workers: data-loader processes; "auto" or None: `c3dnet.device.loader_workers`' choice.
         device: "auto", "cpu", "cuda[:N]" (under torchrun each process takes its LOCAL_RANK GPU).
         amp: bf16 autocast on CUDA.
         channels_last: the channels_last_3d memory format (the fast one of cuDNN's and oneDNN's 3D convolutions).
-        compile: torch.compile the model for inference (`engine.runner.Compiled`).
+        compile: torch.compile the model for inference (`inference.backends.Compiled`).
         skip_bad: log and skip unreadable videos and annotation lines instead of failing.
         autorotate: turn video frames as their display matrix says (FFmpeg's default); False keeps the coded
             orientation. Test as the weights were trained (`data.autorotate`).
@@ -109,7 +110,7 @@ class TestRun:
 
     Attributes:
         result: the metrics and per-video scores, in video-index order (every video, gathered across ranks).
-        model: the model that was tested, on `device`, in eval mode.
+        backend: what ran the model (`inference.backends`): its device, precision and weights.
         class_names: the dataset's classes (label i is `class_names[i]`).
         videos: the test videos, in video-index order.
         device: where the model ran.
@@ -121,7 +122,7 @@ class TestRun:
     __test__ = False
 
     result: EvalResult
-    model: C3D
+    backend: Backend
     class_names: list[str]
     videos: list[Path]
     device: torch.device
@@ -131,15 +132,15 @@ class TestRun:
 
 
 def test_weights(
-    weights: str | Path | C3D,
+    weights: str | Path | C3D | Backend,
     data: str | Path | Source,
     options: TestOptions | None = None,
 ) -> TestRun:
     """Test `weights` on the test subset of `data` with the reference protocol (see the module docstring).
 
     Args:
-        weights: a weight file (any format `load_model` reads) or a `C3D`; a model given is moved to the
-            device and put in eval mode in place.
+        weights: a weight file (any format `load_model` reads, or an `.onnx` file from `c3d export`), a `C3D`
+            (moved to the device and put in eval mode in place) or a backend (`inference.backends`).
         data: any dataset `load_source` reads (its test subset of `options.split` is scored), or a `Source`.
         options: `TestOptions()` (the reference protocol) when None.
 
@@ -172,30 +173,33 @@ def test_weights(
 test_weights.__test__ = False  # type: ignore[attr-defined]  # pytest would collect it where tests import it
 
 
-def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOptions, dist_info) -> TestRun:
+def _test(weights: str | Path | C3D | Backend, data: str | Path | Source, options: TestOptions, dist_info) -> TestRun:
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
     from c3dnet.data.samplers import ResumableSampler
     from c3dnet.data.sources import load_source
-    from c3dnet.engine.device import configure_for, loader_workers, select_device
+    from c3dnet.device import loader_workers
     from c3dnet.engine.evaluate import evaluate
-    from c3dnet.engine.runner import ClipRunner
-    from c3dnet.weights import load_model
+    from c3dnet.inference.backends import load_backend
+    from c3dnet.inference.runner import ClipRunner
 
-    device = configure_for(select_device(options.device, dist_info.local_rank if dist_info.is_distributed else None))
-    model = weights if isinstance(weights, C3D) else load_model(weights, progress=None if options.progress else False)
-    weights_name = "the model" if isinstance(weights, C3D) else str(weights)
+    backend = load_backend(weights, options.device, "auto" if options.amp else "fp32", compile=options.compile,
+                           progress=None if options.progress else False,
+                           local_rank=dist_info.local_rank if dist_info.is_distributed else None,
+                           channels_last=options.channels_last)
+    device = backend.device
+    weights_name = backend.source or "the model"
     if isinstance(data, Source):
         source, data_name = data, str(data.root)
     else:
         source = load_source(data, "test", split=options.split, splits_dir=options.splits_dir,
                              skip_bad=options.skip_bad)
         data_name = str(data)
-    if len(source.class_names) != model.num_classes:
+    if len(source.class_names) != backend.num_classes:
         raise DataError(f"{data_name}: {len(source.class_names)} classes, but {weights_name} predicts "
-                        f"{model.num_classes}; test on the dataset the weights were trained for")
-    if model.class_names is not None and list(model.class_names) != list(source.class_names):
+                        f"{backend.num_classes}; test on the dataset the weights were trained for")
+    if backend.class_names is not None and list(backend.class_names) != list(source.class_names):
         log.warning("%s: class names differ from %s's; scoring by class index", data_name, weights_name)
-    dataset = ClipDataset(source.records, "test", model.preprocess, num_clips=options.clips,
+    dataset = ClipDataset(source.records, "test", backend.preprocess, num_clips=options.clips,
                           skip_bad=options.skip_bad, autorotate=options.autorotate, fps=options.fps,
                           source_fps=options.source_fps)
     # Each rank scores every world_size-th video; the padding repeats are dropped when the scores are gathered.
@@ -207,8 +211,7 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
     )
     log.info("testing %s on %d videos x %d clips (%s averaged) on %s", weights_name, len(dataset), options.clips,
              "logits" if options.average == "score" else "probabilities", device)
-    runner = ClipRunner(model, "logits", device, amp=options.amp, compile=options.compile,
-                        preprocess=model.preprocess, channels_last=options.channels_last)
+    runner = ClipRunner(backend, "logits")
     timed = _TimedBatches(loader)
     t0 = time.perf_counter()
     try:
@@ -216,7 +219,7 @@ def _test(weights: str | Path | C3D, data: str | Path | Source, options: TestOpt
     except DataError as e:
         raise _one_line(e, options.skip_bad) from None
     data_wait = timed.wait / max(time.perf_counter() - t0, 1e-9)
-    return TestRun(result=result, model=model, class_names=list(source.class_names),
+    return TestRun(result=result, backend=backend, class_names=list(source.class_names),
                    videos=[r.path for r in source.records], device=device, seconds=0.0, data_wait=data_wait,
                    is_main=dist_info.is_main)
 

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from c3dnet.data.sources import load_source
+from c3dnet.device import autocast, configure_for, prepare_model, select_device
 from c3dnet.engine import checkpoint as ckpt
 from c3dnet.engine.checkpoint import Checkpoints, Progress
 from c3dnet.engine.config import TrainConfig, explicit_keys, load_config
-from c3dnet.engine.device import autocast, configure_for, prepare_model, select_device
 from c3dnet.engine.distributed import (
     DistInfo,
     PeerLostError,
@@ -42,12 +42,14 @@ from c3dnet.engine.distributed import (
     restart_count,
 )
 from c3dnet.engine.evaluate import EvalResult, evaluate
+from c3dnet.engine.prefetch import Prefetcher
 from c3dnet.engine.reports import MetricsLog
-from c3dnet.engine.runner import ClipRunner, Compiled, Prefetcher
 from c3dnet.engine.schedule import LRSchedule
 from c3dnet.engine.trainset import build_loaders, class_names_for
 from c3dnet.errors import C3DError, ConfigError
 from c3dnet.fileio import atomic_write_text
+from c3dnet.inference.backends import Compiled
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.log import get_logger, progress_bar
 from c3dnet.model import C3D
 

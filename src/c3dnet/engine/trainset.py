@@ -24,8 +24,8 @@ import torch
 
 from c3dnet.data.samplers import EpochBatches, EpochDataset, ResumableSampler
 from c3dnet.data.sources import Source, VideoRecord, load_source, text_lines
+from c3dnet.device import loader_workers
 from c3dnet.engine.config import TrainConfig
-from c3dnet.engine.device import loader_workers
 from c3dnet.engine.distributed import DistInfo
 from c3dnet.errors import ConfigError, DataError
 from c3dnet.log import get_logger

@@ -18,25 +18,25 @@ Output folder layout (several processes or torchrun ranks may share it):
     OUT/failed.txt           "path<TAB>reason" per failed video or input that cannot be listed, merged likewise
 
 Example:
-    >>> from c3dnet.features import ClipRunner, ExtractOptions, extract
-    >>> runner = ClipRunner(model, "fc6", device)                                        # doctest: +SKIP
-    >>> summary = extract(records, runner, "feats/", ExtractOptions(video_mean=True, l2=True))  # doctest: +SKIP
+    >>> from c3dnet.features import ClipRunner, ExtractOptions, FeatureRecipe, extract
+    >>> recipe = FeatureRecipe("fc6", video_mean=True, l2="output")
+    >>> runner = ClipRunner(load_backend("c3d.safetensors"), recipe.layer)              # doctest: +SKIP
+    >>> summary = extract(records, runner, "feats/", ExtractOptions(recipe))            # doctest: +SKIP
 
 Modules, by role:
-- `clips`: a video -> its sliding clips, decoded once in bounded memory (`stream_clips`);
-- `options`: what an extraction computes (`ExtractOptions`) and what it did (`ExtractSummary`);
+- `options`: how an extraction computes its recipe (`ExtractOptions`) and what it did (`ExtractSummary`);
 - `manifest`: the manifest entries and the merged manifest; `output`: the output folder (`OutputDir`: what is
   done, temporaries, failures, locks); `locks`: per-video lock files;
 - `decoders`: the decoder processes and their messages; `batcher`: clips of many videos -> fixed-size batches
   -> rows; `writers`: a video's rows and the threads that write finished videos;
 - `extract`: `extract()` itself: plan, dispatch, clean-up.
-The model runs in `c3dnet.engine.runner.ClipRunner` (re-exported here), as for testing and prediction.
+What is computed (`inference.recipe.FeatureRecipe`), the clips of a video (`inference.clips`) and the model
+(`inference.runner.ClipRunner`) come from `c3dnet.inference`, as for testing, prediction and serving; they are
+re-exported here.
 """
 
 from __future__ import annotations
 
-from c3dnet.engine.runner import OUTPUTS, ClipRunner, PendingRows  # re-exported: the runner extraction uses
-from c3dnet.features.clips import clip_frames, clip_starts, stream_clips
 from c3dnet.features.extract import extract
 from c3dnet.features.locks import VideoLock
 from c3dnet.features.manifest import (
@@ -53,6 +53,9 @@ from c3dnet.features.manifest import (
 )
 from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import OutputDir
+from c3dnet.inference.clips import clip_frames, clip_starts, stream_clips
+from c3dnet.inference.recipe import FeatureRecipe
+from c3dnet.inference.runner import OUTPUTS, ClipRunner, PendingRows
 
 __all__ = [
     "FAILED",
@@ -64,6 +67,7 @@ __all__ = [
     "ClipRunner",
     "ExtractOptions",
     "ExtractSummary",
+    "FeatureRecipe",
     "ManifestEntry",
     "OutputDir",
     "PendingRows",

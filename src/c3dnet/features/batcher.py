@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from c3dnet.engine.runner import ClipRunner, PendingRows
 from c3dnet.features.writers import VideoJob
+from c3dnet.inference.runner import ClipRunner, PendingRows
 
 Entry = tuple[VideoJob | None, int]  # a batch row's video (None: dropped) and clip number
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from c3dnet.engine.runner import ClipRunner
 from c3dnet.errors import C3DError, DataError
-from c3dnet.features.clips import ClipPlan, clip_frames
 from c3dnet.features.options import ExtractOptions
 from c3dnet.features.output import OutputDir
+from c3dnet.inference.clips import ClipPlan, clip_frames
+from c3dnet.inference.runner import ClipRunner
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import VideoRecord
@@ -59,7 +59,8 @@ class VideoMeta:
         from c3dnet.data.decode import video_info
 
         info = video_info(record.path, options.autorotate)
-        plan = ClipPlan.of(record.path, info.num_frames, preprocess, options.stride, options.fps, options.source_fps)
+        recipe = options.recipe
+        plan = ClipPlan.of(record.path, info.num_frames, preprocess, recipe.stride, recipe.fps, options.source_fps)
         return cls(info.num_frames, info.fps, info.orientation, preprocess.resize_target(info.height, info.width),
                    plan)
 
@@ -227,7 +228,7 @@ class VideoDecoder(torch.utils.data.IterableDataset):
         try:
             meta = VideoMeta.of(record, self.preprocess, self.options)
             yield Started(i, meta)
-            for k, frames in clip_frames(record.path, self.preprocess, self.options.stride, meta.num_frames,
+            for k, frames in clip_frames(record.path, self.preprocess, self.options.recipe.stride, meta.num_frames,
                                          meta.size_hw, self.options.chunk, self.options.autorotate,
                                          meta.plan.indices):
                 if batch.add(k, frames):

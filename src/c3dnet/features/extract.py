@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from c3dnet.engine.runner import ClipRunner
 from c3dnet.errors import DataError
 from c3dnet.features.batcher import Batcher
 from c3dnet.features.decoders import Busy, Clips, DecoderLoader, Failed, Skipped, Started
@@ -23,6 +22,7 @@ from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import OutputDir
 from c3dnet.features.writers import VideoJob, WriterPool
 from c3dnet.fileio import OutputError
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.log import get_logger, progress_bar
 
 if TYPE_CHECKING:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from c3dnet.engine.runner import OUTPUTS  # noqa: F401 - the outputs a manifest's layer names
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.log import get_logger
 
 if TYPE_CHECKING:
@@ -67,13 +67,16 @@ class ManifestEntry:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def recipe(self) -> FeatureRecipe:
+        """What the rows are (the recipe's fields of this entry)."""
+        return FeatureRecipe.from_settings(self.to_dict())
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ManifestEntry:
-        from c3dnet.features.pooling import l2_mode
-
         d = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if "l2" in d:
-            d["l2"] = l2_mode(d["l2"])  # a boolean in entries written before --l2 took a mode
+        if isinstance(d.get("l2"), bool):  # entries written before --l2 took a mode
+            d["l2"] = FeatureRecipe.from_settings(d).l2
         return cls(**d)
 
 

@@ -1,4 +1,4 @@
-"""What an extraction computes and how (`ExtractOptions`), and what it did (`ExtractSummary`)."""
+"""How an extraction computes its recipe (`ExtractOptions`), and what it did (`ExtractSummary`)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,17 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from c3dnet.engine.runner import ClipRunner
+from c3dnet.inference.recipe import FeatureRecipe
+from c3dnet.inference.runner import ClipRunner
 
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """What `extract` computes and how.
+    """How `extract` computes what its recipe says.
 
     Attributes:
-        stride: frames between consecutive clip starts (16: non-overlapping clips, as the paper).
-        video_mean: store the mean over clips (dim,) instead of every clip's row (num_clips, dim).
-        l2: "none", "clip" (each clip row, before any pooling) or "output" (each written row: after the segment
-            or video mean, as the paper). True and False, as before, mean "output" and "none".
-        segments: store this many segment rows (`features.pooling`), 0: none.
-        segment_rule: "uniform" or "sultani" (`features.pooling`).
-        fps: sample each video at this frame rate by presentation time before forming clips (None: its own).
-        source_fps: the frame rate of frame folders without recorded timestamps (needed with `fps`).
+        recipe: what each video's rows are (`inference.recipe.FeatureRecipe`: layer, stride, fps, pooling, l2).
+        source_fps: the frame rate of frame folders without recorded timestamps (needed with the recipe's fps).
         batch_size: clips per forward pass; batches mix clips of several videos.
         workers: decoder processes (each decodes one video at a time); 1 suits the CPU, where the model needs
             every core, one per spare core a GPU.
@@ -32,12 +27,7 @@ class ExtractOptions:
             orientation. The manifest records what was applied.
     """
 
-    stride: int = 16
-    video_mean: bool = False
-    l2: str | bool = "none"
-    segments: int = 0
-    segment_rule: str = "uniform"
-    fps: Fraction | None = None
+    recipe: FeatureRecipe = FeatureRecipe()
     source_fps: Fraction | None = None
     batch_size: int = 32
     workers: int = 1
@@ -46,20 +36,14 @@ class ExtractOptions:
     weights: str = ""
     autorotate: bool = True
 
-    def __post_init__(self) -> None:
-        from c3dnet.features.pooling import check_pooling, l2_mode
-
-        object.__setattr__(self, "l2", l2_mode(self.l2))
-        check_pooling(self.segments, self.segment_rule, self.l2, self.video_mean)
-
     def settings(self, runner: ClipRunner) -> dict[str, Any]:
         """What makes two extractions of a video give different arrays (all recorded in the manifest)."""
+        if runner.output != self.recipe.layer:
+            raise ValueError(f"the runner computes {runner.output} but the recipe asks for {self.recipe.layer}: "
+                             f"make the runner for the recipe's layer (ClipRunner(model, recipe.layer))")
         pre = runner.preprocess
-        return {"layer": runner.output, "dim": runner.dim, "clip_len": pre.clip_len,
-                "frame_interval": pre.frame_interval, "stride": self.stride, "video_mean": self.video_mean,
-                "l2": self.l2, "segments": self.segments,
-                "segment_rule": self.segment_rule if self.segments else "",
-                "sample_fps": str(self.fps) if self.fps is not None else ""}
+        return {**self.recipe.settings(), "dim": runner.dim, "clip_len": pre.clip_len,
+                "frame_interval": pre.frame_interval}
 
 
 @dataclass

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from c3dnet.engine.runner import ClipRunner
 from c3dnet.features.decoders import VideoMeta
 from c3dnet.features.locks import VideoLock
 from c3dnet.features.manifest import TMP_TAG, ManifestEntry, format_times
 from c3dnet.features.options import ExtractOptions
 from c3dnet.features.output import REMEDY, OutputDir
-from c3dnet.features.pooling import mean_row, pool_groups, prepare_clip_row, row_groups
 from c3dnet.fileio import atomic_write, atomic_write_text, free_bytes, output_error, publish, reserve
+from c3dnet.inference.pooling import mean_row, pool_groups, prepare_clip_row
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.metrics import l2_normalize
 
 if TYPE_CHECKING:
@@ -109,14 +109,15 @@ class VideoJob:
         are pooled from it once every clip is in). The space the video needs is allocated or checked first:
         `OutputError` (naming the folder and the bytes) when the disk cannot take it."""
         self.meta, self.options = meta, options
-        rows_out = 1 if options.video_mean else options.segments or self.num_clips
+        recipe = options.recipe
+        rows_out = recipe.rows(self.num_clips)
         sidecars = SIDECAR_BYTES + 64 * rows_out + 8 * self.num_clips
         self.needed = npy_bytes(rows_out, dim) + sidecars
-        if options.video_mean:
+        if recipe.video_mean:
             self.total = np.zeros(dim, dtype=np.float64)  # running sum
             rest = self.needed
         else:
-            if options.segments:
+            if recipe.segments:
                 self.needed += npy_bytes(self.num_clips, dim)  # the clip rows, until they are pooled
             fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.{TMP_TAG}{os.getpid()}-", suffix=".npy.tmp",
                                        dir=self.out.path)
@@ -136,12 +137,12 @@ class VideoJob:
     def add(self, k: int, row: np.ndarray) -> bool:
         """Row of clip `k` (normalised first with l2="clip"; with l2="output" and nothing pooled, each row is
         written normalised); True when it was the video's last."""
-        o = self.options
-        row = prepare_clip_row(row, o.l2)
+        recipe = self.options.recipe
+        row = prepare_clip_row(row, recipe.l2)
         if self.total is not None:
             self.total += row
         else:
-            if o.l2 == "output" and not o.segments:
+            if recipe.l2 == "output" and not recipe.segments:
                 row = l2_normalize(row)  # written as float32
             try:
                 self.rows.write(k, row)
@@ -187,10 +188,11 @@ def write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions) ->
 def _write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions, published: list[Path]) -> None:
     out = job.out.npy(job.key)
     assert job.meta is not None
-    groups = row_groups(job.num_clips, options.segments, options.segment_rule, options.video_mean)
-    if options.video_mean or options.segments:
-        feats = mean_row(job.total, job.received, options.l2) if options.video_mean \
-            else pool_groups(job.rows, groups, options.l2)  # (dim,) from the running sum, or (segments, dim)
+    recipe = options.recipe
+    groups = recipe.groups(job.num_clips)
+    if recipe.video_mean or recipe.segments:
+        feats = mean_row(job.total, job.received, recipe.l2) if recipe.video_mean \
+            else pool_groups(job.rows, groups, recipe.l2)  # (dim,) from the running sum, or (segments, dim)
         npy = io.BytesIO()
         np.save(npy, feats)  # in memory: numpy's own file writes report a full disk as a short write, no errno
         with atomic_write(out, "wb") as f:
@@ -207,14 +209,9 @@ def _write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions, p
     atomic_write_text(times, format_times(m.plan.spans(groups)))
     published.append(times)
     job.out.write_part(ManifestEntry(
-        key=job.key, output=out.name, video=str(job.record.real_path), layer=runner.output,
-        num_frames=m.num_frames, fps=m.fps, clip_starts=[int(s) for s in m.starts],
-        clip_len=runner.preprocess.clip_len, frame_interval=runner.preprocess.frame_interval, stride=options.stride,
-        video_mean=options.video_mean, l2=options.l2, dim=runner.dim, weights=options.weights,
-        orientation=m.orientation, segments=options.segments,
-        segment_rule=options.segment_rule if options.segments else "",
-        sample_fps=str(options.fps) if options.fps is not None else "", num_sampled_frames=m.plan.num_sampled,
-        times=times.name,
+        key=job.key, output=out.name, video=str(job.record.real_path), **options.settings(runner),
+        num_frames=m.num_frames, fps=m.fps, clip_starts=[int(s) for s in m.starts], weights=options.weights,
+        orientation=m.orientation, num_sampled_frames=m.plan.num_sampled, times=times.name,
     ))
     published.clear()  # done: the part marks it so
 

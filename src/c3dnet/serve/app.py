@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from c3dnet.inference.backends import Backend, as_backend
 from c3dnet.log import get_logger
 from c3dnet.serve.config import ServeConfig
 from c3dnet.serve.routes import error, info, uploads
@@ -33,9 +34,10 @@ log = get_logger(__name__)
 __all__ = ["ServeConfig", "create_app"]
 
 
-def create_app(model: C3D | OnnxC3D, device: torch.device | str = "cpu", config: ServeConfig | None = None,
-               source: str = "") -> FastAPI:
-    """The FastAPI application serving `model` (a `C3D` on `device`, or an `OnnxC3D`).
+def create_app(model: Backend | C3D | OnnxC3D, device: torch.device | str = "cpu",
+               config: ServeConfig | None = None, source: str = "") -> FastAPI:
+    """The FastAPI application serving `model`: a backend (`inference.backends.load_backend`), or a `C3D` (run on
+    `device`) or an `OnnxC3D` (`source` names its weights in /v1/model).
 
     The model thread and the decoding pool start with the application's lifespan and stop with it; the upload
     folder is removed at shutdown.
@@ -43,7 +45,7 @@ def create_app(model: C3D | OnnxC3D, device: torch.device | str = "cpu", config:
     from c3dnet.version import __version__
 
     config = config or ServeConfig()
-    service = Service(model, device, config, source)
+    service = Service(as_backend(model, device, "auto" if config.amp else "fp32", source=source), config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

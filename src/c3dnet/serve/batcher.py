@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from c3dnet.engine.runner import OUTPUTS, ClipRunner
+from c3dnet.inference.backends import OUTPUTS, Backend, as_backend
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.log import get_logger
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ class DynamicBatcher:
     """The model thread and its bounded clip queue.
 
     Args:
-        model: a `C3D` (run on `device`) or an `OnnxC3D`.
-        device: where a PyTorch model runs.
+        backend: what runs the model (`inference.backends`), or a `C3D` (run on `device`) or `OnnxC3D`.
+        device: where a PyTorch model given as such runs.
         max_batch: most clips in one forward pass.
         max_queue: most clips waiting; `submit` blocks past it and `saturated` turns true.
         max_wait_s: how long the model thread waits for more chunks once it has one.
@@ -67,17 +68,15 @@ class DynamicBatcher:
         on_batch: called with each batch's size in clips, the requests it served and its seconds (metrics).
     """
 
-    def __init__(self, model: C3D | OnnxC3D, device: torch.device | str, max_batch: int = 64, max_queue: int = 256,
-                 max_wait_s: float = 0.005, amp: bool = True,
+    def __init__(self, backend: Backend | C3D | OnnxC3D, device: torch.device | str = "cpu", max_batch: int = 64,
+                 max_queue: int = 256, max_wait_s: float = 0.005, amp: bool = True,
                  on_batch: Callable[[int, int, float], None] | None = None) -> None:
         if max_batch < 1 or max_queue < max_batch:
             raise ValueError(f"need 1 <= max_batch <= max_queue, got max_batch={max_batch}, max_queue={max_queue}")
-        self.model, self.device, self.amp = model, device, amp
+        self.backend = as_backend(backend, device, "auto" if amp else "fp32")
         self.max_batch, self.max_queue, self.max_wait_s = max_batch, max_queue, max_wait_s
         self.on_batch = on_batch
-        # One runner per output, all made here: making one later would move the model while a batch runs.
-        on = "cpu" if not isinstance(model, torch.nn.Module) else device
-        self._runners = {output: ClipRunner(model, output, on, amp=amp) for output in OUTPUTS}
+        self._runners = {output: ClipRunner(self.backend, output) for output in OUTPUTS}
         self._pending: collections.deque[_Chunk] = collections.deque()
         self._queued = 0  # clips in _pending
         self._cond = threading.Condition()

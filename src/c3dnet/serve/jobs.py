@@ -10,7 +10,7 @@ turns on the decoding slots.
 
 Clips are cut by the commands' own code. `prediction.predict_video` (the 10-clip test sampling) and
 `prediction.predict_timeline` run through `BatchedRunner`, a stand-in for `ClipRunner` whose forward passes are
-the model thread's shared batches; features come from `features.clips.clip_batches` over a `ClipPlan` (the loop
+the model thread's shared batches; features come from `inference.clips.clip_batches` over a `ClipPlan` (the loop
 of `c3dnet.extract_features`), each CHUNK clips queued as soon as they are decoded so that decoding overlaps the
 model.
 """
@@ -31,9 +31,9 @@ from c3dnet.data.containers import UnsupportedContainer, choose_demuxer
 from c3dnet.data.decode import FrameCountChanged, Video, VideoInfo, read_frames
 from c3dnet.data.records import FrameLimits, LimitExceeded, NotAVideo, NoVideoStream
 from c3dnet.errors import DataError
-from c3dnet.features.clips import ClipPlan, clip_batches, finish_rows
-from c3dnet.features.pooling import row_groups
-from c3dnet.prediction import predict_timeline, predict_video
+from c3dnet.inference.clips import ClipPlan, clip_batches
+from c3dnet.inference.prediction import predict_timeline, predict_video
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.preprocess import Preprocess
 from c3dnet.serve.batcher import DynamicBatcher
 from c3dnet.serve.fairness import RequestGuard
@@ -82,16 +82,10 @@ class PredictOptions:
 
 @dataclass(frozen=True)
 class FeatureOptions:
-    """`c3d extract --layer --stride --fps --video-mean --segments --segment-rule --l2`."""
+    """What `c3d extract` computes (its recipe), and whether the answer is .npy bytes (4 per value), not JSON."""
 
-    layer: str = "fc6"
-    stride: int = 16
-    fps: Fraction | None = None
-    video_mean: bool = False
-    segments: int = 0
-    segment_rule: str = "uniform"
-    l2: str = "none"
-    npy: bool = False  # answered as .npy bytes (4 per value), not JSON
+    recipe: FeatureRecipe = FeatureRecipe()
+    npy: bool = False
 
 
 @dataclass
@@ -269,40 +263,33 @@ class Features:
     """The rows `c3d extract` would write for the upload, and the frames and times each row covers."""
 
     video: str
-    options: FeatureOptions
+    recipe: FeatureRecipe
     rows: np.ndarray  # (num_clips, D), (segments, D), or (D,) with video_mean
     spans: np.ndarray  # (rows, 4): first, last source frame, start s, end s (NaN: unknown)
     fps: float
     num_frames: int
 
     def to_dict(self) -> dict[str, Any]:
-        o = self.options
         spans = [{"start_frame": int(a), "end_frame": int(b), "time_s": None if np.isnan(t0) else float(t0),
                   "end_s": None if np.isnan(t1) else float(t1)} for a, b, t0, t1 in self.spans.tolist()]
-        return {"video": self.video, "layer": o.layer, "stride": o.stride,
-                "sample_fps": str(o.fps) if o.fps is not None else None, "segments": o.segments,
-                "segment_rule": o.segment_rule, "video_mean": o.video_mean, "l2": o.l2,
-                "fps": self.fps, "num_frames": self.num_frames, "shape": list(self.rows.shape), "dtype": "float32",
-                "spans": spans, "features": self.rows.tolist()}
+        return {"video": self.video, **self.recipe.to_dict(), "fps": self.fps, "num_frames": self.num_frames,
+                "shape": list(self.rows.shape), "dtype": "float32", "spans": spans, "features": self.rows.tolist()}
 
 
 def features_job(job: Job, options: FeatureOptions, dim: int) -> Features:
-    """The upload's features (rows of `dim` values), as `c3d extract --layer --stride --fps --video-mean
-    --segments --l2` computes them."""
+    """The upload's features (rows of `dim` values), as `c3d extract` computes them with the same recipe."""
     open_upload(job)
-    pre = job.batcher.runner(options.layer).preprocess
-    clips = _sliding_clips(job, pre, options.stride, options.fps)
-    rows = 1 if options.video_mean else options.segments or clips
+    recipe = options.recipe
+    pre = job.batcher.runner(recipe.layer).preprocess
+    rows = recipe.rows(_sliding_clips(job, pre, recipe.stride, recipe.fps))
     size = rows * dim * 4 if options.npy else rows * (dim * JSON_BYTES_PER_VALUE + TIMELINE_BYTES_PER_CLIP)
     check_response(job, size, f"{rows} rows of {dim} features")
 
     def work() -> tuple[ClipPlan, np.ndarray]:
-        plan = ClipPlan.of(job.video, job.info.num_frames, pre, options.stride, options.fps)
-        return plan, sliding_rows(job, options.layer, plan)
+        plan = ClipPlan.of(job.video, job.info.num_frames, pre, recipe.stride, recipe.fps)
+        return plan, sliding_rows(job, recipe.layer, plan)
 
     plan, clip_rows = _replanned(job, work)
-    groups = row_groups(len(clip_rows), options.segments, options.segment_rule, options.video_mean)
-    return Features(video=job.upload.name, options=options,
-                    rows=finish_rows(clip_rows, options.video_mean, options.l2, options.segments,
-                                     options.segment_rule),
-                    spans=plan.spans(groups), fps=job.info.fps, num_frames=job.info.num_frames)
+    return Features(video=job.upload.name, recipe=recipe, rows=recipe.finish(clip_rows),
+                    spans=plan.spans(recipe.groups(len(clip_rows))), fps=job.info.fps,
+                    num_frames=job.info.num_frames)

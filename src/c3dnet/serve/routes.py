@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from c3dnet.data.timing import parse_fps
 from c3dnet.errors import ConfigError
-from c3dnet.features.pooling import check_pooling, l2_mode
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.log import get_logger
 from c3dnet.serve.jobs import FeatureOptions, PredictOptions, features_job, predict_job
 from c3dnet.serve.metrics import CONTENT_TYPE_LATEST
@@ -129,16 +129,16 @@ async def v1_features(
 ) -> Response:
     """The rows `c3d extract` writes for the video: JSON, or `.npy` bytes when the Accept header asks for
     application/x-npy."""
-    l2 = l2_mode(l2, segments)
     try:
-        check_pooling(segments, segment_rule, l2, video_mean)
+        recipe = FeatureRecipe(layer=layer, stride=stride, fps=fps or None, video_mean=video_mean,
+                               segments=segments, segment_rule=segment_rule, l2=l2)
     except ConfigError as e:
-        raise RequestError(422, str(e).replace("--", "").replace("-", "_")) from None
+        raise RequestError(422, str(e)) from None
     npy = any(t in request.headers.get("accept", "") for t in NPY_TYPES)
-    options = FeatureOptions(layer, stride, _fps(fps), video_mean, segments, segment_rule, l2, npy)
+    options = FeatureOptions(recipe, npy)
 
     async def make() -> Response:
-        features = await svc.run(request, "features", features_job, options, svc.model.feature_dims[layer])
+        features = await svc.run(request, "features", features_job, options, svc.backend.feature_dims[layer])
         if not npy:
             return JSONResponse(features.to_dict())
         buffer = io.BytesIO()

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from starlette.requests import ClientDisconnect, Request
 
+from c3dnet.inference.backends import Backend
+from c3dnet.inference.prediction import class_labels
 from c3dnet.log import get_logger
-from c3dnet.prediction import class_labels
 from c3dnet.serve.batcher import Cancelled, DynamicBatcher
 from c3dnet.serve.config import ServeConfig
 from c3dnet.serve.fairness import FairSlots, RequestGuard
@@ -31,19 +32,15 @@ from c3dnet.serve.jobs import Job
 from c3dnet.serve.metrics import ServeMetrics
 from c3dnet.serve.uploads import RequestError, Upload, paced, receive_upload
 
-if TYPE_CHECKING:
-    from c3dnet.export import OnnxC3D
-    from c3dnet.model import C3D
-
 log = get_logger(__name__)
 
 
 class Service:
     """The model thread, the decoding pool and slots, the upload folder and the counters of one server."""
 
-    def __init__(self, model: C3D | OnnxC3D, device: torch.device | str, config: ServeConfig, source: str) -> None:
-        self.model, self.device, self.config, self.source = model, device, config, source
-        self.class_names = class_labels(model.class_names, model.num_classes)
+    def __init__(self, backend: Backend, config: ServeConfig) -> None:
+        self.backend, self.config = backend, config
+        self.class_names = class_labels(backend.class_names, backend.num_classes)
         self.limits = config.limits
         self.metrics = ServeMetrics(config.max_batch)
         self.slots = FairSlots(config.decode_workers)
@@ -61,8 +58,8 @@ class Service:
         self.folder = Path(tempfile.mkdtemp(prefix="c3d-serve-"))  # mode 0700: private to this user
         # a thread per admitted request: those past the decoding slots wait for their turn (`FairSlots`)
         self.pool = ThreadPoolExecutor(c.max_pending, thread_name_prefix="c3d-decode")
-        self.batcher = DynamicBatcher(self.model, self.device, c.max_batch, c.max_queue, c.max_wait_ms / 1000,
-                                      c.amp, on_batch=self.metrics.on_batch)
+        self.batcher = DynamicBatcher(self.backend, max_batch=c.max_batch, max_queue=c.max_queue,
+                                      max_wait_s=c.max_wait_ms / 1000, on_batch=self.metrics.on_batch)
         threading.Thread(target=self._warm_up, name="c3d-warmup", daemon=True).start()
 
     def _warm_up(self) -> None:
@@ -109,18 +106,15 @@ class Service:
             self.cancels.discard(cancel)
 
     def model_info(self) -> dict[str, Any]:
-        model, pre = self.model, self.model.preprocess
-        runtime = "pytorch" if isinstance(model, torch.nn.Module) else "onnxruntime"
+        b = self.backend
         return {
             "architecture": "C3D",
-            "runtime": runtime,
-            "device": "cpu" if runtime != "pytorch" else str(self.device),
-            "weights": self.source,
-            "config": model.config.to_dict(),
-            "num_classes": model.num_classes,
+            **b.describe(),
+            "config": b.config.to_dict(),
+            "num_classes": b.num_classes,
             "class_names": self.class_names,
-            "preprocess": pre.to_dict(),
-            "outputs": {"logits": model.num_classes, **model.feature_dims},
+            "preprocess": b.preprocess.to_dict(),
+            "outputs": {"logits": b.num_classes, **b.feature_dims},
             "serving": self.config.to_dict(),
         }
 

@@ -9,7 +9,7 @@ process up for it (on CUDA: the current device, cudnn.benchmark, one intra-op th
 (train, test, predict, extract, the notebook API) makes it explicitly.
 
 Example:
-    >>> from c3dnet.engine.device import configure_for, select_device, prepare_model, inference_context, to_input
+    >>> from c3dnet.device import configure_for, select_device, prepare_model, inference_context, to_input
     >>> device = configure_for(select_device("auto"))        # doctest: +SKIP
     >>> model = prepare_model(model, device)                 # doctest: +SKIP
     >>> with inference_context(device):                      # doctest: +SKIP

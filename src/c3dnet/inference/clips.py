@@ -1,4 +1,4 @@
-"""Videos to clips: streaming decode with a bounded frame buffer (the model runs in `engine.runner`)."""
+"""Videos to clips: streaming decode with a bounded frame buffer (the model runs in `inference.runner`)."""
 
 from __future__ import annotations
 
@@ -196,13 +196,3 @@ def clip_batches(video: str | os.PathLike[str], plan: ClipPlan, preprocess: Prep
             batch = []
     if batch:
         yield torch.stack(batch)
-
-
-def finish_rows(rows: np.ndarray, video_mean: bool, l2: str | bool, segments: int = 0,
-                segment_rule: str = "uniform") -> np.ndarray:
-    """A video's clip rows (N, D), as the network gives them, as `c3d extract` stores them (`features.pooling`):
-    float32 rows, `segments` segment rows, or their mean (D,) with `video_mean`; `l2` "none", "clip" or "output"
-    (True: "output", as before)."""
-    from c3dnet.features.pooling import l2_mode, pool_rows
-
-    return pool_rows(rows, segments, segment_rule, video_mean, l2_mode(l2))

@@ -5,8 +5,8 @@ the weights' preprocessing says, averages the clip logits and applies softmax. `
 whole video (stride 16 by default, streaming, bounded memory) and gives every clip's probabilities.
 
 Example:
-    >>> from c3dnet.engine.runner import ClipRunner
-    >>> from c3dnet.prediction import predict_video
+    >>> from c3dnet.inference.runner import ClipRunner
+    >>> from c3dnet.inference.prediction import predict_video
     >>> runner = ClipRunner(model, "logits", device)                      # doctest: +SKIP
     >>> p = predict_video(runner, "v_Drumming_g01_c01.avi", class_names)  # doctest: +SKIP
     >>> p.top_k[0].label, p.top_k[0].prob                                 # doctest: +SKIP
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from c3dnet.data.decode import ArrayVideo, as_source
-from c3dnet.engine.runner import ClipRunner
-from c3dnet.features.clips import ClipPlan, clip_batches
 from c3dnet.fileio import atomic_write_text
+from c3dnet.inference.clips import ClipPlan, clip_batches
+from c3dnet.inference.runner import ClipRunner
 from c3dnet.log import get_logger
 from c3dnet.metrics import Average, average_clips, softmax
 

@@ -8,6 +8,8 @@ Segments (`--segments S`) follow one of two rules over the N clip rows:
   clips b_k .. b_{k+1} - 1, or clip b_k alone when that range is empty. The last clip is never used (unless
   N == 1), as in that code.
 
+The settings are checked once, by `inference.recipe.FeatureRecipe`.
+
 L2 normalisation (`--l2`): "clip" normalises each clip row before any pooling (the UCF-Crime paper's text),
 "output" each written row (after the segment or video mean, as the released code and the C3D paper do; each
 clip row when nothing is pooled), "none" leaves rows as the network gives them.
@@ -25,34 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from c3dnet.errors import ConfigError
 from c3dnet.metrics import l2_normalize
 
 SEGMENT_RULES = ("uniform", "sultani")
 L2_MODES = ("none", "clip", "output")
-
-
-def check_pooling(segments: int, segment_rule: str, l2: str, video_mean: bool) -> None:
-    """`ConfigError` saying what is allowed, for settings that cannot be used."""
-    if segments < 0 or isinstance(segments, bool):
-        raise ConfigError(f"--segments must be a number of segments >= 1 (0 or absent: no segments), got {segments}")
-    if segment_rule not in SEGMENT_RULES:
-        raise ConfigError(f"--segment-rule must be one of {', '.join(SEGMENT_RULES)}, got {segment_rule!r}")
-    if l2 not in L2_MODES:
-        raise ConfigError(f"--l2 must be one of {', '.join(L2_MODES)}, got {l2!r}")
-    if segments and video_mean:
-        raise ConfigError("--segments and --video-mean both pool the clip rows: choose one (--segments 1 is the "
-                          "video mean)")
-
-
-def l2_mode(l2: str | bool | None, segments: int = 0) -> str:
-    """An `l2` setting as a mode: None (not given) is "output" with segments (UCF-Crime's features are
-    normalised), else "none"; True and False, the boolean of earlier versions, are "output" and "none"."""
-    if l2 is None:
-        return "output" if segments else "none"
-    if isinstance(l2, bool):
-        return "output" if l2 else "none"
-    return l2
 
 
 def segment_groups(num_clips: int, segments: int, rule: str = "uniform") -> list[np.ndarray]:
