@@ -115,8 +115,8 @@ def test_a_dead_node_is_one_line_and_a_two_node_resume_is_exact(setup: tuple[Pat
 
     errors = [line for line in err.splitlines() if line.startswith("c3d train: error:")]
     assert len(errors) == 1, err[-3000:]
-    assert errors[0].startswith("c3d train: error: rank 0 of 2 lost contact with the other processes of the run "
-                                "(Connection ")
+    # gloo's first sentence in the brackets: "Connection reset by peer", "Read error ...", as the timing falls
+    assert errors[0].startswith("c3d train: error: rank 0 of 2 lost contact with the other processes of the run (")
     assert errors[0].endswith(
         "a process or node has died, so every process stops. Rerun every node with the same torchrun topology "
         "(--nnodes, --nproc_per_node) and the same command plus --resume; the last checkpoint is "

@@ -30,6 +30,14 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
 
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        """This process's place under torchrun (RANK, WORLD_SIZE, LOCAL_RANK), read once; 0 of 1 without it."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        return cls(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
@@ -41,17 +49,38 @@ class DistInfo:
 
 def init_distributed(device_name: str | None = "auto") -> DistInfo:
     """Join torchrun's process group (nccl for CUDA, gloo for the CPU); world size 1 without torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo.from_env()
+    if not info.is_distributed:
+        return info
     if not dist.is_initialized():
         name = (device_name or "auto").lower()
         use_cuda = torch.cuda.is_available() and (name == "auto" or name.startswith("cuda"))
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        store = attempt_store(info)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size)
     return info
+
+
+def attempt_store(info: DistInfo, timeout_s: float = 300.0) -> dist.Store | None:
+    """torchrun's store for this attempt only, or None outside torchrun's agent store.
+
+    torchrun (2.13) restarts a run's processes (`--max-restarts`) with the same store and the same keys, so the
+    restarted processes may read the addresses their dead predecessors published and fail to connect ("Gloo
+    connectFullMesh failed ... Connection refused", about one restart in two here). A prefix per attempt keeps each
+    attempt's keys its own.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+                          is_master=False, timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"c3dnet/attempt_{restart_count()}", store)
 
 
 def cleanup_distributed() -> None:
