@@ -44,6 +44,7 @@ from c3dnet.device import configure_for, prepare_model, select_device  # noqa: E
 from c3dnet.engine.config import load_config  # noqa: E402
 from c3dnet.engine.testing import TestOptions, test_weights  # noqa: E402
 from c3dnet.engine.train import train  # noqa: E402
+from c3dnet.forks import loader_context  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402
 from make_xvid import check_counts, load_xvid_set  # noqa: E402
 
@@ -176,7 +177,8 @@ def bench_loader(records, preprocess, batch: int, workers: int, pin: bool) -> di
     """The training loader alone (decode, random crop and flip, collate; no model): its clips/s ceiling."""
     dataset = ClipDataset(records, "train", preprocess, seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                         worker_init_fn=worker_init_fn, pin_memory=pin, drop_last=True)
+                                         worker_init_fn=worker_init_fn, pin_memory=pin, drop_last=True,
+                                         multiprocessing_context=loader_context(workers))
     it = iter(loader)
     next(it)  # worker start-up outside the timing
     start, clips = time.perf_counter(), 0

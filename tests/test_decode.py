@@ -272,16 +272,17 @@ def _resize_in_child() -> tuple[int, ...]:
 
 
 def test_forked_workers_survive_opencv_threads_in_the_parent():
-    """Other code ran OpenCV's thread pool in the parent; a forked child's resize must not hang (the pool is
-    stopped before each fork). Without that, the child hangs in about half the runs."""
-    import multiprocessing
-
+    """Other code ran OpenCV's thread pool in the parent; the resize of a child c3dnet forks must not hang (the
+    pool is stopped before each fork c3dnet makes, `c3dnet.forks`). Without that, the child hangs in about half the
+    runs."""
     import cv2
 
     cv2.setNumThreads(4)
     for _ in range(3):
         cv2.GaussianBlur(np.zeros((1080, 1920, 3), np.uint8), (5, 5), 1)  # runs on the pool's threads
-    with multiprocessing.get_context("fork").Pool(1) as pool:
+    from c3dnet.forks import FORK
+
+    with FORK.Pool(1) as pool:
         for _ in range(3):
             assert pool.apply_async(_resize_in_child).get(timeout=30) == (128, 227, 3)
     assert cv2.getNumThreads() == 1

@@ -9,7 +9,6 @@ Example:
     >>> c3dnet.save_model(model, "copy.safetensors")             # doctest: +SKIP
 """
 
-import c3dnet.forks  # noqa: F401  (at-fork hooks, registered on any import of c3dnet)
 from c3dnet.api import extract_features, predict
 from c3dnet.model import C3D, C3DConfig, build_model, count_parameters
 from c3dnet.preprocess import Preprocess

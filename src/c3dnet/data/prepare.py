@@ -34,6 +34,7 @@ from c3dnet.data.timing import TIMING_FILE
 from c3dnet.data.video_index import BestEffortTimestamps
 from c3dnet.errors import DataError
 from c3dnet.fileio import atomic_write_text, pid_alive
+from c3dnet.forks import loader_context
 from c3dnet.log import get_logger, progress_bar
 
 log = get_logger(__name__)
@@ -170,7 +171,7 @@ def _run(tasks: list[_Task], workers: int, progress: bool):
                 yield _extract_task(task)
                 bar.update()
             return
-        with multiprocessing.get_context().Pool(workers) as pool:
+        with (loader_context(workers) or multiprocessing.get_context()).Pool(workers) as pool:
             for item in pool.imap_unordered(_extract_task, tasks):
                 yield item
                 bar.update()

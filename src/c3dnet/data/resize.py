@@ -16,33 +16,29 @@ Example:
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 
 
-def _one_opencv_thread() -> None:
-    """OpenCV on the calling thread only, in this process and (before each fork) in the parent of its children.
+def one_opencv_thread() -> None:
+    """OpenCV on the calling thread only.
 
     OpenCV's thread pool does not survive `fork`: a DataLoader worker forked while the pool's threads exist can
     hang in its first `cv2.resize`, or in `cv2.setNumThreads`. One thread costs nothing here (frames are small,
-    and loader processes already use every core), so the pool is never started, and is stopped before any fork
-    if other code started it.
+    and loader processes already use every core), so c3dnet never starts the pool, and stops it before each fork
+    it makes (`c3dnet.forks`) if other code started it.
     """
     cv2 = sys.modules.get("cv2")
     if cv2 is not None and cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
 
 
-os.register_at_fork(before=_one_opencv_thread)
-
-
 def opencv():  # -> the cv2 module
-    """The cv2 module, set to run on the calling thread only (see `_one_opencv_thread`)."""
+    """The cv2 module, set to run on the calling thread only (see `one_opencv_thread`)."""
     import cv2
 
-    _one_opencv_thread()
+    one_opencv_thread()
     return cv2
 
 

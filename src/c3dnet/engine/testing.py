@@ -179,6 +179,7 @@ def _test(weights: str | Path | C3D | Backend, data: str | Path | Source, option
     from c3dnet.data.sources import load_source
     from c3dnet.device import loader_workers
     from c3dnet.engine.evaluate import evaluate
+    from c3dnet.forks import loader_context
     from c3dnet.inference.backends import load_backend
     from c3dnet.inference.runner import ClipRunner
 
@@ -204,10 +205,11 @@ def _test(weights: str | Path | C3D | Backend, data: str | Path | Source, option
                           source_fps=options.source_fps)
     # Each rank scores every world_size-th video; the padding repeats are dropped when the scores are gathered.
     sampler = ResumableSampler(len(dataset), False, 0, dist_info.rank, dist_info.world_size)
+    workers = loader_workers(options.workers, device)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=options.batch_size or (16 if device.type == "cuda" else 4), sampler=sampler,
-        num_workers=loader_workers(options.workers, device), pin_memory=device.type == "cuda",
-        worker_init_fn=worker_init_fn,
+        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+        multiprocessing_context=loader_context(workers),
     )
     log.info("testing %s on %d videos x %d clips (%s averaged) on %s", weights_name, len(dataset), options.clips,
              "logits" if options.average == "score" else "probabilities", device)

@@ -128,11 +128,13 @@ def build_loaders(cfg: TrainConfig, source: Source, data: str | Path, dist_info:
                   device: torch.device) -> Loaders:
     """The loaders of `source`'s training records, less those `data.val_fraction` holds out for validation."""
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
+    from c3dnet.forks import loader_context
 
     d = cfg.data
     preprocess = cfg.preprocess_record()
     workers = loader_workers(d.workers, device)
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+                  multiprocessing_context=loader_context(workers))
     fps, source_fps = d.rates()
     train_records, val_records = hold_out(source.records, d.val_fraction, source.root)
     if d.val_fraction > 0:

@@ -26,6 +26,7 @@ import torch
 from c3dnet.errors import C3DError, DataError
 from c3dnet.features.options import ExtractOptions
 from c3dnet.features.output import OutputDir
+from c3dnet.forks import FORK
 from c3dnet.inference.clips import ClipPlan, clip_frames
 from c3dnet.inference.runner import ClipRunner
 
@@ -283,7 +284,7 @@ class DecoderLoader:
 
         workers = max(1, min(options.workers, len(todo)))
         fork = "fork" in multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if fork else None)
+        context = FORK if fork else multiprocessing.get_context(None)  # c3dnet's forks: see `c3dnet.forks`
         counter = context.Value("q", 0) if fork else None  # inherited by the forked decoder processes
         pre = runner.preprocess
         self.clip_shape = (runner.clip_len, pre.crop_size, pre.crop_size, 3)  # channels last: as decoded
