@@ -20,7 +20,7 @@ from c3dnet.errors import DataError
 from c3dnet.features import (
     ClipRunner,
     ExtractOptions,
-    VideoLock,
+    HeartbeatLock,
     extract,
     read_manifest,
     stream_clips,
@@ -168,7 +168,7 @@ def test_bad_video_raises_or_is_skipped(tmp_path):
 
 def test_lock_is_exclusive_and_dead_owner_is_reclaimed(tmp_path):
     path = tmp_path / ".locks" / "v.lock"
-    a, b = VideoLock(path), VideoLock(path)
+    a, b = HeartbeatLock(path), HeartbeatLock(path)
     assert a.acquire() and not b.acquire()  # a live owner (this process) keeps it
     a.release()
     assert not path.exists() and b.acquire()

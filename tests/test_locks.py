@@ -11,7 +11,7 @@ import pytest
 
 from c3dnet.errors import DataError
 from c3dnet.features import locks
-from c3dnet.features.locks import VideoLock, break_locks, process_start
+from c3dnet.features.locks import HeartbeatLock, break_locks, process_start
 from c3dnet.features.output import OutputDir
 
 
@@ -28,9 +28,7 @@ def _write(path, text, age=0.0):
 
 
 def test_the_heartbeat_keeps_a_held_lock_fresh(tmp_path, monkeypatch):
-    monkeypatch.setattr(locks, "HEARTBEAT_S", 0.05)
-    monkeypatch.setattr(locks, "_heartbeat", locks._Heartbeat())
-    lock = VideoLock(tmp_path / "v.lock")
+    lock = HeartbeatLock(tmp_path / "v.lock", heartbeat=locks.Heartbeat(0.05))
     assert lock.acquire()
     lock.hold()
     old = time.time() - 600
@@ -46,9 +44,9 @@ def test_the_heartbeat_keeps_a_held_lock_fresh(tmp_path, monkeypatch):
 def test_a_lock_without_a_heartbeat_is_stale_on_any_host(tmp_path, caplog):
     path = tmp_path / "v.lock"
     _write(path, "4242 some-other-host 77\n")  # another machine's live process, heartbeat fresh: busy
-    assert not VideoLock(path).acquire()
+    assert not HeartbeatLock(path).acquire()
     _write(path, "4242 some-other-host 77\n", age=120)  # no heartbeat for two minutes: taken over
-    lock = VideoLock(path)
+    lock = HeartbeatLock(path)
     assert lock.acquire() and path.read_text().split()[0] == str(os.getpid())
     assert "took over a stale lock (4242 some-other-host 77, last heartbeat 120 s ago)" in caplog.text
     lock.release()
@@ -58,26 +56,26 @@ def test_dead_and_reused_pids_of_this_host(tmp_path):
     host = socket.gethostname()
     path = tmp_path / "v.lock"
     _write(path, f"{os.getpid()} {host} {process_start(os.getpid())}\n")
-    assert not VideoLock(path).acquire()  # this very process, alive: busy
+    assert not HeartbeatLock(path).acquire()  # this very process, alive: busy
     _write(path, f"{os.getpid()} {host} 1\n")  # the same pid, another start time: a reused pid
-    assert VideoLock(path).acquire()
+    assert HeartbeatLock(path).acquire()
     path.unlink()
     dead = 2**22 + 12345  # above the usual pid_max: no such process
     _write(path, f"{dead} {host} 5\n")
-    assert VideoLock(path).acquire()
+    assert HeartbeatLock(path).acquire()
 
 
 def test_torn_locks_wait_a_moment_and_symlinks_are_never_followed(tmp_path, caplog):
     path = tmp_path / "v.lock"
     _write(path, "")  # just created, its token not yet written: busy
-    assert not VideoLock(path).acquire()
+    assert not HeartbeatLock(path).acquire()
     _write(path, "", age=30)  # left empty by a process that died creating it
-    assert VideoLock(path).acquire()
+    assert HeartbeatLock(path).acquire()
     path.unlink()
     secret = tmp_path / "secret.txt"
     secret.write_text("do not print me")
     path.symlink_to(secret)
-    lock = VideoLock(path)
+    lock = HeartbeatLock(path)
     assert lock.acquire() and not path.is_symlink()
     assert secret.read_text() == "do not print me" and "do not print me" not in caplog.text
     assert "a symlink where a lock file belongs; removed" in caplog.text

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from c3dnet.distinfo import DistInfo
 from c3dnet.errors import ConfigError
 from c3dnet.log import get_logger
 from c3dnet.preprocess import Preprocess
@@ -139,5 +140,5 @@ def loader_workers(setting: int | str | None, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = cores // max(1, DistInfo.from_env().local_world_size)
     return max(1, min(16, share - 2))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
+
+from c3dnet.distinfo import DistInfo
 
 
 class _RankZeroFilter(logging.Filter):
@@ -19,14 +20,15 @@ class _RankZeroFilter(logging.Filter):
 
 def setup_logging(level: int = logging.INFO, rank: int | None = None) -> logging.Logger:
     """Configure the "c3dnet" logger to print to stderr; under torchrun, INFO only from rank 0."""
+    info = DistInfo.from_env()
     if rank is None:
-        rank = int(os.environ.get("RANK", "0"))
+        rank = info.rank
     logger = logging.getLogger("c3dnet")
     logger.setLevel(level)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    prefix = f"[rank {rank}] " if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 else ""
+    prefix = f"[rank {rank}] " if info.is_distributed else ""
     handler.setFormatter(logging.Formatter(f"{prefix}%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_RankZeroFilter(rank))
     logger.addHandler(handler)
@@ -91,7 +93,7 @@ def progress_bar(total: int | None, desc: str = "", unit: str = "it", initial: i
     or on a rank other than 0."""
     from tqdm import tqdm
 
-    if not enabled or quiet() or int(os.environ.get("RANK", "0")) != 0:
+    if not enabled or quiet() or not DistInfo.from_env().is_main:
         return tqdm(total=total, disable=True)
     if not sys.stderr.isatty():
         return LineProgress(total, desc, unit, initial)

@@ -100,7 +100,7 @@ def recipe_of(args: argparse.Namespace):  # -> FeatureRecipe
 def run(args: argparse.Namespace) -> int:
     from c3dnet.data.sources import find_videos
     from c3dnet.device import loader_workers
-    from c3dnet.engine.distributed import DistInfo
+    from c3dnet.distinfo import DistInfo
     from c3dnet.errors import ConfigError
     from c3dnet.features import ExtractOptions, OutputDir, extract, output_keys
     from c3dnet.inference.backends import load_backend
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     keys = output_keys(found.records)  # from the whole list, so every rank names files alike
     records, keys = found.records[dist.rank::dist.world_size], keys[dist.rank::dist.world_size]
     backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto",
-                           compile=args.compile, progress=False if args.no_progress else None,
+                           compile=args.compile, progress=not args.no_progress,
                            local_rank=dist.local_rank)
     runner = ClipRunner(backend, recipe.layer)
     options = ExtractOptions(recipe, source_fps=source_fps,

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"c3d predict: skipped: {item.where}: {item.reason}", file=sys.stderr)
     records = found.records
     backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto",
-                           progress=False if args.no_progress else None, local_rank=0)  # a name may download
+                           progress=not args.no_progress, local_rank=0)  # a name may download
     runner = ClipRunner(backend, "logits")
     names = class_labels(backend.class_names, backend.num_classes)
     results, failed = [], 0

@@ -72,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     work_dir = args.work_dir or Path("work_dirs") / (config.stem if config is not None else "c3d_ucf101_seed")
     result = train(config, args.data, weights=args.weights, work_dir=work_dir, resume=args.resume,
                    device=args.device, overrides=overrides, overwrite=args.overwrite)
-    import os
+    from c3dnet.distinfo import DistInfo
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if DistInfo.from_env().is_main:
         summary = {
             "work_dir": str(result.work_dir),
             "epochs": result.epochs,

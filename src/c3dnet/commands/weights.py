@@ -47,7 +47,7 @@ def _list(args: argparse.Namespace) -> int:
 def _get(args: argparse.Namespace) -> int:
     from c3dnet.weights.download import fetch
 
-    print(fetch(args.name, progress=False if args.no_progress else None))
+    print(fetch(args.name, progress=not args.no_progress))
     return 0
 
 

@@ -11,40 +11,19 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from c3dnet.distinfo import DistInfo
 from c3dnet.errors import C3DError
+
+__all__ = ["DistInfo", "PeerLostError", "init_distributed"]
 
 
 class PeerLostError(C3DError):
     """Another process of a distributed run died or became unreachable: every process stops."""
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> DistInfo:
-        """This process's place under torchrun (RANK, WORLD_SIZE, LOCAL_RANK), read once; 0 of 1 without it."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return cls()
-        return cls(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def init_distributed(device_name: str | None = "auto") -> DistInfo:

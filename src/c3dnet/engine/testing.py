@@ -184,7 +184,7 @@ def _test(weights: str | Path | C3D | Backend, data: str | Path | Source, option
     from c3dnet.inference.runner import ClipRunner
 
     backend = load_backend(weights, options.device, "auto" if options.amp else "fp32", compile=options.compile,
-                           progress=None if options.progress else False,
+                           progress=options.progress,
                            local_rank=dist_info.local_rank if dist_info.is_distributed else None,
                            channels_last=options.channels_last)
     device = backend.device

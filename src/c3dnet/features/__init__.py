@@ -38,7 +38,7 @@ re-exported here.
 from __future__ import annotations
 
 from c3dnet.features.extract import extract
-from c3dnet.features.locks import VideoLock
+from c3dnet.features.locks import HeartbeatLock
 from c3dnet.features.manifest import (
     FAILED,
     LOCKS_DIR,
@@ -71,7 +71,7 @@ __all__ = [
     "ManifestEntry",
     "OutputDir",
     "PendingRows",
-    "VideoLock",
+    "HeartbeatLock",
     "clip_frames",
     "clip_starts",
     "extract",

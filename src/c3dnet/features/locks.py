@@ -1,4 +1,5 @@
-"""Per-video lock files in OUT/.locks: created with O_CREAT|O_EXCL, kept fresh by a heartbeat, reclaimed when stale.
+"""Heartbeat lock files (`HeartbeatLock`), one per video in OUT/.locks: created with O_CREAT|O_EXCL, kept fresh by a
+heartbeat, reclaimed when stale. (Weight downloads use an OS lock instead: `weights.download`.)
 
 A lock holds "pid host start" (the owner's process start time tells a reused pid apart). While it is held, a
 heartbeat thread of its owner touches it every `HEARTBEAT_S` seconds, however long its video takes. A lock is
@@ -77,10 +78,12 @@ def is_stale(owner: str, mtime: float, now: float | None = None) -> bool:
     return started is not None and started != "-" and process_start(pid) not in (None, started)  # a reused pid
 
 
-class _Heartbeat:
-    """One daemon thread per process touching every lock that the process holds."""
+class Heartbeat:
+    """A daemon thread touching every lock it is given, every `interval_s` seconds (one per process serves all of
+    its locks: `PROCESS_HEARTBEAT`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval_s: float = HEARTBEAT_S) -> None:
+        self.interval_s = interval_s
         self.held: dict[Path, str] = {}  # lock file -> its token
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -100,7 +103,7 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while True:
-            time.sleep(HEARTBEAT_S)
+            time.sleep(self.interval_s)
             with self.lock:
                 held = list(self.held.items())
             for path, token in held:
@@ -110,16 +113,18 @@ class _Heartbeat:
                         os.utime(path, follow_symlinks=False)
 
 
-_heartbeat = _Heartbeat()
+PROCESS_HEARTBEAT = Heartbeat()
 
 
-class VideoLock:
-    """A per-video lock file (see the module docstring), held by `owner_pid` (default: this process)."""
+class HeartbeatLock:
+    """A lock file kept fresh by its owner's heartbeat (see the module docstring): what several `c3d extract`
+    processes, on one host or many sharing a disk, claim videos with. Held by `owner_pid` (default: this process).
+    """
 
-    def __init__(self, path: Path, owner_pid: int | None = None) -> None:
+    def __init__(self, path: Path, owner_pid: int | None = None, heartbeat: Heartbeat = PROCESS_HEARTBEAT) -> None:
         """`owner_pid`: the process the lock stands for; a decoder process takes locks for the extraction process
         that writes the outputs, so the lock lives exactly as long as that writer (whose heartbeat keeps it)."""
-        self.path = path
+        self.path, self.heartbeat = path, heartbeat
         pid = owner_pid or os.getpid()
         self.token = f"{pid} {socket.gethostname()} {process_start(pid) or '-'}"
         self.held = False
@@ -156,10 +161,10 @@ class VideoLock:
             return True
         return False
 
-    def hold(self) -> VideoLock:
-        """Keep this (held) lock fresh with this process's heartbeat."""
+    def hold(self) -> HeartbeatLock:
+        """Keep this (held) lock fresh with its heartbeat."""
         self.held = True
-        _heartbeat.add(self.path, self.token)
+        self.heartbeat.add(self.path, self.token)
         return self
 
     def _reclaim_stale(self) -> bool:
@@ -194,7 +199,7 @@ class VideoLock:
 
     def release(self) -> None:
         if self.held:
-            _heartbeat.discard(self.path)
+            self.heartbeat.discard(self.path)
             current = _read(self.path)
             if current is not None and current[0] == self.token:
                 with contextlib.suppress(FileNotFoundError):

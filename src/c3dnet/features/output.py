@@ -2,7 +2,7 @@
 
 Several processes (or torchrun ranks, or hosts on a shared disk) may extract into one folder. A video is done
 when both its `.npy` and its `.parts/<key>.json` exist: the `.npy` is renamed into place complete, and the part is
-written after it. Locks (`VideoLock`) keep two processes from working on one video; a process that died leaves
+written after it. Locks (`HeartbeatLock`) keep two processes from working on one video; a process that died leaves
 its lock and temporaries behind, and whoever locks that video next removes them.
 
 Example:
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from c3dnet.errors import DataError
-from c3dnet.features.locks import REMEDY, VideoLock, break_locks
+from c3dnet.features.locks import REMEDY, HeartbeatLock, break_locks
 from c3dnet.features.manifest import (
     LOCKS_DIR,
     PARTS_DIR,
@@ -143,11 +143,11 @@ class OutputDir:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
 
-    def lock(self, key: str, owner_pid: int | None = None) -> VideoLock:
+    def lock(self, key: str, owner_pid: int | None = None) -> HeartbeatLock:
         """The (not yet acquired) lock of video `key`, taken for `owner_pid` (default this process)."""
-        return VideoLock(self.path / LOCKS_DIR / f"{key}.lock", owner_pid=owner_pid)
+        return HeartbeatLock(self.path / LOCKS_DIR / f"{key}.lock", owner_pid=owner_pid)
 
-    def held_lock(self, key: str) -> VideoLock:
+    def held_lock(self, key: str) -> HeartbeatLock:
         """This process's view of a lock that one of its decoder processes took for it (its heartbeat keeps it)."""
         return self.lock(key).hold()
 
@@ -158,7 +158,7 @@ class OutputDir:
             return
         token = self.lock("").token
         for path in locks.glob("*.lock"):
-            lock = VideoLock(path)
+            lock = HeartbeatLock(path)
             lock.token = token
             lock.held = True
             lock.release()  # only if it holds this process's token
@@ -173,7 +173,7 @@ class OutputDir:
             return
         for path in (self.path / LOCKS_DIR).glob("*.lock"):
             if self.is_done(path.stem):
-                lock = VideoLock(path)
+                lock = HeartbeatLock(path)
                 if lock.acquire():
                     lock.release()
 

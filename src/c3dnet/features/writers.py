@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from c3dnet.features.decoders import VideoMeta
-from c3dnet.features.locks import VideoLock
+from c3dnet.features.locks import HeartbeatLock
 from c3dnet.features.manifest import TMP_TAG, ManifestEntry, format_times
 from c3dnet.features.options import ExtractOptions
 from c3dnet.features.output import REMEDY, OutputDir
@@ -90,7 +90,7 @@ class VideoJob:
     """One video being extracted: its lock, its clips and a row sink (a running sum with `video_mean`, else a
     `RowFile`, so long videos' rows live on disk)."""
 
-    def __init__(self, record: VideoRecord, key: str, out: OutputDir, lock: VideoLock, index: int) -> None:
+    def __init__(self, record: VideoRecord, key: str, out: OutputDir, lock: HeartbeatLock, index: int) -> None:
         self.record, self.key, self.out, self.lock, self.index = record, key, out, lock, index
         self.meta: VideoMeta | None = None
         self.options = ExtractOptions()

@@ -6,9 +6,9 @@ to its final name only once its SHA-256 matches the published prefix. Its full d
 (`<file>.sha256`, in `sha256sum` format) and every later load checks it. A file with no published digest is
 trusted on first download and checked against that record afterwards.
 
-Several processes wanting one file download it once: a lock in the cache (`c3dnet.features.locks`, with a
-heartbeat, taken over when its owner dies) lets one download while the others wait; under torchrun the local
-rank 0 goes first. Environment:
+Several processes wanting one file download it once: an OS file lock in the cache (`filelock`: the kernel
+releases it when its holder dies) lets one download while the others wait; under torchrun the local rank 0 goes
+first. Environment:
 
     C3DNET_HOME               the cache folder
     C3DNET_WEIGHTS_MIRROR     a base URL: every file is fetched as `<mirror>/<file name>` instead of its origin
@@ -27,10 +27,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
-import logging
 import os
 import re
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from filelock import FileLock, Timeout
+
+from c3dnet.distinfo import DistInfo
 from c3dnet.errors import WeightsError
 from c3dnet.fileio import atomic_write_text, publish
 from c3dnet.log import get_logger, progress_bar
@@ -351,10 +354,8 @@ def _manual_error(entry: Pretrained, dest: Path) -> WeightsError:
 
 def _rank_waits() -> bool:
     """Whether this process is a torchrun worker other than its machine's local rank 0."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("LOCAL_RANK", "0")) != 0
-    except ValueError:
-        return False
+    info = DistInfo.from_env()
+    return info.is_distributed and info.local_rank != 0
 
 
 def fetch(name: str, settings: Settings | None = None, progress: bool | None = None) -> Path:
@@ -364,13 +365,10 @@ def fetch(name: str, settings: Settings | None = None, progress: bool | None = N
         WeightsError: an unknown name (with the close ones), offline without the file (saying what to put
         where), or a failed or mismatched download.
     """
-    from c3dnet.features.locks import VideoLock
-
     entry = find(name)
     settings = settings or Settings.from_env()
-    if progress is None:  # -q (a level above INFO set on c3dnet's logger) hides it; a library user sees it
-        level = logging.getLogger("c3dnet").level
-        progress = level == logging.NOTSET or level <= logging.INFO
+    if progress is None:  # not asked: a bar where someone watches (-q hides every bar: `log.progress_bar`)
+        progress = sys.stderr.isatty()
     folder = cache_dir()
     dest = folder / entry.file_name
     if dest.is_file():
@@ -382,32 +380,41 @@ def fetch(name: str, settings: Settings | None = None, progress: bool | None = N
         raise WeightsError(f"{entry.name}: not in the cache and C3DNET_OFFLINE is set, so nothing is downloaded. "
                            f"Put {entry.file_name} at {dest} (from {source_url(entry) or entry.manual}), or unset "
                            f"C3DNET_OFFLINE")
-    lock = VideoLock(folder / ".locks" / f"{entry.file_name}.lock")
-    deadline = time.monotonic() + settings.wait
+    lock_path = folder / ".locks" / f"{entry.file_name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     if _rank_waits():  # let local rank 0 take the lock first
         start = time.monotonic()
-        while not dest.is_file() and not lock.path.exists() and time.monotonic() - start < 10.0:
+        while not dest.is_file() and not _held(lock_path) and time.monotonic() - start < 10.0:
             time.sleep(0.1)
-    said = False
-    while not dest.is_file():
-        if lock.acquire():
-            lock.hold()
-            try:
-                if not dest.is_file():
-                    download(entry, dest, settings, progress)
-                    return dest
-            finally:
-                lock.release()
-            break
-        if not said:
-            log.info("%s: another process is downloading %s; waiting for it", entry.name, entry.file_name)
-            said = True
-        if time.monotonic() > deadline:
+    lock = FileLock(lock_path)  # an OS lock: released by the kernel when its holder dies, however it dies
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: another process is downloading %s; waiting for it", entry.name, entry.file_name)
+        try:
+            lock.acquire(timeout=settings.wait)
+        except Timeout:
             raise WeightsError(f"{entry.name}: waited {settings.wait:.0f} s for another process to download "
-                               f"{dest}; remove {lock.path} if no download is running")
-        time.sleep(0.2)
+                               f"{dest} (it holds {lock_path}); let it finish, or stop it and run again") from None
+    try:
+        if not dest.is_file():
+            download(entry, dest, settings, progress)
+            return dest
+    finally:
+        lock.release()
     verify(dest, entry)
     return dest
+
+
+def _held(lock_path: Path) -> bool:
+    """Whether another process holds the lock at `lock_path` now."""
+    probe = FileLock(lock_path)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def resolve(path: str | os.PathLike[str], progress: bool | None = None) -> tuple[Path, Pretrained | None]:
