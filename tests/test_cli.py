@@ -102,7 +102,7 @@ def test_predict_prints_names_escaped_and_refuses_an_unusable_timeline_folder(tm
 
 def test_quiet_prints_no_progress_lines(tmp_path, capsys):
     """Without a terminal the bar prints plain lines; `-q` (warnings and errors only) prints none of them."""
-    from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+    from tests.engine_helpers import make_frame_dataset, tiny_train_config
 
     data = make_frame_dataset(tmp_path / "data", train_per_class=4)
     (tmp_path / "r.yaml").write_text(tiny_train_config("optim.epochs=1", "train.val_every=0",

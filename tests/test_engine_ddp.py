@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from c3dnet.model import C3D
 from c3dnet.weights import save_model
 from tests.conftest import tiny_config
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.engine_helpers import make_frame_dataset, tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

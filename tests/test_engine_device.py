@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from c3dnet import device as device_mod
-from c3dnet.data.samplers import EpochBatches, ResumableSampler
+from c3dnet.data.epoch_order import EpochBatches, ResumableSampler
 from c3dnet.device import inference_context, select_device, to_input
 from c3dnet.errors import ConfigError
 from c3dnet.inference.backends import Compiled

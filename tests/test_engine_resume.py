@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from c3dnet.engine import train
 from c3dnet.engine.checkpoint import load_state
 from tests import killpoint
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.engine_helpers import make_frame_dataset, tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # 3 epochs x 4 iterations, a checkpoint every 2; dropout on so the torch RNG state matters.

@@ -21,7 +21,7 @@ from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import load_model, save_model
 from tests.conftest import tiny_config
-from tests.test_engine_helpers import make_frame_dataset, tiny_test_setup, tiny_train_config
+from tests.engine_helpers import make_frame_dataset, tiny_test_setup, tiny_train_config
 
 NAMES = ["class0", "class1", "class2"]
 

@@ -11,7 +11,7 @@ import torch
 from c3dnet.engine import NonFiniteLossError, load_config, train
 from c3dnet.engine.checkpoint import load_state
 from c3dnet.weights import load_model, read_metadata
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.engine_helpers import make_frame_dataset, tiny_train_config
 
 
 @pytest.fixture(scope="module")

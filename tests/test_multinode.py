@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests import killpoint
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.engine_helpers import make_frame_dataset, tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # 12 videos, 2 clips per process per step: 3 iterations an epoch, 9 in all; a checkpoint every 2 iterations;

@@ -12,8 +12,8 @@ import torch
 from c3dnet.model import C3D
 from c3dnet.weights import save_model
 from tests.conftest import tiny_config
+from tests.engine_helpers import make_frame_dataset, tiny_train_config
 from tests.oracle import CORPUS_BY_NAME, corpus_path
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
 from tests.test_extract_faults import PRE, one_line_error, run_c3d
 
 NAMES = ["class0", "class1", "class2"]

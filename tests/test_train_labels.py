@@ -12,7 +12,7 @@ from c3dnet.cli import main
 from c3dnet.data.sources import VideoRecord
 from c3dnet.engine.trainset import MAX_IMPLIED_CLASSES, hold_out
 from c3dnet.weights import read_metadata
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.engine_helpers import make_frame_dataset, tiny_train_config
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from c3dnet.cli import main
-from tests.test_engine_helpers import make_frame_dataset, tiny_train_config
+from tests.engine_helpers import make_frame_dataset, tiny_train_config
 
 
 @pytest.fixture(scope="module")

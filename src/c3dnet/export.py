@@ -263,13 +263,6 @@ def verification_clips(model: C3D, batch: int = 3, seed: int = 0) -> torch.Tenso
     return x - 128.0
 
 
-def verify_onnx(model: C3D, path: str | os.PathLike[str], batch: int = 3, seed: int = 0) -> dict[str, OutputDiff]:
-    """ONNX Runtime against PyTorch on every output, for `verification_clips(model, batch, seed)`."""
-    import copy
-
-    return _compare(copy.deepcopy(model).float().cpu().eval(), Path(path), batch, seed)
-
-
 def _compare(cpu_model: C3D, path: Path, batch: int, seed: int) -> dict[str, OutputDiff]:
     x = verification_clips(cpu_model, batch, seed)
     with torch.inference_mode():

@@ -489,22 +489,6 @@ def check_structure(obj: Any, leaf: Callable[[Any], Any] = pickle_leaf, max_refe
         done.clear()  # `visit` is a closure referring to itself: free what it saw now, not at the next GC
 
 
-def check_no_object_arrays(obj: Any) -> None:
-    """Refuse object arrays and unbounded structures, at any nesting level, in linear time.
-
-    Raises:
-        UnsafePickleError: an array of Python objects.
-        StructureError: too many references, too deep, or cyclic.
-    """
-
-    def leaf(x: Any) -> Any:
-        if isinstance(x, (np.ndarray, np.generic)) and x.dtype.hasobject:
-            raise UnsafePickleError(f"a numpy array of Python objects (dtype {x.dtype})")
-        return x
-
-    check_structure(obj, leaf)
-
-
 def restricted_load(file: IO[bytes], size: int, source: str,
                     unpickler: Callable[[BoundedReader], pickle.Unpickler] | None = None,
                     leaf: Callable[[Any], Any] = pickle_leaf, what: str = "the pickle",
@@ -590,7 +574,6 @@ __all__ = [
     "StructureError",
     "UnsafePickleError",
     "check_dtype",
-    "check_no_object_arrays",
     "check_structure",
     "inert_globals",
     "load_safe_pickle",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 HELP = "smoke-test the whole chain on synthetic data (tiny, or --full-size): synth, train 1 epoch, test, export, " \
        "ONNX predict/extract"
@@ -62,10 +63,6 @@ FULL_SIZE = LiteScale(
     extract_batch=4,  # the 4 videos' one clip each: one batch, no padding clips at 0.4 s each
 )
 
-LITE_OVERRIDES = list(TINY.overrides)
-"""The tiny chain's training overrides (kept under this name for scripts that read it)."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None, help="where every step writes (default: work_dirs/lite, or "
                                                          "work_dirs/lite_full with --full-size)")
@@ -80,9 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
-    import numpy as np
     import torch
 
     from c3dnet.data.sources import load_source
@@ -92,21 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from c3dnet.engine.train import train
     from c3dnet.errors import C3DError
     from c3dnet.export import DEFAULT_TOLERANCE, OnnxC3D, export_onnx
-    from c3dnet.features import ExtractOptions, extract
-    from c3dnet.inference.prediction import class_labels, predict_video
-    from c3dnet.inference.recipe import FeatureRecipe
-    from c3dnet.inference.runner import ClipRunner
-    from c3dnet.probe import LabelledVideo, gather_features, linear_probe
+    from c3dnet.inference.prediction import class_labels
     from c3dnet.weights import load_model
-
-    class _TappedRunner(ClipRunner):
-        """A `ClipRunner` that keeps the outputs it returned last: the clip logits `predict_video` averaged."""
-
-        last: np.ndarray
-
-        def __call__(self, clips: torch.Tensor) -> np.ndarray:
-            self.last = super().__call__(clips)
-            return self.last
 
     scale = FULL_SIZE if args.full_size else TINY
     work = Path(args.work_dir or ("work_dirs/lite_full" if args.full_size else "work_dirs/lite"))
@@ -156,9 +138,47 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     onnx_model = OnnxC3D(onnx_path)
     names = class_labels(onnx_model.class_names, onnx_model.num_classes)
-    torch_runner, onnx_runner = _TappedRunner(model, "logits"), _TappedRunner(onnx_model, "logits")
+    n, agree, correct, worst, worst_logits = _onnx_against_torch(onnx_model, model, test_src.records, names)
+    if agree != n or worst > 1e-4 or worst_logits > DEFAULT_TOLERANCE:
+        raise C3DError(f"{onnx_path}: ONNX predictions differ from PyTorch's ({agree}/{n} top-1 agree, "
+                       f"max prob diff {worst:.2e}, max |logit diff| / max |logit| {worst_logits:.2e}); re-export "
+                       f"with `c3d export --weights {weights} --out {onnx_path}` and report it if it persists")
+    step(5, "onnx_predict", f"{n} videos, top-1 {100 * correct / n:.1f}%, same top-1 as PyTorch on {agree}/{n}, "
+         f"max prob diff {worst:.1e}, max |logit diff| / max |logit| {worst_logits:.1e}", t0, videos=n,
+         top1=correct / n, agree=agree, max_prob_diff=worst, max_rel_logit_diff=worst_logits)
+
+    t0 = time.perf_counter()
+    summary, probe = _extract_and_probe(onnx_model, onnx_path, train_src, test_src, work / "features",
+                                        scale.extract_batch)
+    step(6, "extract_probe", f"fc6 of {summary.done + summary.skipped} videos ({summary.frames_per_s:.0f} frames/s)"
+         f", linear SVM top-1 {100 * probe.accuracy:.1f}%", t0, videos=summary.done + summary.skipped,
+         frames_per_s=summary.frames_per_s, probe_accuracy=probe.accuracy)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _onnx_against_torch(onnx_model, model, records, names: list[str]) -> tuple[int, int, int, float, float]:
+    """(videos, same top-1, right top-1, max prob diff, max clip-logit diff / logit scale) of ONNX Runtime's 10-clip
+    predictions against PyTorch's on `records`."""
+    import numpy as np
+    import torch
+
+    from c3dnet.inference.prediction import predict_video
+    from c3dnet.inference.runner import ClipRunner
+
+    class TappedRunner(ClipRunner):
+        """A `ClipRunner` that keeps the outputs it returned last: the clip logits `predict_video` averaged."""
+
+        last: np.ndarray
+
+        def __call__(self, clips: torch.Tensor) -> np.ndarray:
+            self.last = super().__call__(clips)
+            return self.last
+
+    torch_runner, onnx_runner = TappedRunner(model, "logits"), TappedRunner(onnx_model, "logits")
     agree, worst, worst_logits, correct = 0, 0.0, 0.0, 0
-    for record in test_src.records:
+    for record in records:
         p_onnx = predict_video(onnx_runner, record.path, names)
         p_torch = predict_video(torch_runner, record.path, names)
         agree += int(p_onnx.probs.argmax() == p_torch.probs.argmax())
@@ -169,30 +189,22 @@ def run(args: argparse.Namespace) -> int:
         logits_onnx, logits_torch = onnx_runner.last, torch_runner.last  # (K, C)
         logit_scale = max(float(np.abs(logits_torch).max()), 1e-12)
         worst_logits = max(worst_logits, float(np.abs(logits_onnx - logits_torch).max()) / logit_scale)
-    n = len(test_src.records)
-    if agree != n or worst > 1e-4 or worst_logits > DEFAULT_TOLERANCE:
-        raise C3DError(f"{onnx_path}: ONNX predictions differ from PyTorch's ({agree}/{n} top-1 agree, "
-                       f"max prob diff {worst:.2e}, max |logit diff| / max |logit| {worst_logits:.2e}); re-export "
-                       f"with `c3d export --weights {weights} --out {onnx_path}` and report it if it persists")
-    step(5, "onnx_predict", f"{n} videos, top-1 {100 * correct / n:.1f}%, same top-1 as PyTorch on {agree}/{n}, "
-         f"max prob diff {worst:.1e}, max |logit diff| / max |logit| {worst_logits:.1e}", t0, videos=n,
-         top1=correct / n, agree=agree, max_prob_diff=worst, max_rel_logit_diff=worst_logits)
+    return len(records), agree, correct, worst, worst_logits
 
-    t0 = time.perf_counter()
-    records = train_src.records + test_src.records
-    summary = extract(records, ClipRunner(onnx_model, "fc6"), work / "features",
-                      ExtractOptions(FeatureRecipe(stride=8), batch_size=scale.extract_batch, weights=str(onnx_path)),
+
+def _extract_and_probe(onnx_model, onnx_path: Path, train_src, test_src, feats: Path, batch: int):
+    """fc6 of every video extracted with the ONNX model, then the linear probe: (ExtractSummary, ProbeResult)."""
+    from c3dnet.features import ExtractOptions, extract
+    from c3dnet.inference.recipe import FeatureRecipe
+    from c3dnet.inference.runner import ClipRunner
+    from c3dnet.probe import LabelledVideo, gather_features, linear_probe
+
+    summary = extract(train_src.records + test_src.records, ClipRunner(onnx_model, "fc6"), feats,
+                      ExtractOptions(FeatureRecipe(stride=8), batch_size=batch, weights=str(onnx_path)),
                       progress=False)
-    feats = work / "features"
     train_x, train_y, _ = gather_features(feats, [LabelledVideo(str(r.path), r.label, "train")
                                                   for r in train_src.records])
     test_x, test_y, _ = gather_features(feats, [LabelledVideo(str(r.path), r.label, "test")
                                                 for r in test_src.records])
     probe, _ = linear_probe(train_x, train_y, test_x, test_y)
-    step(6, "extract_probe", f"fc6 of {summary.done + summary.skipped} videos ({summary.frames_per_s:.0f} frames/s)"
-         f", linear SVM top-1 {100 * probe.accuracy:.1f}%", t0, videos=summary.done + summary.skipped,
-         frames_per_s=summary.frames_per_s, probe_accuracy=probe.accuracy)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    return 0
-
+    return summary, probe

@@ -37,7 +37,7 @@ from c3dnet.metrics import (
 class ClipAggregator:
     """Clip scores collected per video index; the first time a video is seen wins.
 
-    A DistributedSampler (or `data.samplers.ResumableSampler`) pads the last ranks with repeats of the first
+    A DistributedSampler (or `data.epoch_order.ResumableSampler`) pads the last ranks with repeats of the first
     videos; those repeats carry an index already seen and are dropped, so every video counts exactly once.
     Under torchrun, `gather()` merges every rank's videos.
     """

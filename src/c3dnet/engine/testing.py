@@ -175,7 +175,7 @@ test_weights.__test__ = False  # type: ignore[attr-defined]  # pytest would coll
 
 def _test(weights: str | Path | C3D | Backend, data: str | Path | Source, options: TestOptions, dist_info) -> TestRun:
     from c3dnet.data.dataset import ClipDataset, worker_init_fn
-    from c3dnet.data.samplers import ResumableSampler
+    from c3dnet.data.epoch_order import ResumableSampler
     from c3dnet.data.sources import load_source
     from c3dnet.device import loader_workers
     from c3dnet.engine.evaluate import evaluate

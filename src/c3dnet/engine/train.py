@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import c3dnet.engine.checkpoint as ckpt
 from c3dnet.data.sources import load_source
 from c3dnet.device import autocast, configure_for, prepare_model, select_device
-from c3dnet.engine import checkpoint as ckpt
 from c3dnet.engine.checkpoint import Checkpoints, Progress
 from c3dnet.engine.config import TrainConfig, explicit_keys, load_config
 from c3dnet.engine.distributed import (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from c3dnet.data.samplers import EpochBatches, EpochDataset, ResumableSampler
+from c3dnet.data.epoch_order import EpochBatches, EpochDataset, ResumableSampler
 from c3dnet.data.sources import Source, VideoRecord, load_source, text_lines
 from c3dnet.device import loader_workers
 from c3dnet.engine.config import TrainConfig

@@ -100,7 +100,7 @@ class ServeConfig:
         if self.allowed_hosts:
             return frozenset(h.lower() for h in self.allowed_hosts)
         names = set(LOCAL_NAMES)
-        if not _is_ip(self.host) and self.host:
+        if not is_ip_address(self.host) and self.host:
             names.add(self.host.lower())
         return frozenset(names)
 
@@ -118,7 +118,7 @@ def _flag(name: str) -> str:
         name, "--" + name.replace("_", "-"))
 
 
-def _is_ip(text: str) -> bool:
+def is_ip_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text.strip("[]"))
     except ValueError:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from c3dnet.serve.config import ServeConfig, _is_ip
+from c3dnet.serve.config import ServeConfig, is_ip_address
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 """Paths that need no API key: the page (it asks for the key), liveness probes and the API's description."""
@@ -69,7 +69,7 @@ class AccessGuard:
         await send({"type": "http.response.body", "body": body})
 
     def host_allowed(self, host: str) -> bool:
-        return self.any_host or _is_ip(host) or host in self.names
+        return self.any_host or is_ip_address(host) or host in self.names
 
     def refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         """(status, message, headers) for a request to refuse, or None."""

@@ -118,8 +118,6 @@ MAX_HEADER = 8 * 1024 * 1024
 MAX_TENSORS = 10_000
 _MAX_NDIM = 8
 _MAX_INT = 2**31 - 1
-# A JSON string (escapes included); possessive, so a long string costs one linear pass.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 
 
 @dataclass(frozen=True)

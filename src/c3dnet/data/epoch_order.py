@@ -1,4 +1,4 @@
-"""Samplers: each rank's share of an epoch in an order fixed by (seed, epoch), resumable mid-epoch.
+"""Epoch orders (samplers): each rank's share of an epoch in an order fixed by (seed, epoch), resumable mid-epoch.
 
 `ResumableSampler` gives one epoch's indices for one rank (and is what testing shards videos with);
 `EpochBatches` cuts epoch after epoch into batches of (epoch, index) pairs for one loader pass over a whole

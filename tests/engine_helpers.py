@@ -1,4 +1,4 @@
-"""Tiny generated datasets and configs shared by the engine tests (this module holds no tests itself)."""
+"""Tiny generated datasets and configs shared by the engine tests (a helper module: no tests in it)."""
 
 from __future__ import annotations
 
