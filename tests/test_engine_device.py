@@ -118,9 +118,11 @@ def test_loader_workers_auto(monkeypatch) -> None:
     assert loader_workers("auto", torch.device("cpu")) == 1  # the model needs the cores
     monkeypatch.setattr(device_mod.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert loader_workers("auto", torch.device("cuda")) == 14
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four processes share the 16 cores
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun: four processes share the 16 cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert loader_workers(None, torch.device("cuda")) == 2
     monkeypatch.setattr(device_mod.os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert loader_workers("auto", torch.device("cuda")) == 16
 
