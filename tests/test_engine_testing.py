@@ -65,7 +65,7 @@ def test_options_from_a_training_config() -> None:
     options = testing.TestOptions.from_config(cfg, device="cpu", progress=True)
     assert dataclasses.asdict(options) == {
         "split": 2, "splits_dir": "lists", "clips": 3, "average": "prob", "batch_size": 5, "workers": "auto",
-        "device": "cpu", "amp": False, "channels_last": False, "compile": False, "skip_bad": True,
+        "device": "cpu", "amp": False, "precision": "auto", "channels_last": False, "compile": False, "skip_bad": True,
         "autorotate": False, "progress": True, "fps": Fraction(30000, 1001), "source_fps": Fraction(25),
     }
     assert testing.TestOptions() == testing.TestOptions(split=1, clips=10, average="score", workers=None)

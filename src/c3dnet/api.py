@@ -1,9 +1,9 @@
 """The notebook API: classify a video, or extract its features, in one call, as the `c3d` commands do.
 
 `predict` returns the record `c3d predict --json` prints for one video; `extract_features` returns the rows
-`c3d extract` writes. Both take weights (a path to any format `load_model` reads, or an ONNX file from `c3d export`)
-or a loaded model, and a video path or an array of frames, and run through the same inference core
-(`inference.runner.ClipRunner`) and the same clip sampling as the commands.
+`c3d extract` writes. Both take weights (a path to any format `load_model` reads, an ONNX file from `c3d export`, or
+an OpenVINO folder from `c3d quantize`) or a loaded model, and a video path or an array of frames, and run through
+the same inference core (`inference.runner.ClipRunner`) and the same clip sampling as the commands.
 
 Example:
     >>> import c3dnet
@@ -30,11 +30,12 @@ if TYPE_CHECKING:
     from c3dnet.inference.runner import ClipRunner
     from c3dnet.model import C3D
 
-def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp: bool) -> ClipRunner:
-    from c3dnet.inference.backends import load_backend
+def _runner(model_or_weights: Any, output: str, device: str | torch.device, amp: bool,
+            precision: str = "auto") -> ClipRunner:
+    from c3dnet.inference.backends import load_backend, precision_of
     from c3dnet.inference.runner import ClipRunner
 
-    return ClipRunner(load_backend(model_or_weights, device, "auto" if amp else "fp32"), output)
+    return ClipRunner(load_backend(model_or_weights, device, precision_of(precision, amp)), output)
 
 
 def _video(video: Any, source_fps: Fraction | None) -> str | os.PathLike[str] | ArrayVideo:
@@ -60,6 +61,7 @@ def predict(
     average: str = "score",
     device: str | torch.device = "auto",
     amp: bool = True,
+    precision: str = "auto",
     autorotate: bool = True,
     fps: float | str | None = None,
     source_fps: float | str | None = None,
@@ -73,7 +75,9 @@ def predict(
         clips: evenly spaced clips averaged (10: the reference's test protocol).
         average: "score" (softmax of the mean clip logits, the reference's) or "prob" (mean probabilities).
         device: "auto", "cpu" or "cuda[:N]".
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast on CUDA (False: fp32 where `precision` is "auto").
+        precision: "auto", "fp32", "bf16" (on the CPU too) or "int8" (an OpenVINO folder from `c3d quantize`,
+            which runs in int8 by itself), as `--precision` in the commands.
         autorotate: turn frames as the video's display matrix says (files only).
         fps: sample the video at this frame rate by presentation time first (`c3d predict --fps`).
         source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
@@ -81,7 +85,7 @@ def predict(
     from c3dnet.inference.prediction import class_labels, predict_video
 
     fps, source = _rates(fps, source_fps)
-    runner = _runner(model_or_weights, "logits", device, amp)
+    runner = _runner(model_or_weights, "logits", device, amp, precision)
     names = class_labels(runner.class_names, runner.dim)
     return predict_video(runner, _video(video, source), names, clips, average, autorotate, fps,
                          source).to_dict(top_k)
@@ -100,6 +104,7 @@ def extract_features(
     batch_size: int = 32,
     device: str | torch.device = "auto",
     amp: bool = True,
+    precision: str = "auto",
     autorotate: bool = True,
     fps: float | str | None = None,
     source_fps: float | str | None = None,
@@ -122,7 +127,9 @@ def extract_features(
         segment_rule: "uniform" or "sultani" (UCF-Crime's released code).
         batch_size: clips per forward pass.
         device: "auto", "cpu" or "cuda[:N]".
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast on CUDA (False: fp32 where `precision` is "auto").
+        precision: "auto", "fp32", "bf16" (on the CPU too) or "int8" (an OpenVINO folder from `c3d quantize`,
+            which runs in int8 by itself), as `--precision` in the commands.
         autorotate: turn frames as the video's display matrix says (files only).
         fps: sample the video at this frame rate by presentation time first (`c3d extract --fps`).
         source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
@@ -136,7 +143,7 @@ def extract_features(
     recipe = FeatureRecipe(layer=layer, stride=stride, fps=fps, video_mean=video_mean, segments=segments,
                            segment_rule=segment_rule, l2=l2)
     _, source_rate = _rates(None, source_fps)
-    runner = _runner(model_or_weights, recipe.layer, device, amp)
+    runner = _runner(model_or_weights, recipe.layer, device, amp, precision)
     source = _video(video, source_rate)
 
     def rows() -> np.ndarray:

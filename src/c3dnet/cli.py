@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "serve": "c3dnet.commands.serve",
     "probe": "c3dnet.commands.probe",
     "export": "c3dnet.commands.export",
+    "quantize": "c3dnet.commands.quantize",
     "lite": "c3dnet.commands.lite",
     "convert": "c3dnet.commands.convert",
     "info": "c3dnet.commands.info",

@@ -4,6 +4,10 @@ On CUDA: bf16 autocast, channels_last_3d memory format and cudnn.benchmark. On t
 oneDNN's fast layout for 3D convolutions (1.4-1.6x faster inference, 1.2x training, than the default layout on
 the development machines' CPUs; `python benchmarks/bench_model.py` measures it).
 
+On the CPU `precision="bf16"` runs bf16 autocast too (oneDNN's AMX or AVX512-BF16 kernels, where the CPU has
+them: `cpu_bf16_isa`; elsewhere bf16 is emulated and slower than fp32, and `check_cpu_bf16` warns), and
+`onednn_kernels` reports which oneDNN kernels a call ran.
+
 Selecting a device (`select_device`) changes nothing; `configure_for(device)` is the one call that sets this
 process up for it (on CUDA: the current device, cudnn.benchmark, one intra-op thread), and every entry point
 (train, test, predict, extract, the notebook API) makes it explicitly.
@@ -19,8 +23,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
-from collections.abc import Iterator
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +40,8 @@ from c3dnet.log import get_logger
 from c3dnet.preprocess import Preprocess
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def select_device(name: str | None = "auto", local_rank: int | None = None) -> torch.device:
@@ -92,18 +103,125 @@ def check_torch_version() -> None:
         )
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when `enabled`; a no-op elsewhere (the CPU runs fp32)."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, enabled: bool = True, cpu: bool = False) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `enabled`, and on the CPU when `cpu` is also set (training keeps the CPU in
+    fp32: it never passes `cpu`); otherwise a no-op."""
+    if enabled and (device.type == "cuda" or (cpu and device.type == "cpu")):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def inference_context(device: torch.device, amp: bool = True) -> Iterator[None]:
-    """`torch.inference_mode` plus bf16 autocast on CUDA."""
-    with torch.inference_mode(), autocast(device, amp):
+def inference_context(device: torch.device, amp: bool = True, precision: str | None = None) -> Iterator[None]:
+    """`torch.inference_mode` plus bf16 autocast: on CUDA when `amp`, or on any device when `precision` is given
+    ("bf16": autocast, on the CPU too; "fp32": none)."""
+    enabled = amp if precision is None else precision == "bf16"
+    with torch.inference_mode(), autocast(device, enabled, cpu=precision is not None):
         yield
+
+
+BF16_ISAS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("bf16", "Arm BF16"))
+"""CPU features with native bf16 matrix instructions (the flag's name, as torch and /proc/cpuinfo spell it), best
+first. Without one of them oneDNN emulates bf16 through fp32, slower than fp32 itself."""
+INT8_ISAS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("i8mm", "Arm I8MM"))
+"""CPU features with int8 dot-product instructions, best first (int8 runs without them too, with less gain)."""
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set features: torch's own probe (`torch.cpu.get_capabilities`, cpuinfo), else the
+    flags of Linux's /proc/cpuinfo; empty where neither says."""
+    probe = getattr(torch.cpu, "get_capabilities", None)
+    if probe is not None:
+        try:
+            return frozenset(k for k, v in probe().items() if v is True)
+        except (RuntimeError, AttributeError):  # a build without cpuinfo
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86, Arm
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_isa() -> str | None:
+    """The CPU's native bf16 instructions ("AMX-BF16", "AVX512-BF16", ...), or None when it has none."""
+    return next((name for flag, name in BF16_ISAS if flag in cpu_flags()), None)
+
+
+def cpu_int8_isa() -> str | None:
+    """The CPU's int8 dot-product instructions ("AMX-INT8", "AVX512-VNNI", ...), or None."""
+    return next((name for flag, name in INT8_ISAS if flag in cpu_flags()), None)
+
+
+@functools.cache
+def check_cpu_bf16() -> bool:
+    """Whether this CPU runs bf16 natively; warns once per process when it does not (bf16 is then emulated and
+    slower than fp32)."""
+    if cpu_bf16_isa() is None:
+        log.warning("--precision bf16: this CPU has no native bf16 instructions (AVX512-BF16 or AMX-BF16), so bf16 "
+                    "runs emulated and slower than fp32; use --precision fp32, or int8 (a model from `c3d quantize`)")
+        return False
+    return True
+
+
+def onednn_kernels(call: Callable[[], T]) -> tuple[T, dict[str, Any]]:
+    """`call()`, and the oneDNN kernels it ran: {"onednn": version, "isa": ..., "kernels": {"convolution
+    brg_conv_fwd:avx10_1_512_amx": 8, ...}} (empty "kernels" where PyTorch ran its own, e.g. fp32 matmuls).
+
+    oneDNN reports its kernels only as verbose lines printed to standard output, so file descriptor 1 is sent to a
+    temporary file for the call; every other line written meanwhile is written back to it afterwards.
+    """
+    report: dict[str, Any] = {"kernels": {}}
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile("w+b") as capture:
+            os.dup2(capture.fileno(), 1)
+            try:
+                with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                    result = call()
+            finally:
+                sys.stdout.flush()
+                _flush_c_stdout()
+                os.dup2(saved, 1)
+            capture.seek(0)
+            others = parse_onednn_verbose(capture.read().decode("utf-8", "replace"), report)
+        if others:
+            os.write(1, others.encode())
+    finally:
+        os.close(saved)
+    return result, report
+
+
+def parse_onednn_verbose(text: str, report: dict[str, Any]) -> str:
+    """Fill `report` from oneDNN's verbose lines in `text`; the other lines, to be written back."""
+    others = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("onednn_verbose,"):
+            others.append(line)
+            continue
+        fields = line.rstrip("\n").split(",")
+        if "info" in fields[:4]:
+            detail = fields[-1]
+            if detail.startswith("oneDNN "):
+                report["onednn"] = detail.split(" (")[0].removeprefix("oneDNN ")
+            elif detail.startswith("isa:"):
+                report["isa"] = detail.removeprefix("isa:")
+        elif len(fields) > 6 and fields[3] == "exec" and fields[5] != "reorder":  # v1,primitive,exec,cpu,kind,impl
+            key = f"{fields[5]} {fields[6]}"
+            report["kernels"][key] = report["kernels"].get(key, 0) + 1
+    return "".join(others)
+
+
+def _flush_c_stdout() -> None:
+    """Flush the C library's stdout buffer (where oneDNN prints), so nothing of it lands after fd 1 is restored."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).fflush(None)
 
 
 def memory_format(device: torch.device, channels_last: bool = True) -> torch.memory_format:

@@ -63,8 +63,9 @@ class ExportError(C3DError):
     """An export that failed its check against PyTorch; nothing was written."""
 
 
-class _ExportGraph(nn.Module):
-    """The eval-mode forward pass with every feature layer exposed as an output (dropout is the identity)."""
+class OutputsGraph(nn.Module):
+    """The eval-mode forward pass with every feature layer exposed as an output (dropout is the identity): the
+    graph `c3d export` writes as ONNX and `c3d quantize` converts to OpenVINO, outputs (logits, pool5, fc6, fc7)."""
 
     def __init__(self, model: C3D) -> None:
         super().__init__()
@@ -160,12 +161,12 @@ def export_onnx(
 
     path = Path(path)
     cpu_model = copy.deepcopy(model).float().cpu().eval()
-    graph = _ExportGraph(cpu_model).eval()
+    graph = OutputsGraph(cpu_model).eval()
     c, t, h, w = cpu_model.input_shape
     example = torch.zeros(2, c, t, h, w)
     dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     sidecar_name = path.name + ".data"
-    with _staging_dir(path) as staging:
+    with staging_dir(path) as staging:
         traced = staging / "traced" / path.name
         traced.parent.mkdir()
         with warnings.catch_warnings():
@@ -227,7 +228,7 @@ def _failure_message(path: Path, diffs: dict[str, OutputDiff], failed: dict[str,
 
 
 @contextlib.contextmanager
-def _staging_dir(path: Path) -> Iterator[Path]:
+def staging_dir(path: Path) -> Iterator[Path]:
     """A fresh hidden folder beside `path` (same filesystem, so its files rename into place), always removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -266,7 +267,7 @@ def verification_clips(model: C3D, batch: int = 3, seed: int = 0) -> torch.Tenso
 def _compare(cpu_model: C3D, path: Path, batch: int, seed: int) -> dict[str, OutputDiff]:
     x = verification_clips(cpu_model, batch, seed)
     with torch.inference_mode():
-        expected = [o.numpy() for o in _ExportGraph(cpu_model)(x)]
+        expected = [o.numpy() for o in OutputsGraph(cpu_model)(x)]
     got = OnnxC3D(path).run(x.numpy(), OUTPUT_NAMES)
     return {name: OutputDiff(float(np.abs(g - e).max()), float(np.abs(e).max()))
             for name, g, e in zip(OUTPUT_NAMES, got, expected)}

@@ -1,4 +1,5 @@
-"""Options several commands share: sampling videos at a fixed frame rate (`--fps`, `--source-fps`)."""
+"""Options several commands share: sampling videos at a fixed frame rate (`--fps`, `--source-fps`) and the
+numeric precision of inference (`--precision`, `--fp32`)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def fps_arguments(args: argparse.Namespace) -> tuple[Fraction | None, Fraction |
     from c3dnet.data.timing import parse_rates
 
     return parse_rates(args.fps, args.source_fps)
+
+
+PRECISION_HELP = ("numeric precision of inference: auto (bf16 autocast on CUDA, fp32 on the CPU; the default), fp32, "
+                  "bf16 (autocast, on the CPU too: fast where it has AMX or AVX512-BF16, slower than fp32 where not), "
+                  "int8 (a model from `c3d quantize`, given as --weights DIR, runs in int8 by itself)")
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--precision auto|fp32|bf16|int8`, and `--fp32` (and `--no-amp`) as the old spelling of `--precision fp32`."""
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto", help=PRECISION_HELP)
+    parser.add_argument("--fp32", "--no-amp", dest="precision", action="store_const", const="fp32",
+                        help="the same as --precision fp32 (no bf16 autocast on CUDA)")

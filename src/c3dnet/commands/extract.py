@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from c3dnet.commands.common import add_fps_arguments, fps_arguments
+from c3dnet.commands.common import add_fps_arguments, add_precision_arguments, fps_arguments
 
 HELP = "extract per-clip, per-segment or per-video C3D features of videos into .npy files with a manifest"
 
@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="video files, folders (searched recursively; a folder of frames is one video) or "
                              ".txt lists of videos")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="weight file (any format `c3d` loads)")
+    source.add_argument("--weights", help="weight file (any format `c3d` loads), or an OpenVINO folder from "
+                                         "`c3d quantize`")
     source.add_argument("--onnx", help="run an ONNX file from `c3d export` with ONNX Runtime instead")
     parser.add_argument("--out", required=True, help="output folder (shared safely by several processes)")
     parser.add_argument("--layer", choices=("fc6", "fc7", "pool5"), default="fc6",
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoder processes (default: 1 on the CPU, where the model needs every core; on "
                              "CUDA one per core but two, up to 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    add_precision_arguments(parser)
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model first (seconds to a minute; pays off on long extractions)")
     parser.add_argument("--skip-bad", action="store_true",
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     found = find_videos(args.inputs, skip_bad=args.skip_bad)  # before the model: a bad input costs no loading
     keys = output_keys(found.records)  # from the whole list, so every rank names files alike
     records, keys = found.records[dist.rank::dist.world_size], keys[dist.rank::dist.world_size]
-    backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto",
+    backend = load_backend(args.onnx or args.weights, args.device, args.precision,
                            compile=args.compile, progress=not args.no_progress,
                            local_rank=dist.local_rank)
     runner = ClipRunner(backend, recipe.layer)

@@ -1,5 +1,6 @@
-"""`c3d info FILE`: what a weight file (or an ONNX file from `c3d export`) holds: architecture, classes,
-preprocessing, size, source format.
+"""`c3d info FILE`: what a weight file (or an ONNX file from `c3d export`, or an OpenVINO folder from `c3d quantize`)
+holds: architecture, classes, preprocessing, size, source format; for a quantized model also how it was calibrated
+and how closely it matched fp32.
 
 Names from the file (class names, keys) are printed with control characters escaped, so a downloaded file
 cannot drive the terminal; `--json` escapes them as JSON does.
@@ -15,13 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HELP = "describe a weight file or an exported ONNX file: architecture, classes, preprocessing, parameters"
+HELP = ("describe a weight file, an exported ONNX file or a quantized OpenVINO folder: architecture, classes, "
+        "preprocessing, parameters")
 _SIGPIPE_EXIT = 128 + 13  # what a shell reports for a writer whose reader went away (`yes | head`)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("weights", metavar="FILE", help="weight file in any supported format, or an ONNX file "
-                                                        "written by `c3d export`")
+    parser.add_argument("weights", metavar="FILE", help="weight file in any supported format, an ONNX file "
+                                                        "written by `c3d export`, or a folder from `c3d quantize`")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -48,6 +50,8 @@ def describe(path: str) -> dict[str, Any]:
 
     if looks_like_onnx(Path(path)):
         return describe_onnx(path)
+    if Path(path).is_dir():
+        return describe_openvino(path)
     w = read_weights(path)
     return {
         "path": str(w.path),
@@ -120,6 +124,43 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def describe_openvino(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What `c3d info` reports about a folder from `c3d quantize`, checked as loading checks it (`WeightsError`
+    naming what is missing)."""
+    from c3dnet.inference.openvino import BIN_FILE, XML_FILE, OpenVinoC3D
+    from c3dnet.weights.layouts import expected_shapes
+
+    model = OpenVinoC3D.load(path)
+    meta = model.metadata
+    return {
+        "path": str(model.path),
+        "size_bytes": sum((model.path / name).stat().st_size for name in (XML_FILE, BIN_FILE)),
+        "container": f"openvino IR ({meta['precision']})",
+        "source_format": "c3dnet",
+        **_summary(model.config, model.preprocess, model.class_names),
+        "num_parameters": sum(math.prod(shape) for shape in expected_shapes(model.config).values()),
+        "has_classifier": True,
+        "unexpected_keys": [],
+        "quantization": {"precision": meta["precision"], "calibration": meta.get("calibration"),
+                         "accuracy": meta.get("accuracy")},
+        "extra": {"made_from": meta.get("weights"), "weights_sha256": meta.get("weights_sha256"),
+                  "openvino": meta.get("openvino"), "nncf": meta.get("nncf")},
+    }
+
+
+def _quantization(q: dict[str, Any]) -> list[str]:
+    """`c3d info`'s lines on how a quantized model was calibrated and checked."""
+    calib, acc = q.get("calibration") or {}, q.get("accuracy") or {}
+    lines = [f"precision:     {q['precision']}, calibrated on {calib.get('clips')} clips of {calib.get('videos')} "
+             f"videos ({calib.get('held_out')} more held out)"]
+    if acc:
+        errors = ", ".join(f"{k} {v:.2e}" for k, v in (acc.get("max_rel_error") or {}).items())
+        lines.append(f"vs fp32:       top-1 agreement {100 * acc['top1_agreement']:.1f}% of {acc['clips']} held-out "
+                     f"clips, fc6 cosine min {acc['fc6_cosine_min']:.4f}, fc7 cosine min {acc['fc7_cosine_min']:.4f}, "
+                     f"max relative error {errors}")
+    return lines
+
+
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
@@ -152,6 +193,8 @@ def _text(info: dict[str, Any]) -> str:
         f"preprocessing: {p['channel_order']}, mean {p['mean']}, std {p['std']}, {resize}, crop {p['crop_size']}, "
         f"{p['clip_len']} frames at interval {p['frame_interval']}",
     ]
+    if info.get("quantization"):
+        lines += _quantization(info["quantization"])
     if info["unexpected_keys"]:
         lines.append(f"ignored keys:  {', '.join(printable(k) for k in info['unexpected_keys'][:8])}")
     for entry in info.get("dropped", []):  # a checkpoint's metadata beside its weights (mmengine's meta, ...)

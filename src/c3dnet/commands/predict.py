@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from c3dnet.commands.common import add_fps_arguments, fps_arguments
+from c3dnet.commands.common import add_fps_arguments, add_precision_arguments, fps_arguments
 
 HELP = "classify videos: top-k classes from the average of 10 clips, optional per-clip timeline (JSON + PNG)"
 
@@ -16,7 +16,8 @@ HELP = "classify videos: top-k classes from the average of 10 clips, optional pe
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders or .txt lists of videos")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="weight file (any format `c3d` loads)")
+    source.add_argument("--weights", help="weight file (any format `c3d` loads), or an OpenVINO folder from "
+                                         "`c3d quantize`")
     source.add_argument("--onnx", help="run an ONNX file from `c3d export` with ONNX Runtime instead")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per video (default: 5)")
     parser.add_argument("--clips", type=int, default=10, help="evenly spaced clips averaged per video (default: 10)")
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write per-clip predictions over time (<video>.timeline.json and .png) here")
     parser.add_argument("--stride", type=int, default=16, help="frames between timeline clips (default: 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    add_precision_arguments(parser)
     parser.add_argument("--skip-bad", action="store_true", help="report unreadable videos and go on")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the videos")
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for item in found.skipped:
         print(f"c3d predict: skipped: {item.where}: {item.reason}", file=sys.stderr)
     records = found.records
-    backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto",
+    backend = load_backend(args.onnx or args.weights, args.device, args.precision,
                            progress=not args.no_progress, local_rank=0)  # a name may download
     runner = ClipRunner(backend, "logits")
     names = class_labels(backend.class_names, backend.num_classes)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from c3dnet.commands.common import add_precision_arguments
+
 HELP = "serve the model over HTTP: /v1/predict, /v1/features, a web page at /, Prometheus /metrics"
 
 CPU_MAX_BATCH = 4
@@ -19,14 +21,15 @@ from larger batches."""
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="weight file (any format `c3d` loads)")
+    source.add_argument("--weights", help="weight file (any format `c3d` loads), or an OpenVINO folder from "
+                                         "`c3d quantize`")
     source.add_argument("--onnx", help="run an ONNX file from `c3d export` with ONNX Runtime instead")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the "
                              "server to every network: set --api-key-file or put it behind a reverse proxy)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    add_precision_arguments(parser)
     parser.add_argument("--max-batch", type=int, default=None,
                         help=f"most clips per forward pass (default: 64 on a GPU, {CPU_MAX_BATCH} on the CPU)")
     parser.add_argument("--max-queue", type=int, default=256,
@@ -109,19 +112,19 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    on_gpu = not args.onnx and select_device(args.device, 0).type == "cuda"
+    on_gpu = not args.onnx and not os.path.isdir(args.weights) and select_device(args.device, 0).type == "cuda"
     workers = args.decode_workers if args.decode_workers is not None else max(1, min(8, os.cpu_count() or 1))
     config = ServeConfig(
         max_batch=args.max_batch if args.max_batch is not None else 64 if on_gpu else CPU_MAX_BATCH,
         max_queue=args.max_queue, max_pending=args.max_pending, max_upload_mb=args.max_upload_mb,
         max_duration_s=args.max_duration, request_timeout_s=args.request_timeout, decode_workers=workers,
-        max_wait_ms=args.max_wait_ms, amp=not args.fp32, autorotate=args.autorotate,
+        max_wait_ms=args.max_wait_ms, precision=args.precision, autorotate=args.autorotate,
         max_pixels=int(args.max_pixels), max_aspect=args.max_aspect, max_cpu_s=args.max_cpu_s,
         max_response_mb=args.max_response_mb,
         min_upload_kbps=args.min_upload_kbps, header_timeout_s=args.header_timeout,
         allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()), host=args.host,
         api_key=_api_key(args), cors_origins=tuple(args.cors_origins))  # checks every setting (ConfigError)
-    backend = load_backend(args.onnx or args.weights, args.device, "fp32" if args.fp32 else "auto", local_rank=0)
+    backend = load_backend(args.onnx or args.weights, args.device, config.backend_precision, local_rank=0)
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"c3d serve: warning: listening on {args.host} without an API key: anyone who can reach this machine "
               "can upload videos and use its compute; set --api-key-file, or put it behind a reverse proxy with "

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from c3dnet.commands.common import add_fps_arguments, fps_arguments
+from c3dnet.commands.common import add_fps_arguments, add_precision_arguments, fps_arguments
 
 HELP = "test weights with the reference protocol: video top-1/top-5/mean class accuracy and clip top-1"
 
@@ -31,7 +31,8 @@ RUN_FILE = "test_run.json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--weights", type=Path, required=True, help="weights (native or any supported format)")
+    parser.add_argument("--weights", type=Path, required=True,
+                        help="weights (native or any supported format), or an OpenVINO folder from `c3d quantize`")
     parser.add_argument("--data", type=Path, required=True, help="dataset (its test subset is scored)")
     parser.add_argument("--split", type=int, default=1, help="official split number (default 1)")
     parser.add_argument("--splits", "--splits-dir", dest="splits_dir", type=Path, default=None, metavar="DIR",
@@ -54,8 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep videos in their coded orientation instead of turning them as their display matrix "
                              "says (FFmpeg's -noautorotate); test as the weights were trained (data.autorotate)")
-    parser.add_argument("--fp32", "--no-amp", dest="fp32", action="store_true",
-                        help="no bf16 autocast on CUDA (--no-amp: the same)")
+    add_precision_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model first (seconds to a minute; pays off on large test sets)")
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.weights, args.data, args.split)
     check_out(out, tested, args.overwrite)  # before the test: a refusal costs nothing
     options = TestOptions(split=args.split, splits_dir=args.splits_dir, clips=args.clips, average=args.average,
-                          batch_size=args.batch_size, workers=args.workers, device=args.device, amp=not args.fp32,
+                          batch_size=args.batch_size, workers=args.workers, device=args.device,
+                          precision=args.precision,
                           compile=args.compile, skip_bad=args.skip_bad, autorotate=args.autorotate,
                           progress=not args.no_progress, fps=fps, source_fps=source_fps)
     run = test_weights(args.weights, args.data, options)

@@ -31,7 +31,7 @@ from c3dnet.data.sources import Source
 from c3dnet.engine.config import TrainConfig
 from c3dnet.engine.evaluate import Average, EvalResult
 from c3dnet.errors import C3DError, ConfigError, DataError
-from c3dnet.inference.backends import Backend
+from c3dnet.inference.backends import PRECISIONS, Backend
 from c3dnet.log import get_logger
 from c3dnet.model import C3D
 
@@ -50,7 +50,8 @@ class TestOptions:
         batch_size: videos per batch, each of `clips` clips; None: 16 on a GPU, 4 on the CPU.
         workers: data-loader processes; "auto" or None: `c3dnet.device.loader_workers`' choice.
         device: "auto", "cpu", "cuda[:N]" (under torchrun each process takes its LOCAL_RANK GPU).
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast on CUDA (False: fp32 where `precision` is "auto").
+        precision: "auto", "fp32", "bf16" or "int8" (`c3d test --precision`; int8: a folder from `c3d quantize`).
         channels_last: the channels_last_3d memory format (the fast one of cuDNN's and oneDNN's 3D convolutions).
         compile: torch.compile the model for inference (`inference.backends.Compiled`).
         skip_bad: log and skip unreadable videos and annotation lines instead of failing.
@@ -71,6 +72,7 @@ class TestOptions:
     workers: int | Literal["auto"] | None = None
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
     skip_bad: bool = False
@@ -89,6 +91,8 @@ class TestOptions:
             problems.append(f"workers must be >= 0, 'auto' or None, got {self.workers!r}")
         if self.average not in ("score", "prob"):
             problems.append(f"average must be 'score' or 'prob', got {self.average!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if problems:
             raise ConfigError(f"test options: {'; '.join(problems)}")
 
@@ -180,11 +184,11 @@ def _test(weights: str | Path | C3D | Backend, data: str | Path | Source, option
     from c3dnet.device import loader_workers
     from c3dnet.engine.evaluate import evaluate
     from c3dnet.forks import loader_context
-    from c3dnet.inference.backends import load_backend
+    from c3dnet.inference.backends import load_backend, precision_of
     from c3dnet.inference.runner import ClipRunner
 
-    backend = load_backend(weights, options.device, "auto" if options.amp else "fp32", compile=options.compile,
-                           progress=options.progress,
+    backend = load_backend(weights, options.device, precision_of(options.precision, options.amp),
+                           compile=options.compile, progress=options.progress,
                            local_rank=dist_info.local_rank if dist_info.is_distributed else None,
                            channels_last=options.channels_last)
     device = backend.device

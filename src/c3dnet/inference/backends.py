@@ -3,8 +3,14 @@
 Every consumer (test, predict, extract, serve, the API) runs models through a `Backend` and never asks what kind of
 model it holds. `load_backend` is the one loading path: a weight file or registry name gives a `TorchBackend`
 (PyTorch eager, or compiled with `compile=True`), an `.onnx` file from `c3d export` an `OnnxBackend` (ONNX
-Runtime). `as_backend` wraps a model already loaded (a `C3D`, an `OnnxC3D`) the same way. A new runtime (the
-OpenVINO backend) is one more class with the same attributes and `submit`, registered with `as_backend`.
+Runtime), a folder from `c3d quantize` an `OpenVinoBackend` (OpenVINO, int8). `as_backend` wraps a model already
+loaded (a `C3D`, an `OnnxC3D`, an `OpenVinoC3D`) the same way. A new runtime is one more class with the same
+attributes and `submit`, registered with `as_backend`.
+
+Precision (`--precision`): "auto" is bf16 autocast on CUDA and fp32 on the CPU, so numerics change only when
+asked. "bf16" on the CPU is autocast too (oneDNN's AMX or AVX512-BF16 kernels; a CPU without them gets a
+warning, since emulated bf16 is slower than fp32). "int8" needs a model quantized by `c3d quantize`. Each backend
+logs, at its first batch, the kernels that ran (oneDNN's, or OpenVINO's CPU plugin's).
 
 Example:
     >>> backend = load_backend("c3d-ucf101-mmaction2", device="cuda")          # doctest: +SKIP
@@ -25,9 +31,19 @@ import torch
 from torch import nn
 
 from c3dnet.data.transforms import normalize
-from c3dnet.device import configure_for, inference_context, prepare_model, select_device, to_input
+from c3dnet.device import (
+    check_cpu_bf16,
+    configure_for,
+    cpu_int8_isa,
+    inference_context,
+    onednn_kernels,
+    prepare_model,
+    select_device,
+    to_input,
+)
 from c3dnet.errors import ConfigError
 from c3dnet.export import OnnxC3D
+from c3dnet.inference.openvino import OpenVinoC3D, is_ir_folder
 from c3dnet.log import get_logger
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
@@ -37,16 +53,38 @@ log = get_logger(__name__)
 OUTPUTS = ("logits", "pool5", "fc6", "fc7")
 """What a backend can return: the class logits, or the features of one layer (after ReLU)."""
 
-PRECISIONS = ("auto", "fp32", "bf16")
-"""`precision=`: "auto" is bf16 autocast on CUDA and fp32 elsewhere (numerics change only when asked)."""
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+"""`precision=`: "auto" is bf16 autocast on CUDA and fp32 elsewhere (numerics change only when asked); "int8" is a
+model from `c3d quantize`."""
+
+INT8_NEEDS_QUANTIZE = ("--precision int8 runs an int8 OpenVINO model, and {what} is not one: make it with `c3d "
+                       "quantize --weights W --calib VIDEOS --out DIR`, then pass --weights DIR")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"fp32" or "bf16" for `precision` on `device`; `ConfigError` saying what is allowed otherwise."""
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of `PRECISIONS`; `ConfigError` saying what is allowed otherwise."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def precision_of(precision: str = "auto", amp: bool = True) -> str:
+    """The `precision=` a backend gets from a `precision` setting and the older `amp` flag (amp=False: fp32 where
+    precision is "auto")."""
+    check_precision(precision)
+    return "fp32" if precision == "auto" and not amp else precision
+
+
+def resolve_precision(precision: str, device: torch.device, what: str = "these weights") -> str:
+    """"fp32" or "bf16" for a float model (`what`) at `precision` on `device`: "auto" is bf16 on CUDA and fp32
+    elsewhere; bf16 on a CPU without native bf16 warns; "int8" is a `ConfigError` naming `c3d quantize`."""
+    check_precision(precision)
+    if precision == "int8":
+        raise ConfigError(INT8_NEEDS_QUANTIZE.format(what=what))
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cpu":
+        check_cpu_bf16()
     return precision
 
 
@@ -160,8 +198,9 @@ class ModelOutput(nn.Module):
 
 class TorchBackend:
     """A `C3D` run by PyTorch on `device`: in eval mode, channels_last_3d (unless `channels_last` is False), bf16
-    autocast on CUDA unless `precision` is "fp32", and through torch.compile with `compile` (batches padded to
-    the first one's size, so nothing recompiles)."""
+    autocast on CUDA unless `precision` is "fp32" (on the CPU only with "bf16"), and through torch.compile with
+    `compile` (batches padded to the first one's size, so nothing recompiles). The first batch on the CPU logs
+    the oneDNN kernels it ran (`kernels`)."""
 
     runtime = "pytorch"
 
@@ -170,11 +209,12 @@ class TorchBackend:
                  local_rank: int | None = None) -> None:
         # "auto", "cuda", ...: the process is set up for the device it picks (cudnn, host threads)
         self.device = configure_for(select_device(str(device), local_rank))
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, source or "a PyTorch model")
         self.channels_last, self.compiled, self.source = channels_last, compile, source
         self.model = prepare_model(model.eval(), self.device, channels_last)
         self.preprocess, self.config, self.class_names = model.preprocess, model.config, model.class_names
         self.feature_dims = dict(model.feature_dims)
+        self.kernels: dict[str, Any] | None = None  # oneDNN's report of the first CPU batch
         # every output's forward made here: one made later would not move the model while a batch runs
         self._forwards: dict[str, nn.Module] = {}
         for output in OUTPUTS:
@@ -195,9 +235,14 @@ class TorchBackend:
         copy) must stay untouched until `.result()` has returned. Elsewhere the rows are computed here. Any memory
         layout of `clips` is accepted: (B, 3, T, H, W) viewed from a (B, T, H, W, 3) buffer is already
         channels_last_3d, so it is copied as it is."""
-        with inference_context(self.device, self.precision == "bf16"):
+        with inference_context(self.device, precision=self.precision):
             x = to_input(clips, preprocess or self.preprocess, self.device, self.channels_last)  # float32
-            out = self._forwards[output](x).float()
+            if self.kernels is None and self.device.type == "cpu":
+                out, self.kernels = onednn_kernels(lambda: self._forwards[output](x).float())
+                log.info("PyTorch %s on the CPU: %s", self.precision, kernel_summary(self.kernels["kernels"],
+                                                                                   self.kernels.get("isa")))
+            else:
+                out = self._forwards[output](x).float()
         if self.device.type != "cuda":
             return PendingRows(out.numpy())
         host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
@@ -209,7 +254,14 @@ class TorchBackend:
     def describe(self) -> dict[str, Any]:
         return {"runtime": "pytorch" + (" (torch.compile)" if self.compiled else ""), "device": str(self.device),
                 "precision": self.precision, "layout": "channels_last_3d" if self.channels_last else "contiguous",
-                "weights": self.source}
+                "weights": self.source, **({"kernels": self.kernels["kernels"]} if self.kernels else {})}
+
+
+def kernel_summary(kernels: dict[str, int], isa: str | None = None) -> str:
+    """One log line's worth of a kernel count ("convolution brg_conv_fwd:avx10_1_512_amx x8, ...")."""
+    text = ", ".join(f"{name} x{n}" for name, n in sorted(kernels.items(), key=lambda kv: -kv[1])) or \
+        "no oneDNN kernels (PyTorch's own)"
+    return text + (f" (oneDNN ISA: {isa})" if isa else "")
 
 
 class OnnxBackend:
@@ -220,7 +272,7 @@ class OnnxBackend:
 
     def __init__(self, model: OnnxC3D, precision: str = "auto", source: str = "") -> None:
         self.device = torch.device("cpu")
-        if resolve_precision(precision, self.device) != "fp32":
+        if resolve_precision(precision, self.device, f"the ONNX model {model.path}") != "fp32":
             raise ConfigError(f"{model.path}: an ONNX model from `c3d export` runs in fp32 only; leave --precision "
                               "out (or give fp32)")
         self.precision = "fp32"
@@ -239,6 +291,51 @@ class OnnxBackend:
     def describe(self) -> dict[str, Any]:
         return {"runtime": "onnxruntime", "device": "cpu", "precision": "fp32", "layout": "contiguous",
                 "weights": self.source}
+
+
+class OpenVinoBackend:
+    """An `OpenVinoC3D` run by OpenVINO's CPU plugin: a float model (converted in this process) in fp32 or bf16
+    (its inference precision hint; "auto": fp32), an int8 model from `c3d quantize` in int8. The kernels the plugin
+    chose are logged when it is made (`kernels`)."""
+
+    runtime = "openvino"
+    asynchronous = False
+
+    def __init__(self, model: OpenVinoC3D, device: torch.device | str = "cpu", precision: str = "auto",
+                 source: str = "") -> None:
+        where = str(model.path) if model.path else "the OpenVINO model"
+        if str(device) not in ("auto", "cpu"):
+            raise ConfigError(f"{where}: OpenVINO runs on the CPU here; leave --device out (or give cpu)")
+        self.device = torch.device("cpu")
+        if model.quantized:
+            if check_precision(precision) not in ("auto", "int8"):
+                raise ConfigError(f"{where}: an int8 model from `c3d quantize`; --precision {precision} runs the "
+                                  f"weights it was made from ({model.metadata.get('weights') or 'see c3d info'}), "
+                                  "not this folder")
+            self.precision = "int8"
+            if cpu_int8_isa() is None:
+                log.warning("%s: this CPU has no int8 dot-product instructions (VNNI or AMX-INT8): int8 gains less "
+                            "over fp32 here", where)
+        else:
+            self.precision = resolve_precision(precision, self.device, "a float OpenVINO model")
+        self.model, self.source = model, source or (str(model.path) if model.path else "")
+        self.preprocess, self.config, self.class_names = model.preprocess, model.config, model.class_names
+        self.feature_dims = dict(model.feature_dims)
+        self.compiled = model.compile(self.precision)
+        self.kernels = self.compiled.kernels()
+        log.info("OpenVINO %s on the CPU: %s", self.precision, kernel_summary(self.kernels))
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def submit(self, clips: torch.Tensor, output: str, preprocess: Preprocess | None = None) -> PendingRows:
+        x = normalize(clips, preprocess or self.preprocess)
+        return PendingRows(self.compiled.run(x, [output])[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "openvino", "device": "cpu", "precision": self.precision, "layout": "contiguous",
+                "weights": self.source, "kernels": self.kernels}
 
 
 @functools.singledispatch
@@ -263,8 +360,17 @@ def _(model: OnnxC3D, device: torch.device | str = "cpu", precision: str = "auto
     return OnnxBackend(model, precision, source)
 
 
+@as_backend.register
+def _(model: OpenVinoC3D, device: torch.device | str = "cpu", precision: str = "auto", compile: bool = False,
+      channels_last: bool = True, source: str = "", local_rank: int | None = None) -> Backend:
+    if compile:
+        raise ConfigError("--compile applies to PyTorch weights; an OpenVINO model is compiled by OpenVINO")
+    return OpenVinoBackend(model, "cpu" if str(device) == "auto" else device, precision, source)
+
+
 @as_backend.register(TorchBackend)
 @as_backend.register(OnnxBackend)
+@as_backend.register(OpenVinoBackend)
 def _(model: Backend, *args: Any, **kwargs: Any) -> Backend:
     return model
 
@@ -275,11 +381,12 @@ def load_backend(weights: str | os.PathLike[str] | C3D | OnnxC3D | Backend, devi
     """The one loading path of the commands, the API and the server.
 
     Args:
-        weights: a weight file or registry name (any format `c3d` loads), an `.onnx` file from `c3d export`, or a
-            loaded model or backend.
-        device: "auto", "cpu" or "cuda[:N]" (ONNX models run on the CPU); the process is set up for it
-            (`c3dnet.device.configure_for`).
-        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16".
+        weights: a weight file or registry name (any format `c3d` loads), an `.onnx` file from `c3d export`, a
+            folder from `c3d quantize` (OpenVINO), or a loaded model or backend.
+        device: "auto", "cpu" or "cuda[:N]" (ONNX and OpenVINO models run on the CPU); the process is set up for
+            it (`c3dnet.device.configure_for`).
+        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16" (on the CPU too), or "int8"
+            (a folder from `c3d quantize`).
         compile: torch.compile a PyTorch model.
         progress: the download bar of a weight name (None: when on a terminal).
         local_rank: this process's GPU under torchrun.
@@ -290,7 +397,11 @@ def load_backend(weights: str | os.PathLike[str] | C3D | OnnxC3D | Backend, devi
         source = str(weights)
         if Path(weights).suffix.lower() == ".onnx":
             weights = OnnxC3D(weights)
+        elif is_ir_folder(weights):
+            weights = OpenVinoC3D.load(weights)
         else:
+            if check_precision(precision) == "int8":  # before loading: the weights cannot run in int8
+                raise ConfigError(INT8_NEEDS_QUANTIZE.format(what=source))
             from c3dnet.weights import load_model
 
             weights = load_model(weights, progress=progress)

@@ -45,7 +45,7 @@ def create_app(model: Backend | C3D | OnnxC3D, device: torch.device | str = "cpu
     from c3dnet.version import __version__
 
     config = config or ServeConfig()
-    service = Service(as_backend(model, device, "auto" if config.amp else "fp32", source=source), config)
+    service = Service(as_backend(model, device, config.backend_precision, source=source), config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

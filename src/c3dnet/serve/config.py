@@ -30,7 +30,8 @@ class ServeConfig:
         request_timeout_s: longest time one request may take, upload included (504 past it).
         decode_workers: requests decoding at once; more take turns with them (time slices).
         max_wait_ms: how long the model thread waits to fill a batch.
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast on CUDA (False: fp32 where `precision` is "auto").
+        precision: "auto", "fp32", "bf16" or "int8" (`--precision`; int8: a model from `c3d quantize`).
         autorotate: turn frames as the video's display matrix says.
         max_pixels: most pixels in a frame (from the stream header, before decoding).
         max_aspect: most width/height (or height/width) of a frame.
@@ -54,6 +55,7 @@ class ServeConfig:
     decode_workers: int = 4
     max_wait_ms: float = 5.0
     amp: bool = True
+    precision: str = "auto"
     autorotate: bool = True
     max_pixels: int = 4096 * 2304
     max_aspect: float = 4.0
@@ -67,6 +69,9 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from c3dnet.inference.backends import precision_of
+
+        precision_of(self.precision, self.amp)  # ConfigError naming --precision
         for name in ("max_batch", "max_queue", "max_pending", "decode_workers", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
@@ -89,6 +94,13 @@ class ServeConfig:
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ConfigError(f"--cors-origin {origin!r} must be an origin like https://example.org (or *)")
+
+    @property
+    def backend_precision(self) -> str:
+        """The `precision=` of the server's backend (`precision`, or fp32 where it is "auto" and `amp` is off)."""
+        from c3dnet.inference.backends import precision_of
+
+        return precision_of(self.precision, self.amp)
 
     @property
     def limits(self) -> Limits:
