@@ -14,6 +14,7 @@ import os
 import sys
 
 from c3dnet.commands.common import add_fps_arguments, add_precision_arguments, fps_arguments
+from c3dnet.commands.extract_ray import add_ray_arguments, run_ray
 
 HELP = "extract per-clip, per-segment or per-video C3D features of videos into .npy files with a manifest"
 
@@ -88,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep each video's coded orientation instead of turning it as its display matrix "
                              "says (FFmpeg's -noautorotate); the manifest records what was applied")
+    add_ray_arguments(parser)
 
 
 def recipe_of(args: argparse.Namespace):  # -> FeatureRecipe
@@ -118,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     found = find_videos(args.inputs, skip_bad=args.skip_bad)  # before the model: a bad input costs no loading
     keys = output_keys(found.records)  # from the whole list, so every rank names files alike
     records, keys = found.records[dist.rank::dist.world_size], keys[dist.rank::dist.world_size]
+    if args.ray is not None:  # the cluster's actors load the model
+        print_summary(run_ray(args, recipe, source_fps, found, keys), args.out, found, "")
+        return 0
     backend = load_backend(args.onnx or args.weights, args.device, args.precision,
                            compile=args.compile, progress=not args.no_progress,
                            local_rank=dist.local_rank)
@@ -132,11 +137,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"c3d extract: removed the lock of {line}", file=sys.stderr)
     out.create().write_unlisted(found.skipped, found.searched)  # into failed.txt, with the videos that fail
     s = extract(records, runner, args.out, options, keys=keys, progress=not args.no_progress)
-    shard = f" (rank {dist.rank} of {dist.world_size})" if dist.is_distributed else ""
+    print_summary(s, args.out, found, f" (rank {dist.rank} of {dist.world_size})" if dist.is_distributed else "")
+    return 0
+
+
+def print_summary(s, out: str, found, shard: str) -> None:  # (ExtractSummary, str, VideoList, str)
+    """The run's one line (and where its failures are listed)."""
     unlisted = f" (and {len(found.skipped)} inputs that cannot be listed)" if found.skipped else ""
     print(f"extracted {s.done} videos{shard} in {s.seconds:.1f} s ({s.frames_per_s:.0f} frames/s, "
           f"{s.clips / max(s.seconds, 1e-9):.1f} clips/s); {s.skipped} already done, {s.busy} in progress elsewhere, "
-          f"{len(s.failed)} failed{unlisted}; manifest: {os.path.join(args.out, 'manifest.jsonl')}")
+          f"{len(s.failed)} failed{unlisted}; manifest: {os.path.join(out, 'manifest.jsonl')}")
     if s.failed or found.skipped:
-        print(f"failed videos are listed in {os.path.join(args.out, 'failed.txt')}")
-    return 0
+        print(f"failed videos are listed in {os.path.join(out, 'failed.txt')}")
