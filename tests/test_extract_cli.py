@@ -69,7 +69,9 @@ def test_extract_cli_writes_npy_and_manifest(tmp_path, weights, capsys):
     assert [d["key"] for d in lines] == ["clip00", "clip01"]
     assert set(lines[0]) == {"key", "output", "video", "layer", "num_frames", "fps", "clip_starts", "clip_len",
                              "frame_interval", "stride", "video_mean", "l2", "dim", "weights", "orientation",
-                             "segments", "segment_rule", "sample_fps", "num_sampled_frames", "times"}
+                             "segments", "segment_rule", "sample_fps", "num_sampled_frames", "times", "crops",
+                             "crop_order", "crop_axis", "crop_boxes", "pca_sha256", "pca_dim", "pca_file", "shape"}
+    assert lines[0]["crops"] == "center" and lines[0]["shape"] == [lines[0]["dim"]]  # the video mean
     assert lines[0]["l2"] == "output" and lines[0]["times"] == "clip00.times.csv"
     assert lines[0]["orientation"] == "none"  # no display matrix in these files
     assert lines[0]["clip_starts"] == [0] and lines[1]["clip_starts"] == [0, 8, 16]

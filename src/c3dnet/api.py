@@ -108,8 +108,14 @@ def extract_features(
     autorotate: bool = True,
     fps: float | str | None = None,
     source_fps: float | str | None = None,
+    crops: str | int = "center",
+    crop_order: str | None = None,
+    crop_axis: str | None = None,
+    pca: str | os.PathLike[str] | None = None,
+    pca_dim: int | None = None,
 ) -> np.ndarray:
-    """C3D features of one video: the rows `c3d extract` writes, float32 (num_clips, dim), or (dim,).
+    """C3D features of one video: the rows `c3d extract` writes, float32 (num_clips, dim), or (dim,); with
+    `crops`, (num_clips, crops, dim), (crops, num_clips, dim) or (crops, dim) (`inference.recipe` has the shapes).
 
     Clips start every `stride` frames (16: non-overlapping, the paper's); a video shorter than a clip gives one
     clip that wraps around. `video_mean` averages the rows and `segments` pools them into that many segments;
@@ -133,6 +139,12 @@ def extract_features(
         autorotate: turn frames as the video's display matrix says (files only).
         fps: sample the video at this frame rate by presentation time first (`c3d extract --fps`).
         source_fps: the frame rate of an array of frames, or of a frame folder without recorded timestamps.
+        crops: "center", 5 or 10: torchvision's five or ten crops of each clip, in one batch (`c3d extract --crops`).
+        crop_order: with crops, "tencrop" (torchvision's TenCrop, the default) or "urdmu".
+        crop_axis: with crops, "second" ((num_clips, crops, dim), the default) or "first" ((crops, num_clips, dim)).
+        pca: a PCA file (ActivityNet's HDF5: data/U, data/S, data/x_mean; or an .npz of those names): each row
+            becomes `(x - x_mean) @ U[:, :pca_dim]`, last (`c3d extract --pca`).
+        pca_dim: the PCA's components kept (default 500).
     """
     from c3dnet.data.decode import replanned, video_info
     from c3dnet.inference.clips import ClipPlan, clip_batches
@@ -141,9 +153,11 @@ def extract_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     recipe = FeatureRecipe(layer=layer, stride=stride, fps=fps, video_mean=video_mean, segments=segments,
-                           segment_rule=segment_rule, l2=l2)
+                           segment_rule=segment_rule, l2=l2, crops=crops, crop_order=crop_order,
+                           crop_axis=crop_axis, pca=pca, pca_dim=pca_dim)
     _, source_rate = _rates(None, source_fps)
     runner = _runner(model_or_weights, recipe.layer, device, amp, precision)
+    recipe.check_model(runner.dim, runner.preprocess)
     source = _video(video, source_rate)
 
     def rows() -> np.ndarray:
@@ -151,6 +165,6 @@ def extract_features(
         plan = ClipPlan.of(source, info.num_frames, runner.preprocess, recipe.stride, recipe.fps, source_rate)
         size = runner.preprocess.resize_target(info.height, info.width)
         return np.concatenate([runner(clips) for clips in clip_batches(source, plan, runner.preprocess, size,
-                                                                        batch_size, autorotate)])
+                                                                        batch_size, autorotate, recipe.crop_set)])
 
     return recipe.finish(replanned(rows))

@@ -28,12 +28,18 @@ start/end seconds):
   --video-mean     one row (dim,): the mean of all clips
   --l2 none|clip|output   clip: each clip row before pooling; output: each written row (after the mean);
                    default: output with --segments, none otherwise; --l2 alone means output
+  --crops 5|10     (rows, crops, dim), or (crops, rows, dim) with --crop-axis first, (crops, dim) with
+                   --video-mean: segments, mean and L2 apply to each crop alone; the times file keeps a row per row
+  --pca FILE       each written row (after pooling and L2) becomes (x - x_mean) @ U[:, :--pca-dim]
 example: 10 clips, --segments 4: uniform b = 0,3,5,8,10 -> clips {0,1,2} {3,4} {5,6,7} {8,9};
          sultani b = 1,3,6,8,10 -> clips {1,2} {3,4,5} {6,7} {8,9} (1-based; clip 10 unused)
 recipes:
   UCF-Crime:     c3d extract --weights W --fps 30 --segments 32 --segment-rule sultani --out feats videos/
   localisation:  c3d extract --weights W --layer fc7 --stride 8 --out feats videos/
   video means:   c3d extract --weights W --video-mean --l2 --out feats videos/
+  RTFM / MGFN:   c3d extract --weights W --fps 30 --crops 10 --out feats videos/      (T, 10, 4096) per video
+  UR-DMU:        c3d extract --weights W --crops 10 --crop-order urdmu --crop-axis first --out feats videos/
+  ActivityNet:   c3d extract --weights W --layer fc7 --stride 8 --pca PCA_activitynet_v1-3.hdf5 --out feats videos/
 then `c3d pack feats --to feats.h5` (or .txt folder / .pt folder) for downstream code"""
 
 
@@ -68,6 +74,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store S segment rows per video, each the mean of its clips (see below)")
     parser.add_argument("--segment-rule", choices=("uniform", "sultani"), default="uniform",
                         help="segment boundaries: uniform (default) or sultani (UCF-Crime's MATLAB code)")
+    parser.add_argument("--crops", default="center", metavar="center|5|10",
+                        help="views of each clip, all from one decode and in one batch: the centre crop (default), "
+                             "5 (torchvision's five_crop: four corners, centre) or 10 (the five, then the same five "
+                             "of the horizontally mirrored frames); rows become (T, crops, dim), and --batch-size "
+                             "counts crops, rounded down to whole clips")
+    parser.add_argument("--crop-order", default=None, metavar="tencrop|urdmu",
+                        help="with --crops: tencrop (torchvision's TenCrop order: corners, then centre; default) or "
+                             "urdmu (top-left, top-right, centre, bottom-left, bottom-right); recorded in the manifest")
+    parser.add_argument("--crop-axis", default=None, metavar="second|first",
+                        help="with --crops: second, (T, crops, dim) (default, RTFM's), or first, (crops, T, dim) "
+                             "(UR-DMU's)")
+    parser.add_argument("--pca", default=None, metavar="FILE",
+                        help="reduce each written row with this PCA file: ActivityNet's HDF5 (data/U, data/S, "
+                             "data/x_mean) or an .npz of those names; row = (x - x_mean) @ U[:, :--pca-dim]")
+    parser.add_argument("--pca-dim", type=int, default=None, metavar="K",
+                        help="with --pca: the components kept (default: 500, ActivityNet's)")
     add_fps_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per forward pass, across videos (default: 64 on a GPU, 32 on the CPU; a resumed "
@@ -97,7 +119,9 @@ def recipe_of(args: argparse.Namespace):  # -> FeatureRecipe
     from c3dnet.inference.recipe import FeatureRecipe
 
     return FeatureRecipe(layer=args.layer, stride=args.stride, fps=args.fps, video_mean=args.video_mean,
-                         segments=args.segments or 0, segment_rule=args.segment_rule, l2=args.l2)
+                         segments=args.segments or 0, segment_rule=args.segment_rule, l2=args.l2,
+                         crops=args.crops, crop_order=args.crop_order, crop_axis=args.crop_axis, pca=args.pca,
+                         pca_dim=args.pca_dim)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -79,6 +79,29 @@ def center_offsets(height: int, width: int, size: int) -> tuple[int, int]:
     return (height - size) // 2, (width - size) // 2
 
 
+FIVE_CROP = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
+"""The five crops, in the order of torchvision's `five_crop`."""
+
+
+def five_crop_offsets(height: int, width: int, size: int) -> dict[str, tuple[int, int]]:
+    """(top, left) of each `size` x `size` crop of torchvision's `five_crop` of a `height` x `width` frame, by name.
+
+    The corners as torchvision places them: (0, 0), (0, W - c), (H - c, 0), (H - c, W - c). The centre by
+    `center_offsets` (rounded down), as every centre crop in c3dnet; torchvision's `center_crop` rounds half to
+    even instead, one pixel further right or down where W - c or H - c is odd (128x171 with 112: column 30, not 29).
+
+    Example:
+        >>> list(five_crop_offsets(128, 171, 112).values())   # top-left, top-right, bottom-left, bottom-right, centre
+        [(0, 0), (0, 59), (16, 0), (16, 59), (8, 29)]
+    """
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from frames of {height}x{width}; frames must be at least "
+                         f"{size}x{size}")
+    bottom, right = height - size, width - size
+    return {"top_left": (0, 0), "top_right": (0, right), "bottom_left": (bottom, 0), "bottom_right": (bottom, right),
+            "center": center_offsets(height, width, size)}
+
+
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """The centre `size` x `size` crop (see `center_offsets`)."""
     _check_crop(x, size)

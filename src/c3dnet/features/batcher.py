@@ -4,6 +4,10 @@
 the rows of the batches in flight, and where each row goes: `add` stages clips, `flush` runs a last partial
 batch, `drain` waits for every batch. Rows reach their `VideoJob`s through `on_row(job, clip, row)`, and
 `after_batch()` follows each batch's rows.
+
+With several crops a clip is that many consecutive views (`inference.clips`), and a batch holds whole clips:
+`batch_size` views rounded down to a multiple of `group` (at least one clip), so the crops of a clip go through
+the model in one batch.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from c3dnet.features.writers import VideoJob
 from c3dnet.inference.runner import ClipRunner, PendingRows
 
-Entry = tuple[VideoJob | None, int]  # a batch row's video (None: dropped) and clip number
+Entry = tuple[VideoJob | None, int]  # a batch row's video (None: dropped) and clip (view) number
 
 
 class Batcher:
@@ -30,12 +34,14 @@ class Batcher:
     """
 
     def __init__(self, runner: ClipRunner, batch_size: int, clip_shape: tuple[int, ...],
-                 on_row: Callable[[VideoJob, int, np.ndarray], None], after_batch: Callable[[], None]) -> None:
-        self.runner, self.batch_size, self.on_row, self.after_batch = runner, batch_size, on_row, after_batch
+                 on_row: Callable[[VideoJob, int, np.ndarray], None], after_batch: Callable[[], None],
+                 group: int = 1) -> None:
+        self.runner, self.on_row, self.after_batch = runner, on_row, after_batch
+        self.batch_size = max(group, batch_size // group * group)  # whole clips of `group` crops
         # On a GPU two batch buffers, pinned: the model runs on one while the next is filled (`ClipRunner.submit`).
         self.depth = 2 if runner.asynchronous else 1
         pinned = runner.asynchronous and runner.device.type == "cuda"  # (a test's queued runner runs on the CPU)
-        self.buffers = [torch.empty((batch_size, *clip_shape), dtype=torch.uint8, pin_memory=pinned)
+        self.buffers = [torch.empty((self.batch_size, *clip_shape), dtype=torch.uint8, pin_memory=pinned)
                         for _ in range(self.depth)]
         self.staging = [b.numpy() for b in self.buffers]
         self.filling = 0  # the buffer being filled; `batch` lists the (job, clip number) of its filled rows

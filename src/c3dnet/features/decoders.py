@@ -27,7 +27,7 @@ from c3dnet.errors import C3DError, DataError
 from c3dnet.features.options import ExtractOptions
 from c3dnet.features.output import OutputDir
 from c3dnet.forks import FORK
-from c3dnet.inference.clips import ClipPlan, clip_frames
+from c3dnet.inference.clips import ClipPlan, CropView, clip_frames, frame_views
 from c3dnet.inference.runner import ClipRunner
 
 if TYPE_CHECKING:
@@ -43,13 +43,15 @@ RING_SLOTS = 4 * CLIPS_PER_MESSAGE  # clip slots per decoder process in the shar
 
 @dataclass(frozen=True)
 class VideoMeta:
-    """What a decoder process learns of a video before its first clip."""
+    """What a decoder process learns of a video before its first clip; `views`: the crops of each clip, cut from
+    its frames resized to `size_hw`."""
 
     num_frames: int
     fps: float
     orientation: str
     size_hw: tuple[int, int]
     plan: ClipPlan
+    views: tuple[CropView, ...] = ()
 
     @property
     def starts(self) -> list[int]:
@@ -62,8 +64,9 @@ class VideoMeta:
         info = video_info(record.path, options.autorotate)
         recipe = options.recipe
         plan = ClipPlan.of(record.path, info.num_frames, preprocess, recipe.stride, recipe.fps, options.source_fps)
-        return cls(info.num_frames, info.fps, info.orientation, preprocess.resize_target(info.height, info.width),
-                   plan)
+        size = preprocess.resize_target(info.height, info.width)
+        views = frame_views(record.path, *size, preprocess, recipe.crop_set)  # a crop that does not fit: DataError
+        return cls(info.num_frames, info.fps, info.orientation, size, plan, tuple(views))
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,9 @@ class Started:
 
 @dataclass(frozen=True)
 class Clips:
-    """Clips `first`, `first + 1`, ... of video `index`: `count` consecutive slots of decoder `worker`'s ring
-    from `slot`, or, without rings, `tensor` uint8 (count, T, crop, crop, 3)."""
+    """Clips `first`, `first + 1`, ... of video `index` (views, with crops: `inference.clips` numbers them):
+    `count` consecutive slots of decoder `worker`'s ring from `slot`, or, without rings, `tensor` uint8
+    (count, T, crop, crop, 3)."""
 
     index: int
     first: int
@@ -229,9 +233,10 @@ class VideoDecoder(torch.utils.data.IterableDataset):
         try:
             meta = VideoMeta.of(record, self.preprocess, self.options)
             yield Started(i, meta)
-            for k, frames in clip_frames(record.path, self.preprocess, self.options.recipe.stride, meta.num_frames,
-                                         meta.size_hw, self.options.chunk, self.options.autorotate,
-                                         meta.plan.indices):
+            recipe = self.options.recipe
+            for k, frames in clip_frames(record.path, self.preprocess, recipe.stride, meta.num_frames, meta.size_hw,
+                                         self.options.chunk, self.options.autorotate, meta.plan.indices,
+                                         recipe.crop_set):  # each crop of each clip, from one decode
                 if batch.add(k, frames):
                     yield batch.send()
             if batch.count:
@@ -282,6 +287,7 @@ class DecoderLoader:
                  options: ExtractOptions) -> None:
         import multiprocessing
 
+        options.recipe.check_model(runner.dim, runner.preprocess)  # a PCA for another layer: before any decoding
         workers = max(1, min(options.workers, len(todo)))
         fork = "fork" in multiprocessing.get_all_start_methods()
         context = FORK if fork else multiprocessing.get_context(None)  # c3dnet's forks: see `c3dnet.forks`

@@ -98,7 +98,8 @@ class _Extraction:
                  total: int) -> None:
         self.todo, self.out, self.runner, self.options, self.summary = todo, out, runner, options, summary
         self.jobs: dict[int, VideoJob] = {}  # started and not yet written (or failed)
-        self.batcher = Batcher(runner, options.batch_size, clip_shape, self._row, self._collect)
+        self.batcher = Batcher(runner, options.batch_size, clip_shape, self._row, self._collect,
+                               group=options.recipe.num_crops)  # a clip's crops in one batch
         self.writers = WriterPool(runner, options)
         self.bar = progress_bar(total, "extract", "video", summary.skipped, progress)
         self.start = time.perf_counter()
@@ -142,7 +143,8 @@ class _Extraction:
         return VideoJob(record, key, self.out, self.out.held_lock(key), i)
 
     def _row(self, job: VideoJob, k: int, row: np.ndarray) -> None:
-        self.summary.clips += 1
+        crops = self.options.recipe.num_crops
+        self.summary.clips += int(k % crops == crops - 1)  # a clip is counted once, at its last crop's row
         if job.add(k, row):
             self.writers.submit(job)
 

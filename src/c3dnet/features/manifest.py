@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,12 @@ TIMES_HEADER = "first_frame,last_frame,start_s,end_s"
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One extracted video: where its features are and which clips they come from."""
+    """One extracted video: where its features are and which clips they come from.
+
+    `crop_boxes` gives each view's square in the frames resized as the weights say (top, left, size), and whether
+    it was mirrored (`flip`): the crops of the mirrored frames are named for their place there ("flip_top_left" is
+    the top-right square, mirrored). `dim` is the layer's width; with a PCA the rows have `pca_dim` values.
+    """
 
     key: str
     output: str  # file name inside the output folder
@@ -63,6 +68,14 @@ class ManifestEntry:
     sample_fps: str = ""  # the --fps the video was sampled at ("" : its own frames); clip_starts count those
     num_sampled_frames: int = 0  # frames after sampling (num_frames without --fps)
     times: str = ""  # the rows' sidecar: first/last source frame and start/end seconds of each row
+    crops: str = "center"  # the views of each clip: "center", "5" or "10" (inference.clips.CropSet)
+    crop_order: str = ""  # with crops: "tencrop" (torchvision's TenCrop) or "urdmu"
+    crop_axis: str = ""  # with crops: "second" (rows, crops, dim) or "first" (crops, rows, dim)
+    crop_boxes: list[dict[str, Any]] = field(default_factory=list)  # each view in order: name, top, left, size, flip
+    pca_sha256: str = ""  # the PCA file's SHA-256 ("": none)
+    pca_dim: int = 0  # the components kept (the rows' width) with a PCA
+    pca_file: str = ""  # the PCA file as it was given
+    shape: list[int] = field(default_factory=list)  # the .npy's shape (empty in entries written before crops)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,38 +41,43 @@ def npy_bytes(rows: int, dim: int) -> int:
 
 
 class RowFile:
-    """A video's clip rows (num_clips, dim) float32 in a temporary .npy, each row written at its offset with
-    `os.pwrite`. Its space is allocated when it is opened, so a full disk shows before the video is decoded, and
-    any later write error is an `OSError` (a memory map turned it into a SIGBUS that killed the process without a
-    word). Reading back goes through `os.pread` as well: `rows[g]` is the rows of clip numbers `g`."""
+    """A video's clip rows, float32 (num_clips, dim) or (num_clips, crops, dim), in a temporary .npy, each row (one
+    crop's, with crops) written at its offset with `os.pwrite`. Its space is allocated when it is opened, so a full
+    disk shows before the video is decoded, and any later write error is an `OSError` (a memory map turned it into
+    a SIGBUS that killed the process without a word). Reading back goes through `os.pread` as well: `rows[g]` is
+    the rows of clip numbers `g`, (len(g), ...) as the file's shape."""
 
-    def __init__(self, path: Path, num_clips: int, dim: int) -> None:
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
         header = io.BytesIO()
+        shape = tuple(int(n) for n in shape)
         np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                      "fortran_order": False, "shape": (int(num_clips), int(dim))})
-        self.path, self.dim, self.offset = path, dim, len(header.getvalue())
+                                                      "fortran_order": False, "shape": shape})
+        self.path, self.shape, self.offset = path, shape, len(header.getvalue())
+        self.dim, self.per_clip = shape[-1], int(np.prod(shape[1:]))  # values of one row, of one clip
         self.fd = os.open(path, os.O_RDWR)
         try:
-            reserve(self.fd, self.offset + num_clips * dim * 4, path.parent)
+            reserve(self.fd, self.offset + int(np.prod(shape)) * 4, path.parent)
             self._write(header.getvalue(), 0)
         except BaseException:
             self.close()
             raise
 
     def write(self, k: int, row: np.ndarray) -> None:
+        """Row `k` (dim,): clip k, or with crops view k (clip k // crops, crop k % crops), as numbered in
+        `inference.clips`."""
         self._write(np.ascontiguousarray(row, dtype=np.float32).tobytes(), self.offset + k * self.dim * 4)
 
     def __getitem__(self, clips: np.ndarray) -> np.ndarray:
-        """The rows of clip numbers `clips` (a range, as segments are), (len(clips), dim) float32."""
+        """The rows of clip numbers `clips` (a range, as segments are), (len(clips), ...) float32."""
         lo, hi = int(clips.min()), int(clips.max()) + 1
-        size = (hi - lo) * self.dim * 4
+        size = (hi - lo) * self.per_clip * 4
         data = bytearray()
         while len(data) < size:
-            chunk = os.pread(self.fd, size - len(data), self.offset + lo * self.dim * 4 + len(data))
+            chunk = os.pread(self.fd, size - len(data), self.offset + lo * self.per_clip * 4 + len(data))
             if not chunk:
                 raise OSError(f"{self.path}: shorter than its rows")
             data += chunk
-        return np.frombuffer(bytes(data), dtype=np.float32).reshape(hi - lo, self.dim)[clips - lo]
+        return np.frombuffer(bytes(data), dtype=np.float32).reshape(hi - lo, *self.shape[1:])[clips - lo]
 
     def _write(self, data: bytes, at: int) -> None:
         view = memoryview(data)
@@ -87,15 +92,15 @@ class RowFile:
 
 
 class VideoJob:
-    """One video being extracted: its lock, its clips and a row sink (a running sum with `video_mean`, else a
-    `RowFile`, so long videos' rows live on disk)."""
+    """One video being extracted: its lock, its clips (each seen through the recipe's crops) and a row sink (a
+    running sum with `video_mean`, else a `RowFile`, so long videos' rows live on disk)."""
 
     def __init__(self, record: VideoRecord, key: str, out: OutputDir, lock: HeartbeatLock, index: int) -> None:
         self.record, self.key, self.out, self.lock, self.index = record, key, out, lock, index
         self.meta: VideoMeta | None = None
         self.options = ExtractOptions()
-        self.received = 0
-        self.total: np.ndarray | None = None  # with video_mean: the float64 sum of the clip rows
+        self.received = 0  # rows (views) in
+        self.total: np.ndarray | None = None  # with video_mean: the float64 sum of the clip rows, (dim,) or (C, dim)
         self.rows: RowFile | None = None
         self.tmp: Path | None = None
         self.needed = 0  # bytes its outputs take
@@ -104,43 +109,58 @@ class VideoJob:
     def num_clips(self) -> int:
         return len(self.meta.starts) if self.meta is not None else 0
 
+    @property
+    def num_views(self) -> int:
+        """Rows the model gives for this video: one per crop of each clip."""
+        return self.num_clips * self.options.recipe.num_crops
+
+    @property
+    def direct(self) -> bool:
+        """Whether the clip rows, as they are written, are the output (nothing pooled, moved or reduced)."""
+        recipe = self.options.recipe
+        moved = recipe.crops != "center" and recipe.crop_axis == "first"
+        return not (recipe.video_mean or recipe.segments or moved or recipe.pca is not None)
+
     def open(self, meta: VideoMeta, dim: int, options: ExtractOptions) -> None:
-        """Ready the row sink: a running sum with `video_mean`, else a (num_clips, dim) `RowFile` (the segments
+        """Ready the row sink: a running sum with `video_mean`, else a `RowFile` of every clip row (the segments
         are pooled from it once every clip is in). The space the video needs is allocated or checked first:
         `OutputError` (naming the folder and the bytes) when the disk cannot take it."""
         self.meta, self.options = meta, options
         recipe = options.recipe
-        rows_out = recipe.rows(self.num_clips)
-        sidecars = SIDECAR_BYTES + 64 * rows_out + 8 * self.num_clips
-        self.needed = npy_bytes(rows_out, dim) + sidecars
+        crops = () if recipe.crops == "center" else (recipe.num_crops,)
+        out_shape = recipe.shape(self.num_clips, dim)
+        sidecars = SIDECAR_BYTES + 64 * recipe.rows(self.num_clips) + 8 * self.num_clips + 128 * len(meta.views)
+        self.needed = npy_bytes(int(np.prod(out_shape[:-1])), out_shape[-1]) + sidecars
         if recipe.video_mean:
-            self.total = np.zeros(dim, dtype=np.float64)  # running sum
+            self.total = np.zeros((*crops, dim), dtype=np.float64)  # running sum
             rest = self.needed
         else:
-            if recipe.segments:
-                self.needed += npy_bytes(self.num_clips, dim)  # the clip rows, until they are pooled
+            clip_rows = npy_bytes(self.num_clips * recipe.num_crops, dim)
+            if not self.direct:
+                self.needed += clip_rows  # the clip rows, until they are pooled
             fd, tmp = tempfile.mkstemp(prefix=f".{self.key}.{TMP_TAG}{os.getpid()}-", suffix=".npy.tmp",
                                        dir=self.out.path)
             os.close(fd)
             self.tmp = Path(tmp)
             try:
-                self.rows = RowFile(self.tmp, self.num_clips, dim)
+                self.rows = RowFile(self.tmp, (self.num_clips, *crops, dim))
             except OSError as e:
                 self.drop_rows()
                 raise output_error(e, self.out.path, f"the rows of {self.key}", self.needed, REMEDY) from e
-            rest = self.needed - npy_bytes(self.num_clips, dim)
+            rest = self.needed - clip_rows
         if 0 <= free_bytes(self.out.path) < rest:
             self.drop_rows()
             full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             raise output_error(full, self.out.path, f"the features of {self.key}", self.needed, REMEDY)
 
     def add(self, k: int, row: np.ndarray) -> bool:
-        """Row of clip `k` (normalised first with l2="clip"; with l2="output" and nothing pooled, each row is
-        written normalised); True when it was the video's last."""
+        """Row `k` (clip k, or with crops view k: `inference.clips` numbers them), normalised first with
+        l2="clip"; with l2="output" and nothing pooled, each row is written normalised. True when it was the
+        video's last."""
         recipe = self.options.recipe
         row = prepare_clip_row(row, recipe.l2)
         if self.total is not None:
-            self.total += row
+            self.total.reshape(-1, self.total.shape[-1])[k % recipe.num_crops] += row  # its crop's sum
         else:
             if recipe.l2 == "output" and not recipe.segments:
                 row = l2_normalize(row)  # written as float32
@@ -149,7 +169,7 @@ class VideoJob:
             except OSError as e:
                 raise output_error(e, self.out.path, f"the rows of {self.key}", self.needed, REMEDY) from e
         self.received += 1
-        return self.received == self.num_clips
+        return self.received == self.num_views
 
     def drop_rows(self) -> None:
         """Close and remove the temporary clip rows (once pooled into the output, or given up)."""
@@ -185,33 +205,47 @@ def write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions) ->
     job.lock.release()
 
 
+def _pooled(job: VideoJob, groups: list[np.ndarray]) -> np.ndarray:
+    """The video's rows as written, from its running sum or its clip rows: pooled, moved and reduced."""
+    recipe = job.options.recipe
+    if recipe.video_mean:  # (dim,) or (C, dim), from the running sum
+        feats = mean_row(job.total, job.received // recipe.num_crops, recipe.l2)
+    elif recipe.segments:
+        feats = pool_groups(job.rows, groups, recipe.l2)  # (segments, [C,] dim)
+    else:
+        feats = job.rows[np.arange(job.num_clips)]  # (N, [C,] dim), each row already as written
+    return recipe.layout(feats)
+
+
 def _write_outputs(job: VideoJob, runner: ClipRunner, options: ExtractOptions, published: list[Path]) -> None:
     out = job.out.npy(job.key)
     assert job.meta is not None
     recipe = options.recipe
     groups = recipe.groups(job.num_clips)
-    if recipe.video_mean or recipe.segments:
-        feats = mean_row(job.total, job.received, recipe.l2) if recipe.video_mean \
-            else pool_groups(job.rows, groups, recipe.l2)  # (dim,) from the running sum, or (segments, dim)
+    if job.direct:
+        job.rows.close()
+        publish(job.tmp, out)  # every row is in: renamed into place
+        job.rows, job.tmp = None, None
+        shape = recipe.shape(job.num_clips, runner.dim)
+    else:
+        feats = _pooled(job, groups)
+        shape = feats.shape
         npy = io.BytesIO()
         np.save(npy, feats)  # in memory: numpy's own file writes report a full disk as a short write, no errno
         with atomic_write(out, "wb") as f:
             f.write(npy.getvalue())
-        published.append(out)
         job.drop_rows()
-    else:
-        job.rows.close()
-        publish(job.tmp, out)  # every row is in: renamed into place
-        job.rows, job.tmp = None, None
-        published.append(out)
+    published.append(out)
     m = job.meta
     times = job.out.times(job.key)
-    atomic_write_text(times, format_times(m.plan.spans(groups)))
+    atomic_write_text(times, format_times(m.plan.spans(groups)))  # one row per clip (or segment): not per crop
     published.append(times)
     job.out.write_part(ManifestEntry(
         key=job.key, output=out.name, video=str(job.record.real_path), **options.settings(runner),
         num_frames=m.num_frames, fps=m.fps, clip_starts=[int(s) for s in m.starts], weights=options.weights,
         orientation=m.orientation, num_sampled_frames=m.plan.num_sampled, times=times.name,
+        crop_boxes=[v.to_dict() for v in m.views], pca_file=recipe.pca.source if recipe.pca is not None else "",
+        shape=list(shape),
     ))
     published.clear()  # done: the part marks it so
 

@@ -1,12 +1,23 @@
-"""Videos to clips: streaming decode with a bounded frame buffer (the model runs in `inference.runner`)."""
+"""Videos to clips: streaming decode with a bounded frame buffer (the model runs in `inference.runner`).
+
+A clip is seen by the model through one or more views (`CropSet`): its centre crop, or torchvision's five or ten
+crops, all cut from the same decoded and resized frames (one decode, whatever the number of crops). View j of clip
+k is number k * len(crops) + j, so a clip's views are consecutive and, without crops, a view's number is its clip's.
+
+Example:
+    >>> [v.name for v in CropSet("10", "urdmu").views(128, 171, 112)][:6]
+    ['top_left', 'top_right', 'center', 'bottom_left', 'bottom_right', 'flip_top_left']
+    >>> v = CropSet("10").views(128, 171, 112)[9]     # the centre of the mirrored frames: columns 30..141, mirrored
+    >>> v.name, v.top, v.left, v.flip
+    ('flip_center', 8, 30, True)
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,12 +25,91 @@ import torch
 from c3dnet.data import sampling
 from c3dnet.data.decode import FrameCountChanged, as_source, iter_frames, video_times
 from c3dnet.data.timing import FrameTimes, resample
-from c3dnet.data.transforms import center_offsets
+from c3dnet.data.transforms import FIVE_CROP, five_crop_offsets
 from c3dnet.errors import DataError
 from c3dnet.log import get_logger
 from c3dnet.preprocess import Preprocess
 
 log = get_logger(__name__)
+
+CROP_COUNTS = {"center": 1, "5": 5, "10": 10}
+"""The views of each clip: its centre crop, torchvision's `five_crop` or its `ten_crop` (the five, then the same
+five of the horizontally mirrored frames)."""
+
+CROP_ORDERS = {"tencrop": FIVE_CROP, "urdmu": ("top_left", "top_right", "center", "bottom_left", "bottom_right")}
+"""The five crops' order: torchvision's `TenCrop` (RTFM, MGFN), or UR-DMU's extraction script's; with ten crops,
+the mirrored five follow in the same order."""
+
+# --------------------------------------------------------------------------------------------------- crops
+
+
+@dataclass(frozen=True)
+class CropView:
+    """One view of a clip: the `size` x `size` square at (`top`, `left`) of the resized frames, mirrored left to
+    right when `flip`.
+
+    `name` is the crop's place as torchvision's `five_crop` names it; with `flip`, its place on the mirrored frames
+    ("flip_top_left" is the top-left corner of the mirrored frames: the top-right square here, mirrored). The box
+    is always where its pixels are in the resized frames, before mirroring.
+    """
+
+    name: str
+    top: int
+    left: int
+    size: int
+    flip: bool = False
+
+    def cut(self, frame: np.ndarray) -> np.ndarray:
+        """This view of one frame (H, W, 3): a numpy view, copied only when the clip is stacked."""
+        view = frame[self.top:self.top + self.size, self.left:self.left + self.size]  # (size, size, 3)
+        return view[:, ::-1] if self.flip else view
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CropSet:
+    """Which views of each clip the model sees (`CROP_COUNTS`), in which order (`CROP_ORDERS`).
+
+    The crops are cut from the frames as the weights' preprocessing resizes them, at its crop size: the corners
+    by torchvision's `five_crop` arithmetic, the centre by `transforms.center_offsets`, and with "10" the same
+    five cut from the horizontally mirrored frames (torchvision's `ten_crop`).
+    """
+
+    crops: str = "center"
+    order: str = "tencrop"
+
+    def __post_init__(self) -> None:
+        if self.crops not in CROP_COUNTS or self.order not in CROP_ORDERS:
+            raise ValueError(f"crops must be one of {list(CROP_COUNTS)} and order one of {list(CROP_ORDERS)}, got "
+                             f"{self.crops!r} and {self.order!r}")
+
+    def __len__(self) -> int:
+        return CROP_COUNTS[self.crops]
+
+    def views(self, height: int, width: int, size: int) -> list[CropView]:
+        """The views of `height` x `width` frames, cut at `size` x `size` (ValueError when they do not fit)."""
+        offsets = five_crop_offsets(height, width, size)
+        if self.crops == "center":
+            return [CropView("center", *offsets["center"], size)]
+        names = CROP_ORDERS[self.order]
+        views = [CropView(n, *offsets[n], size) for n in names]
+        if self.crops == "10":  # column x of the mirrored frames is column W - 1 - x here
+            views += [CropView(f"flip_{n}", offsets[n][0], width - size - offsets[n][1], size, True) for n in names]
+        return views
+
+
+def frame_views(path: object, height: int, width: int, preprocess: Preprocess,
+                crops: CropSet | None = None) -> list[CropView]:
+    """The views of a video's resized `height` x `width` frames; `DataError` naming it when the crop does not fit."""
+    crop = preprocess.crop_size
+    if height < crop or width < crop:
+        raise DataError(f"{path}: frames of {height}x{width} after resizing are smaller than the {crop}x{crop} "
+                        f"crop; crops must fit the resized frames (at most {min(height, width)} here): the weights' "
+                        "preprocessing does not fit this video")
+    return (crops or CropSet()).views(height, width, crop)
+
 
 # --------------------------------------------------------------------------------------------------- clips
 
@@ -116,46 +206,42 @@ def _warn_repeats(video: object, fps: Fraction, times: FrameTimes) -> None:
                 rate)
 
 
-def _crop_chunk(chunk: np.ndarray, crop: int, path: Path) -> np.ndarray:
-    """Centre crop of decoded frames (n, H, W, 3), at `transforms.center_offsets`.
-
-    A view, not a copy: the frames are copied once, when they are stacked into clips. numpy rather than torch:
-    this runs in decoder processes beside the model's, which need no more threads.
-    """
-    h, w = chunk.shape[1:3]
-    if h < crop or w < crop:
-        raise DataError(f"{path}: frames of {h}x{w} after resizing are smaller than the {crop}x{crop} crop; "
-                        "the weights' preprocessing does not fit this video")
-    top, left = center_offsets(h, w, crop)
-    return chunk[:, top:top + crop, left:left + crop]  # (n, crop, crop, 3)
-
-
 def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
                 size_hw: tuple[int, int] | None, chunk: int = 64, autorotate: bool = True,
-                indices: np.ndarray | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
-    """(clip number, its T centre-cropped frames (crop, crop, 3)) for each sliding clip, decoding the video once.
+                indices: np.ndarray | None = None,
+                crops: CropSet | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(view number, its T frames (crop, crop, 3)) for each view of each sliding clip, decoding the video once.
 
-    The frames are views into decoded chunks, valid until the next clip is asked for: stack them (into a
-    buffer of your own, say) before going on. Only frames that a pending clip still needs are kept (at most
-    about one clip span plus one chunk), so memory does not grow with the video's length. Short videos (fewer
-    frames than a clip) wrap around, as `sampling.clip_indices` does. `indices` (num_clips, T) gives the clips'
-    source frames instead of the sliding clips (`ClipPlan.indices`, e.g. sampled at a fixed fps).
+    A clip's views are those of `crops` (its centre crop alone by default), all cut from the same decoded frames;
+    view j of clip k is number k * len(crops) + j (without crops, the clip's number). The frames are numpy views
+    into decoded chunks, valid until the next clip is asked for: stack them (into a buffer of your own, say)
+    before going on. Only frames that a pending clip still needs are kept (at most about one clip span plus one
+    chunk), so memory does not grow with the video's length. Short videos (fewer frames than a clip) wrap around,
+    as `sampling.clip_indices` does. `indices` (num_clips, T) gives the clips' source frames instead of the sliding
+    clips (`ClipPlan.indices`, e.g. sampled at a fixed fps). numpy rather than torch: this runs in decoder
+    processes beside the model's, which need no more threads.
     """
     path = as_source(path)
+    crops = crops or CropSet()
+    per_clip = len(crops)
     if indices is None:
         starts = clip_starts(num_frames, preprocess, stride)
         indices = sampling.clip_indices(starts, num_frames, preprocess.clip_len, preprocess.frame_interval)
     idx = indices  # (K, T) source frames
     first_needed, last_needed = idx.min(axis=1), idx.max(axis=1)
-    buffer: dict[int, np.ndarray] = {}
-    k, j = 0, 0
+    buffer: dict[int, list[np.ndarray]] = {}  # source frame -> its views
+    views: list[CropView] = []
+    k, j, shape = 0, 0, None
     for frames in iter_frames(path, size_hw=size_hw, chunk=chunk, autorotate=autorotate):
-        cropped = _crop_chunk(frames, preprocess.crop_size, path)  # (n, crop, crop, 3)
-        for t in range(cropped.shape[0]):
+        if frames.shape[1:3] != shape:
+            shape = frames.shape[1:3]
+            views = frame_views(path, *shape, preprocess, crops)
+        for t in range(frames.shape[0]):
             if k < len(idx) and j >= first_needed[k]:
-                buffer[j] = cropped[t]
+                buffer[j] = [view.cut(frames[t]) for view in views]  # each (crop, crop, 3)
             while k < len(idx) and last_needed[k] <= j:
-                yield k, [buffer[int(i)] for i in idx[k]]
+                for v in range(per_clip):
+                    yield k * per_clip + v, [buffer[int(i)][v] for i in idx[k]]
                 k += 1
                 if k < len(idx):
                     for old in [i for i in buffer if i < first_needed[k]]:
@@ -168,31 +254,37 @@ def clip_frames(path: str | os.PathLike[str], preprocess: Preprocess, stride: in
 
 def stream_clips(path: str | os.PathLike[str], preprocess: Preprocess, stride: int, num_frames: int,
                  size_hw: tuple[int, int] | None, chunk: int = 64, autorotate: bool = True,
-                 indices: np.ndarray | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """(clip number, uint8 clip (3, T, crop, crop)) for each sliding clip, decoding the video once, in order.
+                 indices: np.ndarray | None = None,
+                 crops: CropSet | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(view number, uint8 clip (3, T, crop, crop)) for each view of each sliding clip, decoding the video once, in
+    order.
 
     `clip_frames` stacked into channel-first tensors; memory stays bounded as there.
     """
-    for k, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk, autorotate, indices):
+    for v, frames in clip_frames(path, preprocess, stride, num_frames, size_hw, chunk, autorotate, indices, crops):
         clip = np.stack(frames)  # (T, crop, crop, 3)
-        yield k, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
+        yield v, torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (3, T, crop, crop)
 
 
 def clip_batches(video: str | os.PathLike[str], plan: ClipPlan, preprocess: Preprocess,
-                 size_hw: tuple[int, int] | None, batch_size: int, autorotate: bool = True) -> Iterator[torch.Tensor]:
-    """The clips of `plan`, decoding the video once (`stream_clips`), stacked `batch_size` at a time: uint8
-    (k, 3, T, crop, crop), k <= batch_size, in order.
+                 size_hw: tuple[int, int] | None, batch_size: int, autorotate: bool = True,
+                 crops: CropSet | None = None) -> Iterator[torch.Tensor]:
+    """The views of the clips of `plan` (`stream_clips`: the video decoded once), stacked into batches of uint8
+    (k, 3, T, crop, crop), in order: `batch_size` views, rounded down to whole clips (at least one), so that the
+    crops of a clip go through the model together.
 
     The loop of `c3dnet.extract_features` and of `c3d serve`'s features, which hand the batches to their own model
     (a `ClipRunner`, or the server's shared batches). A generator: the next batch is decoded only when it is asked
     for, so a caller can stop between batches (the server's cancellation).
     """
+    per_clip = len(crops or CropSet())
+    size = max(per_clip, batch_size // per_clip * per_clip)
     batch: list[torch.Tensor] = []
     for _, clip in stream_clips(video, preprocess, 1, plan.num_frames, size_hw, autorotate=autorotate,
-                                indices=plan.indices):
+                                indices=plan.indices, crops=crops):
         batch.append(clip)
-        if len(batch) == batch_size:
-            yield torch.stack(batch)  # (batch_size, 3, T, crop, crop)
+        if len(batch) == size:
+            yield torch.stack(batch)  # (size, 3, T, crop, crop)
             batch = []
     if batch:
         yield torch.stack(batch)

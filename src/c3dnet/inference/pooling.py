@@ -10,6 +10,10 @@ Segments (`--segments S`) follow one of two rules over the N clip rows:
 
 The settings are checked once, by `inference.recipe.FeatureRecipe`.
 
+With several crops (`--crops 5|10`) a video's clip rows are (N, C, D): every rule pools along the clips (axis 0)
+and normalises along the features (the last axis), so each crop is pooled and normalised on its own, exactly as
+its rows alone would be.
+
 L2 normalisation (`--l2`): "clip" normalises each clip row before any pooling (the UCF-Crime paper's text),
 "output" each written row (after the segment or video mean, as the released code and the C3D paper do; each
 clip row when nothing is pooled), "none" leaves rows as the network gives them.
@@ -59,19 +63,20 @@ def row_groups(num_clips: int, segments: int, rule: str, video_mean: bool) -> li
 
 
 def prepare_clip_row(row: np.ndarray, l2: str) -> np.ndarray:
-    """A clip row as it enters pooling: normalised first with l2="clip"."""
+    """A clip row (D,) (one crop's) as it enters pooling: normalised first with l2="clip"."""
     return l2_normalize(row).astype(np.float32) if l2 == "clip" else row
 
 
 def mean_row(total: np.ndarray, count: int, l2: str) -> np.ndarray:
-    """A video's mean feature (D,) from the float64 sum of its `count` clip rows, normalised with l2="output"."""
+    """A video's mean feature (D,), or (C, D) per crop, from the float64 sum of its `count` clip rows (per crop),
+    normalised with l2="output"."""
     feats = (total / max(count, 1)).astype(np.float32)
     return l2_normalize(feats).astype(np.float32) if l2 == "output" else feats
 
 
 def pool_rows(rows: np.ndarray, segments: int, rule: str, video_mean: bool, l2: str) -> np.ndarray:
-    """A video's clip rows (N, D), as the network gives them, as written: float32 (N, D), (segments, D), or (D,)
-    with `video_mean`."""
+    """A video's clip rows (N, D), or (N, C, D) with C crops, as the network gives them, pooled as written: float32
+    (N, ...), (segments, ...), or with `video_mean` (D,) or (C, D)."""
     rows = np.asarray(rows, dtype=np.float32)
     if l2 == "clip":
         rows = l2_normalize(rows).astype(np.float32)
@@ -81,8 +86,9 @@ def pool_rows(rows: np.ndarray, segments: int, rule: str, video_mean: bool, l2: 
 
 
 def pool_groups(rows: np.ndarray, groups: list[np.ndarray] | None, l2: str) -> np.ndarray:
-    """Rows (N, D), already normalised with l2="clip", averaged over `groups` of clip numbers (None: kept
-    one per clip), then normalised with l2="output"; float32."""
+    """Rows (N, D) or (N, C, D), already normalised with l2="clip", averaged over `groups` of clip numbers (None:
+    kept one per clip), then normalised with l2="output"; float32. `rows[g]` is all that is asked of `rows` (a
+    `features.writers.RowFile` reads them from disk)."""
     if groups is not None:
         rows = np.stack([np.asarray(rows[g], dtype=np.float64).mean(axis=0) for g in groups]).astype(np.float32)
     return l2_normalize(rows).astype(np.float32) if l2 == "output" else np.asarray(rows, dtype=np.float32)

@@ -30,8 +30,8 @@ from c3dnet.data import sampling
 from c3dnet.data.containers import UnsupportedContainer, choose_demuxer
 from c3dnet.data.decode import FrameCountChanged, Video, VideoInfo, read_frames
 from c3dnet.data.records import FrameLimits, LimitExceeded, NotAVideo, NoVideoStream
-from c3dnet.errors import DataError
-from c3dnet.inference.clips import ClipPlan, clip_batches
+from c3dnet.errors import C3DError, DataError
+from c3dnet.inference.clips import ClipPlan, CropSet, clip_batches, frame_views
 from c3dnet.inference.prediction import predict_timeline, predict_video
 from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.preprocess import Preprocess
@@ -168,7 +168,7 @@ def check_response(job: Job, estimate: int, what: str) -> None:
     if limit is not None and estimate > limit:
         raise RequestError(413, f"{job.upload.name}: {what} would take about {estimate / 2**20:.0f} MB, more than "
                                 f"this server's limit of {limit / 2**20:g} MB per answer (--max-response-mb); ask "
-                                "for fewer rows (a larger stride, fewer segments, video_mean) or for .npy "
+                                "for fewer rows (a larger stride, fewer segments, video_mean) or crops, or for .npy "
                                 "(Accept: application/x-npy)")
 
 
@@ -179,13 +179,14 @@ def _sliding_clips(job: Job, pre: Preprocess, stride: int, fps: Fraction | None)
     return len(sampling.sliding_start_frames(max(n, 1), pre.clip_len, stride, pre.frame_interval))
 
 
-def sliding_rows(job: Job, output: str, plan: ClipPlan) -> np.ndarray:
-    """Rows (num_clips, D) of the clips of `plan`, decoding the video once, as `c3d extract` cuts them; chunks are
-    queued while the next ones decode."""
+def sliding_rows(job: Job, output: str, plan: ClipPlan, crops: CropSet | None = None) -> np.ndarray:
+    """Rows (num_clips * crops, D) of the clips of `plan` (each seen through `crops`, the centre crop by default),
+    decoding the video once, as `c3d extract` cuts them; chunks are queued while the next ones decode."""
     pre = job.batcher.runner(output).preprocess
     size = pre.resize_target(job.info.height, job.info.width)
     queued, cancel = [], job.guard.cancel
-    for clips in clip_batches(job.video, plan, pre, size, CHUNK, job.limits.autorotate):
+    per_clip = len(crops or CropSet())
+    for clips in clip_batches(job.video, plan, pre, size, CHUNK * per_clip, job.limits.autorotate, crops):
         with job.guard.paused():  # waits only while the queue is full
             queued += job.batcher.enqueue(clips, output, cancel)  # raises Cancelled once `cancel` is set
         job.count(len(clips))
@@ -268,12 +269,14 @@ class Features:
     spans: np.ndarray  # (rows, 4): first, last source frame, start s, end s (NaN: unknown)
     fps: float
     num_frames: int
+    crop_boxes: tuple[dict[str, Any], ...] = ()  # each view's box in the resized frames (as the manifest's)
 
     def to_dict(self) -> dict[str, Any]:
         spans = [{"start_frame": int(a), "end_frame": int(b), "time_s": None if np.isnan(t0) else float(t0),
                   "end_s": None if np.isnan(t1) else float(t1)} for a, b, t0, t1 in self.spans.tolist()]
         return {"video": self.video, **self.recipe.to_dict(), "fps": self.fps, "num_frames": self.num_frames,
-                "shape": list(self.rows.shape), "dtype": "float32", "spans": spans, "features": self.rows.tolist()}
+                "shape": list(self.rows.shape), "dtype": "float32", "crop_boxes": list(self.crop_boxes),
+                "spans": spans, "features": self.rows.tolist()}
 
 
 def features_job(job: Job, options: FeatureOptions, dim: int) -> Features:
@@ -281,15 +284,23 @@ def features_job(job: Job, options: FeatureOptions, dim: int) -> Features:
     open_upload(job)
     recipe = options.recipe
     pre = job.batcher.runner(recipe.layer).preprocess
+    try:
+        recipe.check_model(dim, pre)
+        views = frame_views(job.upload.name, *pre.resize_target(job.info.height, job.info.width), pre,
+                            recipe.crop_set)
+    except C3DError as e:
+        raise RequestError(422, str(e)) from None
     rows = recipe.rows(_sliding_clips(job, pre, recipe.stride, recipe.fps))
-    size = rows * dim * 4 if options.npy else rows * (dim * JSON_BYTES_PER_VALUE + TIMELINE_BYTES_PER_CLIP)
-    check_response(job, size, f"{rows} rows of {dim} features")
+    values = rows * recipe.num_crops * dim  # every crop's row is in the answer
+    size = values * 4 if options.npy else values * JSON_BYTES_PER_VALUE + rows * TIMELINE_BYTES_PER_CLIP
+    what = f"{rows} rows of {recipe.num_crops} crops" if recipe.num_crops > 1 else f"{rows} rows"
+    check_response(job, size, f"{what} of {dim} features")
 
     def work() -> tuple[ClipPlan, np.ndarray]:
         plan = ClipPlan.of(job.video, job.info.num_frames, pre, recipe.stride, recipe.fps)
-        return plan, sliding_rows(job, recipe.layer, plan)
+        return plan, sliding_rows(job, recipe.layer, plan, recipe.crop_set)
 
     plan, clip_rows = _replanned(job, work)
     return Features(video=job.upload.name, recipe=recipe, rows=recipe.finish(clip_rows),
-                    spans=plan.spans(recipe.groups(len(clip_rows))), fps=job.info.fps,
-                    num_frames=job.info.num_frames)
+                    spans=plan.spans(recipe.groups(len(plan.indices))), fps=job.info.fps,
+                    num_frames=job.info.num_frames, crop_boxes=tuple(v.to_dict() for v in views))

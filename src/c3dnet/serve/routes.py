@@ -83,7 +83,8 @@ async def answered(svc: Service, endpoint: str, make: Callable[[], Awaitable[Res
 
 uploads = APIRouter(prefix="/v1")
 PREDICT_PARAMS = ("top_k", "clips", "average", "stride", "fps", "thumbnails")
-FEATURE_PARAMS = ("layer", "stride", "fps", "video_mean", "segments", "segment_rule", "l2")
+FEATURE_PARAMS = ("layer", "stride", "fps", "video_mean", "segments", "segment_rule", "l2", "crops", "crop_order",
+                  "crop_axis")
 
 
 @uploads.post("/predict", openapi_extra=UPLOAD_BODY, summary="classify a video: top-k and per-clip timeline",
@@ -126,12 +127,18 @@ async def v1_features(
     l2: Annotated[Literal["none", "clip", "output"] | None,
                   Query(description="L2 normalisation: none, clip (before pooling), output (each row); default: "
                                     "output with segments, else none")] = None,
+    crops: Annotated[str, Query(description="center, 5 or 10: torchvision's five or ten crops of each clip, as "
+                                            "`c3d extract --crops`")] = "center",
+    crop_order: Annotated[str | None, Query(description="with crops: tencrop (default) or urdmu")] = None,
+    crop_axis: Annotated[str | None, Query(description="with crops: second, (rows, crops, dim) (default), or first, "
+                                                       "(crops, rows, dim)")] = None,
 ) -> Response:
     """The rows `c3d extract` writes for the video: JSON, or `.npy` bytes when the Accept header asks for
     application/x-npy."""
     try:
         recipe = FeatureRecipe(layer=layer, stride=stride, fps=fps or None, video_mean=video_mean,
-                               segments=segments, segment_rule=segment_rule, l2=l2)
+                               segments=segments, segment_rule=segment_rule, l2=l2, crops=crops,
+                               crop_order=crop_order or None, crop_axis=crop_axis or None)
     except ConfigError as e:
         raise RequestError(422, str(e)) from None
     npy = any(t in request.headers.get("accept", "") for t in NPY_TYPES)
