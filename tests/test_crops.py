@@ -29,7 +29,7 @@ from c3dnet.inference import clips as clips_module
 from c3dnet.inference.clips import CropSet
 from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D, C3DConfig
-from c3dnet.preprocess import Preprocess
+from c3dnet.preprocess import Preprocess, VolumeMean
 from c3dnet.weights import save_model
 from tests.conftest import tiny_config
 from tests.media import real_videos
@@ -318,6 +318,11 @@ def test_bad_crop_settings_say_what_is_allowed(weights, tmp_path, capsys):
                small)
     with pytest.raises(DataError, match=r"smaller than the 112x112 crop.*at most 100"):
         c3dnet.extract_features(small, _videos()["carphone"], crops=10, device="cpu")
+    caffe = Preprocess(channel_order="BGR", resize_hw=(128, 171), clip_len=16,
+                       volume_mean=VolumeMean(np.zeros((3, 16, 128, 171), np.float32), "mean.binaryproto"))
+    FeatureRecipe().check_model(4096, caffe)  # the centre crop, where the volume mean is defined
+    with pytest.raises(ConfigError, match=r"--crops 10: these weights subtract Caffe's volume mean"):
+        FeatureRecipe(crops=10).check_model(4096, caffe)
 
 
 # ------------------------------------------------------------------------------------------ the server
