@@ -13,6 +13,13 @@ plus the process's peak resident memory.
 With --xvid DIR the inputs are UCF-101's own encoding instead (MEncoder XviD with packed B-frames, made by
 `benchmarks/make_xvid.py`): `--videos` symlinks cycling over the folder's files, each file's frame count first
 checked against FFmpeg's (from the folder's manifest).
+
+--crops center,5,10 adds, for each crop setting (`c3d extract --crops`), a decode-only row (one decode, the crops
+cut from it) and an extract row with the model-only row's runner (the last one with a list of precisions), then
+rows of ratios against the first setting: the extract time measured, and what it would be if only the model's
+work grew (one more model-only pass per extra view of each clip).
+
+    python benchmarks/bench_extract.py --crops center,5,10 --skip-no-model --videos 4 --frames 100
 """
 
 from __future__ import annotations
@@ -110,6 +117,46 @@ class NoModel(ClipRunner):
         return PendingRows(np.zeros((clips.shape[0], self.dim), dtype=np.float32))
 
 
+def crop_rows(crop_list: str, runner: ClipRunner, workers: int, paths: list[Path], frame_counts: list[int],
+              args: argparse.Namespace, pre: Preprocess, model_cps: float, tmp: Path) -> list[tuple]:
+    """The rows of `--crops`: per crop setting, decode-only (1 process) and extract; then the ratios against the
+    first setting (extract seconds measured, and predicted from the model-only rate alone)."""
+    from c3dnet.inference.clips import CropSet
+
+    rows, seconds = [], {}
+    for crops in crop_list.split(","):
+        recipe = FeatureRecipe(args.layer, stride=args.stride, crops=crops)
+        t0, views = time.perf_counter(), 0
+        for p in paths[: args.decode_only_videos]:
+            info = video_info(p)
+            size = pre.resize_target(info.height, info.width)
+            for _, frames in clip_frames(p, pre, args.stride, info.num_frames, size, crops=CropSet(recipe.crops)):
+                np.stack(frames)
+                views += 1
+        dt = time.perf_counter() - t0
+        frames = sum(frame_counts[: args.decode_only_videos])
+        rows.append((f"crops {crops}: decode+resize+crop+stack only (1 process; clips/s counts views)", frames / dt,
+                     views / dt, dt))
+        options = ExtractOptions(recipe, batch_size=args.batch_size, workers=workers)
+        summary = extract([VideoRecord(p, -1) for p in paths], runner, tmp / f"crops_{crops}", options,
+                          progress=False)
+        shutil.rmtree(tmp / f"crops_{crops}")
+        if summary.failed or summary.frames != sum(frame_counts):
+            raise SystemExit(f"--crops {crops}: {len(summary.failed)} videos failed {summary.failed[:3]}")
+        seconds[crops] = (summary.seconds, summary.clips)
+        rows.append((f"crops {crops}: extract {args.layer}, {workers} decoder processes (clips/s counts clips)",
+                     summary.frames_per_s, summary.clips / summary.seconds, summary.seconds))
+        print("row:", rows[-1][0], f"{summary.frames_per_s:.0f} frames/s", flush=True)
+    first = crop_list.split(",")[0]
+    base, clips = seconds[first]
+    base_views = FeatureRecipe(crops=first).num_crops
+    for crops, (secs, _) in list(seconds.items())[1:]:
+        extra = (FeatureRecipe(crops=crops).num_crops - base_views) * clips / model_cps  # the model's extra work
+        rows.append((f"crops {crops} / crops {first}: extract seconds measured, and predicted from the extra model "
+                     "work alone (ratios)", secs / base, (base + extra) / base, float("nan")))
+    return rows
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -136,6 +183,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=16)
     parser.add_argument("--layer", default="fc6", choices=("pool5", "fc6", "fc7"))
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--crops", default=None, metavar="LIST",
+                        help="e.g. center,5,10: rows for each crop setting, against the first (see above)")
     parser.add_argument("--skip-no-model", action="store_true",
                         help="leave out the row that runs the pipeline with the model replaced by zeros")
     parser.add_argument("--sync-latency-ms", type=float, default=0.0,
@@ -208,6 +257,8 @@ def main() -> None:
                                  f"{summary.frames} frames read where the inputs hold {sum(frame_counts)}")
             rows.append((label, summary.frames_per_s, summary.clips / summary.seconds, summary.seconds))
             print("row:", label, f"{summary.frames_per_s:.0f} frames/s", flush=True)
+        if args.crops:  # with the runner and model-only rate measured last
+            rows += crop_rows(args.crops, runner, max(counts), paths, frame_counts, args, pre, model_cps, tmp)
 
     if args.xvid is not None:
         what = (f"{args.videos} videos, {sum(frame_counts)} frames (320x240 UCF-101 encoding: MEncoder XviD, packed "
@@ -227,6 +278,7 @@ def main() -> None:
     data = {"setting": setting, "peak_rss_mb": peak_rss_mb(),
             "rows": [dict(measurement=r[0], frames_per_s=r[1], clips_per_s=r[2], seconds=r[3]) for r in rows]}
     name = f"extract_{device.type}" + ("_xvid" if args.xvid is not None else "")
+    name += "_crops" if args.crops else ""
     write_results(name, f"Feature extraction: {setting}", environment(device), table, data,
                   "python benchmarks/bench_extract.py " + " ".join(sys.argv[1:]))
 
