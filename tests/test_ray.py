@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 import torch
 
+import c3dnet
 from c3dnet.cli import main
 from c3dnet.errors import ConfigError
 from c3dnet.features.output import OutputDir
 from c3dnet.features.ray_extract import RayOptions, plan_resources
-from c3dnet.features.ray_stages import probe_storage
+from c3dnet.features.ray_probe import probe_storage
+from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
 from c3dnet.weights import save_model
@@ -163,7 +165,8 @@ def test_driver_sigkilled_then_rerun(cluster, videos, weights, reference, tmp_pa
 
 
 @pytest.mark.slow
-def test_worker_node_removed_mid_job(cluster, videos, weights, reference, tmp_path, capsys):
+def test_worker_node_removed_mid_job(cluster, videos, weights, reference, tmp_path):
+    """Through the API, `c3dnet.extract_features_ray`, with the settings the plain run's flags give."""
     c, workers = cluster
     out = tmp_path / "feats"
     removed: list[int] = []
@@ -175,12 +178,12 @@ def test_worker_node_removed_mid_job(cluster, videos, weights, reference, tmp_pa
     thread = threading.Thread(target=remove)
     thread.start()
     try:
-        assert main(["extract", "--ray", c.address, "--weights", str(weights), "--out", str(out), *FLAGS,
-                     str(videos)]) == 0
+        summary = c3dnet.extract_features_ray(weights, [videos], out, FeatureRecipe(stride=4), ray=c.address)
     finally:
         thread.join()
         workers[1] = c.add_node(num_cpus=1, object_store_memory=STORE)  # the cluster as the fixture made it
     assert removed and removed[0] < 12, "the node must be removed mid-job"
+    assert (summary.done, summary.skipped, len(summary.failed)) == (12, 0, 1)
     _assert_same(out, reference)
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from c3dnet.data.decode import ArrayVideo
     from c3dnet.export import OnnxC3D
+    from c3dnet.features.options import ExtractSummary
+    from c3dnet.inference.recipe import FeatureRecipe
     from c3dnet.inference.runner import ClipRunner
     from c3dnet.model import C3D
 
@@ -168,3 +170,57 @@ def extract_features(
                                                                         batch_size, autorotate, recipe.crop_set)])
 
     return recipe.finish(replanned(rows))
+
+
+def extract_features_ray(
+    model_or_weights: str | os.PathLike[str] | C3D | OnnxC3D,
+    inputs: list[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    recipe: FeatureRecipe | None = None,
+    *,
+    ray: str = "auto",
+    gpus_per_actor: float | None = None,
+    actors: int | None = None,
+    decoders: int | None = None,
+    cpus_per_actor: float | None = None,
+    batch_size: int = 0,
+    precision: str = "auto",
+    source_fps: float | str | None = None,
+    autorotate: bool = True,
+    progress: bool = False,
+) -> ExtractSummary:
+    """`c3d extract --ray`: the features of many videos, computed on a Ray cluster, written to `out` as `c3d
+    extract` writes them (one .npy per video, its times, the merged manifest, failed.txt); a rerun resumes.
+
+    Args:
+        model_or_weights: a weights path every node of the cluster sees (any format `load_model` reads, an `.onnx`,
+            an OpenVINO folder), or a loaded model (shipped to the actors).
+        inputs: video files, folders (searched recursively) or .txt lists, as `c3d extract` takes them.
+        out: the output folder, on a file system every node mounts at the same path.
+        recipe: what each video's rows are (`inference.recipe.FeatureRecipe`; the default: fc6 every 16 frames).
+        ray: "auto", "local" or a cluster's address (`features.ray_extract.RayOptions`).
+        gpus_per_actor, actors, decoders, cpus_per_actor: the cluster's share (None: from its resources).
+        batch_size: clips per forward pass (0: 64 on GPU actors, 32 on CPU ones, as `c3d extract`).
+        precision: as `--precision`.
+        source_fps: the frame rate of frame folders without recorded timestamps.
+        autorotate: turn frames as each video's display matrix says.
+        progress: a progress bar of the videos.
+
+    Unreadable videos and inputs go to `out/failed.txt` and the others are extracted (`--skip-bad`).
+    """
+    from c3dnet.data.sources import find_videos
+    from c3dnet.features import ExtractOptions, OutputDir, output_keys
+    from c3dnet.features.ray_extract import ModelSpec, RayOptions, extract_ray
+    from c3dnet.inference.recipe import FeatureRecipe
+
+    recipe = recipe or FeatureRecipe()
+    _, source_rate = _rates(None, source_fps)
+    found = find_videos(list(inputs), skip_bad=True)
+    source = str(model_or_weights) if isinstance(model_or_weights, (str, os.PathLike)) else ""
+    options = ExtractOptions(recipe, source_fps=source_rate, batch_size=batch_size, skip_bad=True, weights=source,
+                             autorotate=autorotate)
+    OutputDir(out).create().write_unlisted(found.skipped, found.searched)
+    spec = ModelSpec(model_or_weights, recipe.layer, precision)
+    return extract_ray(found.records, spec, out, options, RayOptions(ray, gpus_per_actor, actors, decoders,
+                                                                     cpus_per_actor),
+                       keys=output_keys(found.records), progress=progress)

@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from c3dnet.errors import C3DError, ConfigError, DataError
+from c3dnet.features import ray_probe
 from c3dnet.features.manifest import output_keys
 from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import OutputDir
-from c3dnet.features.ray_stages import CHUNK_BYTES, ClipActor, ModelSpec, decode_video, probe_storage
+from c3dnet.features.ray_stages import CHUNK_BYTES, ClipActor, ModelSpec, decode_video
 from c3dnet.features.writers import VideoJob, WriterPool
 from c3dnet.fileio import OutputError
 from c3dnet.inference.runner import ClipRunner
@@ -163,23 +164,20 @@ def connected(address: str) -> Iterator[Any]:
 def check_storage(ray: Any, out: OutputDir, paths: list[str]) -> None:
     """Before any work: every alive node must see the output folder as this process wrote it, be able to write
     there, and see `paths` (the weights, a video). `DataError` naming the node and what it cannot see."""
+    from ray import cloudpickle
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     name, token = f".ray-check-{uuid.uuid4().hex}", uuid.uuid4().hex
     (out.path / name).write_text(token, encoding="utf-8")
-    probe = ray.remote(probe_storage)
+    cloudpickle.register_pickle_by_value(ray_probe)  # the probe's code travels with it: no c3dnet import there
+    probe = ray.remote(ray_probe.probe_storage)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         calls = [(n, probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], False))
                   .remote(str(out.path.absolute()), name, token, paths)) for n in nodes]
         for node, call in calls:
             where = f"node {node.get('NodeManagerHostname', '?')} ({node.get('NodeManagerAddress', '?')})"
-            try:
-                problem = ray.get(call, timeout=120)["problem"]
-            except Exception as e:  # a node that cannot run c3dnet's code at all
-                raise DataError(f"c3d extract --ray: {where} cannot run c3dnet ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}): install the same c3dnet on every "
-                                "node") from None
+            problem = ray.get(call, timeout=120)["problem"]
             if problem:
                 raise DataError(f"c3d extract --ray: {where} {problem}; {SHARED_STORAGE}")
     finally:

@@ -1,4 +1,4 @@
-"""The work a Ray cluster does for `c3d extract --ray`: decode tasks, the model's actors, the storage probe.
+"""The work a Ray cluster does for `c3d extract --ray`: decode tasks and the model's actors.
 
 These run in Ray's worker processes, on any node; the driver (`features.ray_extract`) plans them and writes the
 outputs. Rows between the stages are columns of numpy arrays (`ROW_COLUMNS`), one row per view of a clip:
@@ -10,7 +10,6 @@ outputs. Rows between the stages are columns of numpy arrays (`ROW_COLUMNS`), on
 - `ClipActor` (an actor pool, on GPUs or CPUs): runs the backend from `inference.backends.load_backend` on
   batches of rows, padded to one fixed size as the `Batcher` of a plain `c3d extract` pads them, so each row's
   float bits are those of a plain run.
-- `probe_storage` (a task pinned to each node before any work): can that node see the output folder?
 
 Example:
     >>> rows = next(decode_video({"index": np.array([0]), "path": np.array(["v.mp4"])}, pre, options))  # doctest: +SKIP
@@ -19,9 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import os
 import pickle
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,26 +145,3 @@ class ClipActor:
             out = self.runner(torch.from_numpy(self.staging).permute(0, 4, 1, 2, 3))
             rows[take] = out[:len(take)]
         return {**{c: batch[c] for c in ROW_COLUMNS}, "row": rows}
-
-
-def probe_storage(out_dir: str, token_name: str, token: str, paths: list[str]) -> dict[str, str]:
-    """On one node: whether it sees the output folder as the driver wrote it (the token file) and can write there,
-    and whether it sees `paths` (the weights, a video). Returns {"node", "problem"} ("" when all is well)."""
-    node = socket.gethostname()
-    folder = Path(out_dir)
-    problem = ""
-    try:
-        seen = (folder / token_name).read_text(encoding="utf-8")
-        if seen != token:
-            problem = f"{folder / token_name} holds another run's token: the folder there is not the driver's"
-        else:
-            mine = folder / f"{token_name}.{node}.{os.getpid()}"
-            mine.write_text(token, encoding="utf-8")
-            mine.unlink()
-    except OSError as e:
-        problem = f"cannot read and write {folder} ({e.strerror or e})"
-    if not problem:
-        missing = [p for p in paths if not os.path.exists(p)]
-        if missing:
-            problem = f"cannot see {missing[0]}"
-    return {"node": node, "problem": problem}
