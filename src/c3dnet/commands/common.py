@@ -1,5 +1,5 @@
-"""Options several commands share: sampling videos at a fixed frame rate (`--fps`, `--source-fps`) and the
-numeric precision of inference (`--precision`, `--fp32`)."""
+"""Options several commands share: sampling videos at a fixed frame rate (`--fps`, `--source-fps`), the
+numeric precision of inference (`--precision`, `--fp32`) and ActivityNet's PCA of features (`--pca`, `--pca-dim`)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,12 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto", help=PRECISION_HELP)
     parser.add_argument("--fp32", "--no-amp", dest="precision", action="store_const", const="fp32",
                         help="the same as --precision fp32 (no bf16 autocast on CUDA)")
+
+
+def add_pca_arguments(parser: argparse.ArgumentParser, rows: str) -> None:
+    """`--pca FILE` and `--pca-dim K` (`c3d extract`, `c3d pack`): `rows` says which rows the PCA reduces."""
+    parser.add_argument("--pca", default=None, metavar="FILE",
+                        help=f"reduce {rows} with this PCA file: ActivityNet's HDF5 (data/U, data/S, data/x_mean) or "
+                             "an .npz of those names; row = (x - x_mean) @ U[:, :--pca-dim]")
+    parser.add_argument("--pca-dim", type=int, default=None, metavar="K",
+                        help="with --pca: the components kept (default: 500, ActivityNet's)")

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from c3dnet.commands.common import add_fps_arguments, add_precision_arguments, fps_arguments
+from c3dnet.commands.common import add_fps_arguments, add_pca_arguments, add_precision_arguments, fps_arguments
 from c3dnet.commands.extract_ray import add_ray_arguments, run_ray
 
 HELP = "extract per-clip, per-segment or per-video C3D features of videos into .npy files with a manifest"
@@ -85,11 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-axis", default=None, metavar="second|first",
                         help="with --crops: second, (T, crops, dim) (default, RTFM's), or first, (crops, T, dim) "
                              "(UR-DMU's)")
-    parser.add_argument("--pca", default=None, metavar="FILE",
-                        help="reduce each written row with this PCA file: ActivityNet's HDF5 (data/U, data/S, "
-                             "data/x_mean) or an .npz of those names; row = (x - x_mean) @ U[:, :--pca-dim]")
-    parser.add_argument("--pca-dim", type=int, default=None, metavar="K",
-                        help="with --pca: the components kept (default: 500, ActivityNet's)")
+    add_pca_arguments(parser, "each written row (after pooling and L2)")
     add_fps_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per forward pass, across videos (default: 64 on a GPU, 32 on the CPU; a resumed "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from c3dnet.commands.common import add_pca_arguments
+
 HELP = ("pack the per-video features of `c3d extract` into one HDF5 file, or a folder of .txt (UCF-Crime), .pt or "
         ".npy")
 
@@ -21,11 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-crops", action="store_true",
                         help="features of --crops 5|10: one file per crop, <video>_<k>.npy, <video>_<k>_C.txt or "
                              "<video>_<k>.pt (k in the recorded crop order; UR-DMU's layout)")
-    parser.add_argument("--pca", default=None, metavar="FILE",
-                        help="reduce every row with this PCA file (ActivityNet's HDF5: data/U, data/S, data/x_mean; "
-                             "or an .npz of those names): (x - x_mean) @ U[:, :--pca-dim]")
-    parser.add_argument("--pca-dim", type=int, default=None, metavar="K",
-                        help="with --pca: the components kept (default: 500, ActivityNet's)")
+    add_pca_arguments(parser, "every row of features extracted without --pca")
 
 
 def run(args: argparse.Namespace) -> int:
