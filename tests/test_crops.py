@@ -30,6 +30,7 @@ from c3dnet.inference.clips import CropSet
 from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess, VolumeMean
+from c3dnet.probe import LabelledVideo, gather_features
 from c3dnet.weights import save_model
 from tests.conftest import tiny_config
 from tests.media import real_videos
@@ -299,6 +300,8 @@ def test_pack_refuses_folders_of_other_crop_settings(small, tmp_path, capsys):
     capsys.readouterr()
     assert main(["pack", str(out), "--to", str(tmp_path / "mixed.h5")]) == 2
     assert "crop_axis" in _error(capsys)
+    with pytest.raises(DataError, match=r"holds features of --crops 10 .*extract with the centre crop"):
+        gather_features(out, [LabelledVideo(str(video), 0, "list.txt:1")])  # the linear probe wants 2-D rows
 
 
 # ------------------------------------------------------------------------------------------ bad input

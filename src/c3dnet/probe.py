@@ -211,6 +211,10 @@ def gather_features(
     if not entries:
         raise DataError(f"{feature_dir}: no extracted features (no manifest entries); run `c3d extract --out "
                         f"{feature_dir} ...` first")
+    cropped = next((e for e in entries if e.crops != "center"), None)
+    if cropped is not None:
+        raise DataError(f"{feature_dir}: holds features of --crops {cropped.crops} ({cropped.key}: {cropped.shape}); "
+                        "the probe takes one row per clip or per video: extract with the centre crop for it")
     layers = {e.layer for e in entries}
     if layers != {"fc6"}:
         log.warning("%s holds %s features; the paper's probe uses fc6", feature_dir, sorted(layers))
