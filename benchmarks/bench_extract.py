@@ -3,6 +3,7 @@
     python benchmarks/bench_extract.py                          # tiny model, CPU
     python benchmarks/bench_extract.py --full-size --device cuda --videos 32 --frames 300 --batch-size 64
     python benchmarks/bench_extract.py --xvid benchmarks/xvid --videos 384      # UCF-101's encoding (make_xvid.py)
+    python benchmarks/bench_extract.py --full-size --precision fp32,int8 --skip-no-model   # CPU: int8 vs fp32
 
 Prints one table row per measurement: frames/s and clips/s of (a) what one decoder process does alone (decode,
 resize, crop, stack into clips: the ceiling set by PyAV per process), (b) the model alone on random clips,
@@ -13,6 +14,10 @@ plus the process's peak resident memory.
 With --xvid DIR the inputs are UCF-101's own encoding instead (MEncoder XviD with packed B-frames, made by
 `benchmarks/make_xvid.py`): `--videos` symlinks cycling over the folder's files, each file's frame count first
 checked against FFmpeg's (from the folder's manifest).
+
+--precision takes a comma-separated list (auto, fp32, bf16, int8): the model-only and extract rows are measured
+for each, in one run, and a last row gives each one's extract frames/s against the first's. int8 is the OpenVINO
+model `c3d quantize` makes (NNCF, here calibrated on 8 random clips: the speed, not the accuracy, is measured).
 
 --crops center,5,10 adds, for each crop setting (`c3d extract --crops`), a decode-only row (one decode, the crops
 cut from it) and an extract row with the model-only row's runner (the last one with a list of precisions), then
@@ -45,6 +50,7 @@ from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
 from common import environment, markdown_table, write_results  # noqa: E402
 from make_xvid import check_counts, load_xvid_set  # noqa: E402
+from precisions import backend_for, parse_precisions  # noqa: E402
 
 
 def _make_one(job: tuple[Path, int, int, int, int, str]) -> Path:
@@ -182,7 +188,10 @@ def main() -> None:
                         help="videos timed for the single-process decode-only row")
     parser.add_argument("--stride", type=int, default=16)
     parser.add_argument("--layer", default="fc6", choices=("pool5", "fc6", "fc7"))
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--precision", default="auto",
+                        help="auto, fp32, bf16 or int8, or a comma-separated list of them: rows for each (see above)")
+    parser.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
+                        help="the same as --precision fp32 (no bf16 autocast on CUDA)")
     parser.add_argument("--crops", default=None, metavar="LIST",
                         help="e.g. center,5,10: rows for each crop setting, against the first (see above)")
     parser.add_argument("--skip-no-model", action="store_true",
@@ -230,19 +239,24 @@ def main() -> None:
         frames = sum(frame_counts[: len(sample)])
         rows.append((f"decode+resize+crop+stack only (1 process, {len(sample)} videos)", frames / dt, clips / dt, dt))
 
-        runner = ClipRunner(model, args.layer, device, amp=not args.fp32)
-        batch = torch.randint(0, 256, (args.batch_size, 3, pre.clip_len, pre.crop_size, pre.crop_size),
-                              dtype=torch.uint8)
-        runner(batch)  # cuDNN autotuning and lazy init outside the timing
-        t0, n = time.perf_counter(), 0
-        while n < 3 or time.perf_counter() - t0 < 2.0:
-            runner(batch)  # includes the host -> device copy and the rows' way back, as in extract
-            n += 1
-        dt = time.perf_counter() - t0
-        model_cps = n * args.batch_size / dt
-        rows.append((f"model only, random clips ({name}, {device})", model_cps * args.stride, model_cps, dt))
         counts = [int(w) for w in args.workers.split(",")]
-        runs = [(runner, w, f"extract {args.layer}, {name}, {device}, {w} decoder processes") for w in counts]
+        precisions = parse_precisions(args.precision)
+        runs = []
+        for precision in precisions:
+            runner = ClipRunner(backend_for(model, device, precision), args.layer)
+            what = f"{name}, {device}, {runner.backend.precision}" + \
+                (f" ({runner.backend.runtime})" if runner.backend.runtime != "pytorch" else "")
+            batch = torch.randint(0, 256, (args.batch_size, 3, pre.clip_len, pre.crop_size, pre.crop_size),
+                                  dtype=torch.uint8)
+            runner(batch)  # cuDNN autotuning and lazy init outside the timing
+            t0, n = time.perf_counter(), 0
+            while n < 3 or time.perf_counter() - t0 < 2.0:
+                runner(batch)  # includes the host -> device copy and the rows' way back, as in extract
+                n += 1
+            dt = time.perf_counter() - t0
+            model_cps = n * args.batch_size / dt
+            rows.append((f"model only, random clips ({what})", model_cps * args.stride, model_cps, dt))
+            runs += [(runner, w, f"extract {args.layer}, {what}, {w} decoder processes") for w in counts]
         if not args.skip_no_model:
             runs.insert(0, (NoModel(model, args.layer, device), max(counts),
                             f"extract with no model (decode, batch, write), {max(counts)} decoder processes"))
@@ -269,7 +283,15 @@ def main() -> None:
     if args.sync_latency_ms:
         setting += f", every fsync {args.sync_latency_ms:g} ms slower"
     table_rows = [[label, fps, cps, secs] for label, fps, cps, secs in rows]
-    best = max((r for r in rows[2:] if not r[0].startswith("extract with no model")), key=lambda r: r[1])
+    extracts = [r for r in rows if r[0].startswith("extract ") and not r[0].startswith("extract with no model")]
+    if len(precisions) > 1:  # each precision's extraction against the first's, at the same decoder count
+        per = len(counts)
+        for k, precision in enumerate(precisions[1:], 1):
+            for j in range(per):
+                a, b = extracts[k * per + j], extracts[j]
+                table_rows.append([f"extract {precision} / extract {precisions[0]}, {counts[j]} decoder processes "
+                                   "(ratios)", a[1] / b[1], a[2] / b[2], float("nan")])
+    best = max(extracts, key=lambda r: r[1])
     table_rows.append(["best extract / decode-only (1 process), best extract / model-only (frames/s ratios)",
                        best[1] / rows[0][1], best[1] / rows[1][1], float("nan")])
     table = markdown_table(["measurement", "frames/s", "clips/s", "seconds"], table_rows)
@@ -278,6 +300,7 @@ def main() -> None:
     data = {"setting": setting, "peak_rss_mb": peak_rss_mb(),
             "rows": [dict(measurement=r[0], frames_per_s=r[1], clips_per_s=r[2], seconds=r[3]) for r in rows]}
     name = f"extract_{device.type}" + ("_xvid" if args.xvid is not None else "")
+    name += "" if precisions == ["auto"] else "_" + "_".join(precisions)
     name += "_crops" if args.crops else ""
     write_results(name, f"Feature extraction: {setting}", environment(device), table, data,
                   "python benchmarks/bench_extract.py " + " ".join(sys.argv[1:]))

@@ -14,6 +14,18 @@ Paths (--paths picks them by these names):
     compile-graphs, compile-bf16-graphs (inference only, only when named): compile and compile-bf16 in mode
         "reduce-overhead": the compiled graph replayed as CUDA graphs, so no kernel-launch gaps between batches
         (on the CPU, torch.compile runs it without graphs).
+    bf16 (inference only; default on the CPU): c3dnet's path with bf16 autocast on the CPU (`--precision bf16`:
+        oneDNN's AMX or AVX512-BF16 kernels where the CPU has them).
+    ort, ort-int8 (inference only; default on the CPU): ONNX Runtime on the graph `c3d export` writes, fp32, and
+        int8 from ONNX Runtime's static quantization (QOperator: QLinearConv, calibrated on 8 random clips).
+    ov, ov-bf16, ov-int8 (inference only; default on the CPU, needs the openvino extra): OpenVINO's CPU plugin on
+        the model converted as `c3d quantize` converts it: fp32, bf16 (its inference precision hint) and int8
+        (NNCF's post-training quantization, `c3dnet.quantize.quantize_openvino`, on 8 random clips).
+
+Every inference row has the max relative error of its logits beside its speed: max |logits - fp32| / max |fp32|
+on the timed batch, against the model in plain PyTorch fp32; and its speed against c3dnet's own path ("vs c3dnet").
+The data are random (weights and clips): the errors of the int8 rows say how the arithmetic behaves, not what a
+trained model calibrated on real videos gives (`c3d quantize` measures that, and tests/test_quantize.py).
 
 --infer-batch takes a comma-separated list: the inference rows are then measured at each batch size (a batch-size
 sweep; each size is compiled on its own, with automatic dynamic shapes off so that no size gets a dynamic graph).
@@ -28,6 +40,7 @@ the others go on.
 Usage:
     python benchmarks/bench_model.py                      # CPU: a reduced model (width 1/4, 16x56x56)
     python benchmarks/bench_model.py --full-size          # the reference C3D (16x112x112, 101 classes)
+    python benchmarks/bench_model.py --full-size --kinds inference --infer-batch 4   # the CPU precisions side by side
     python benchmarks/bench_model.py --device cuda --full-size --compile --train-batch 128 --infer-batch 256
     python benchmarks/bench_model.py --device cuda --paths compile --name model_cuda_compile   # compile alone
     python benchmarks/bench_model.py --device cuda --paths compile-graphs --kinds inference --infer-batch 128,512
@@ -43,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,8 +66,11 @@ from c3dnet.inference.backends import Compiled  # noqa: E402
 from c3dnet.model import C3D, C3DConfig, count_parameters, multiply_adds  # noqa: E402
 from common import environment, markdown_table, time_per_call, write_results  # noqa: E402
 
+CPU_KEYS = ("bf16", "ort", "ort-int8", "ov", "ov-bf16", "ov-int8")
+"""The inference paths past fp32 on the CPU (in the default set there)."""
 PATH_KEYS = ("naive", "tf32", "c3dnet", "compile", "compile-max", "compile-bf16", "compile-freeze", "compile-graphs",
-             "compile-bf16-graphs")
+             "compile-bf16-graphs", *CPU_KEYS)
+CALIBRATION_CLIPS = 8
 KINDS = ("inference", "training")
 
 
@@ -68,15 +85,20 @@ class Path_:
     mode: str | None = None  # torch.compile's mode
     bf16_weights: bool = False  # weights stored in bf16, no autocast (inference only)
     freezing: bool = False  # torch._inductor.config.freezing (inference only)
+    runtime: str = "pytorch"  # or "onnxruntime", "openvino" (inference only)
+    precision: str | None = None  # "bf16": autocast on the CPU too; for the other runtimes: fp32, bf16 or int8
 
     @property
     def inference_only(self) -> bool:
-        return self.bf16_weights or self.freezing or self.mode == "reduce-overhead"
+        return self.bf16_weights or self.freezing or self.mode == "reduce-overhead" or self.runtime != "pytorch" \
+            or self.precision is not None
 
 
 # Keyed by (pass, path, batch): each row's own model, compiled on its own (a sweep's sizes, inference and training).
 EAGER_FALLBACK: set[tuple[str, str, int]] = set()  # torch.compile failed and ran eagerly (c3dnet's Compiled)
 GRAPHS_SKIPPED: set[tuple[str, str, int]] = set()  # reduce-overhead: Inductor ran the graph without CUDA graphs
+ERRORS: dict[tuple[str, int], float] = {}  # (path, batch) -> max relative error of the logits against plain fp32
+REFERENCE: dict[int, torch.Tensor] = {}  # batch -> plain PyTorch fp32 logits of `bench_input`
 
 
 def _cudagraph_skips() -> int:
@@ -100,16 +122,95 @@ def make_model(config: C3DConfig, p: Path_, device: torch.device, state: dict) -
     return Compiled(model, mode=p.mode) if p.compile else model
 
 
+def bench_input(config: C3DConfig, batch: int, seed: int = 0) -> torch.Tensor:
+    """The same random clips (batch, 3, T, H, W) for every path, so that their logits can be compared."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, config.clip_len, config.crop_size, config.crop_size, generator=g)
+
+
+def record_error(p: Path_, config: C3DConfig, state: dict, batch: int, logits: torch.Tensor | np.ndarray) -> None:
+    """ERRORS[(p.name, batch)]: max |logits - fp32| / max |fp32| on `bench_input`, fp32 from plain PyTorch."""
+    if batch not in REFERENCE:
+        model = C3D(config)
+        model.load_state_dict(state)
+        with torch.no_grad():
+            REFERENCE[batch] = model.eval()(bench_input(config, batch))
+    ref = REFERENCE[batch].double()
+    got = torch.as_tensor(np.asarray(logits.float().cpu() if isinstance(logits, torch.Tensor) else logits)).double()
+    ERRORS[(p.name, batch)] = float((got - ref).abs().max() / ref.abs().max())
+
+
+def runtime_step(config: C3DConfig, p: Path_, state: dict, batch: int) -> Callable[[], None]:
+    """A step of ONNX Runtime or OpenVINO on the CPU (the graphs `c3d export` and `c3d quantize` make)."""
+    model = C3D(config)
+    model.load_state_dict(state)
+    model.eval()
+    x = bench_input(config, batch).numpy()
+    calibration = bench_input(config, CALIBRATION_CLIPS, seed=1)
+    if p.runtime == "openvino":
+        from c3dnet.inference.openvino import OpenVinoC3D
+        from c3dnet.quantize import quantize_openvino
+
+        ov_model = quantize_openvino(model, calibration) if p.precision == "int8" else OpenVinoC3D.from_c3d(model)
+        compiled = ov_model.compile(p.precision or "fp32")
+        run = lambda: compiled.run(x, ["logits"])[0]  # noqa: E731
+    else:
+        session = ort_session(model, calibration, p.precision == "int8")
+        run = lambda: session.run(["logits"], {"clips": x})[0]  # noqa: E731
+    record_error(p, config, state, batch, run())
+
+    def step() -> None:
+        run()
+
+    return step
+
+
+def ort_session(model: C3D, calibration: torch.Tensor, int8: bool):  # -> onnxruntime.InferenceSession
+    """ONNX Runtime on `model` exported as `c3d export` exports it; with `int8`, statically quantized (QOperator:
+    QLinearConv and QLinearMatMul, per-tensor, calibrated on `calibration`)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from c3dnet.export import INPUT_NAME, export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="bench_ort.") as tmp:
+        path = Path(tmp) / "c3d.onnx"
+        export_onnx(model, path, verify=False)
+        if int8:
+            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self.items = iter([{INPUT_NAME: c[None].numpy()} for c in calibration])
+
+                def get_next(self) -> dict | None:
+                    return next(self.items, None)
+
+            quant_pre_process(str(path), str(Path(tmp) / "pre.onnx"))  # shapes for the quantizer
+            quantize_static(str(Path(tmp) / "pre.onnx"), str(Path(tmp) / "int8.onnx"), Reader(),
+                            quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+            path = Path(tmp) / "int8.onnx"
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 def inference_step(config, p, device, state, batch) -> Callable[[], None]:
+    if p.runtime != "pytorch":
+        return runtime_step(config, p, state, batch)
     model = make_model(config, p, device, state).eval()
-    x = torch.randn(batch, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
+    x = bench_input(config, batch).to(device)
     if p.bf16_weights:
         x = x.to(torch.bfloat16)
     if p.fast:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        ctx = lambda: inference_context(device, amp=not p.bf16_weights)  # noqa: E731
+        ctx = lambda: inference_context(device, amp=not p.bf16_weights, precision=p.precision)  # noqa: E731
     else:
         ctx = torch.no_grad
+    if not p.compile:  # a compiled path's first call compiles: its logits would cost a compile out of the timing
+        with ctx():
+            record_error(p, config, state, batch, model(x))
 
     freeze = contextlib.nullcontext
     if p.freezing:  # scoped to this path's calls: the model is compiled at its first call
@@ -263,12 +364,20 @@ def main(argv: list[str] | None = None) -> int:
               benchmark=True, compile=True, mode="reduce-overhead"),
         Path_("compile-bf16-graphs", "c3dnet + torch.compile reduce-overhead (CUDA graphs), bf16 weights", fast=True,
               tf32=True, benchmark=True, compile=True, mode="reduce-overhead", bf16_weights=True),
+        Path_("bf16", "PyTorch bf16 autocast (channels_last_3d)", fast=True, tf32=False, benchmark=False,
+              compile=False, precision="bf16"),
+        Path_("ort", "ONNX Runtime fp32", False, False, False, False, runtime="onnxruntime", precision="fp32"),
+        Path_("ort-int8", "ONNX Runtime int8 (QLinearConv)", False, False, False, False, runtime="onnxruntime",
+              precision="int8"),
+        Path_("ov", "OpenVINO fp32", False, False, False, False, runtime="openvino", precision="fp32"),
+        Path_("ov-bf16", "OpenVINO bf16", False, False, False, False, runtime="openvino", precision="bf16"),
+        Path_("ov-int8", "OpenVINO int8 (NNCF)", False, False, False, False, runtime="openvino", precision="int8"),
     ]
     if keys is None:
-        keys = ["naive", "c3dnet"] + (["tf32"] if gpu else []) + (["compile"] if args.compile else [])
+        keys = ["naive", "c3dnet"] + (["tf32"] if gpu else list(CPU_KEYS)) + (["compile"] if args.compile else [])
     paths = [p for p in all_paths if p.key in keys]
 
-    headers = ["pass", "path", "batch", "clips/s", "TFLOP/s", "peak GiB", "vs naive"]
+    headers = ["pass", "path", "batch", "clips/s", "TFLOP/s", "peak GiB", "vs naive", "vs c3dnet", "max rel. err"]
     rows, data = [], {"config": config.to_dict(), "parameters": count_parameters(C3D(config)), "rows": []}
     passes = [("inference", inference_step, b, 2) for b in infer_batches] + [("training", train_step, train_batch, 6)]
     for kind, make, batch, flop_mult in passes:
@@ -279,24 +388,29 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results = measure(kind, kind_paths, lambda p, make=make, batch=batch: make(config, p, device, state, batch),
                           device, warmup, iters, args.rounds, min_seconds)
-        naive = results.get(all_paths[0].name)
+        naive, own = results.get(all_paths[0].name), results.get(all_paths[2].name)
         base = batch / naive[0] if isinstance(naive, tuple) else None
+        own_rate = batch / own[0] if isinstance(own, tuple) else None
         for p in kind_paths:
             result = results[p.name]
             key = (kind, p.name, batch)
             name = p.name + (" (torch.compile failed: ran eagerly)" if key in EAGER_FALLBACK else "") + \
                 (" (CUDA graphs skipped)" if key in GRAPHS_SKIPPED else "")
             if isinstance(result, str):
-                rows.append([kind, name, batch, result, "-", "-", "-"])
+                rows.append([kind, name, batch, result, "-", "-", "-", "-", "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, error=result))
             else:
                 seconds, peak = result
                 clips_s = batch / seconds
                 tflops = clips_s * macs * flop_mult / 1e12
                 ratio = clips_s / base if base else None
-                rows.append([kind, name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-"])
+                own_ratio = clips_s / own_rate if own_rate else None
+                error = ERRORS.get((p.name, batch)) if kind == "inference" else None
+                rows.append([kind, name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-",
+                             f"{own_ratio:.2f}x" if own_ratio else "-", f"{error:.1e}" if error is not None else "-"])
                 data["rows"].append(dict(kind=kind, path=p.name, batch=batch, clips_per_s=clips_s, tflops=tflops,
-                                         peak_gib=peak, ratio=ratio, eager_fallback=key in EAGER_FALLBACK,
+                                         peak_gib=peak, ratio=ratio, ratio_c3dnet=own_ratio, max_rel_error=error,
+                                         eager_fallback=key in EAGER_FALLBACK,
                                          cudagraphs_skipped=key in GRAPHS_SKIPPED))
             print("row:", markdown_table(headers, rows[-1:]).splitlines()[-1], flush=True)
         if gpu:

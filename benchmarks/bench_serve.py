@@ -8,6 +8,11 @@ Every row extracts fc6 features of the same generated video (320x240 MPEG-4 AVI,
 Usage:
     python benchmarks/bench_serve.py                                   # CPU: a reduced C3D (widths /4, fc 512)
     python benchmarks/bench_serve.py --model full --device cuda --clients 32 --requests 256 --frames 160
+    python benchmarks/bench_serve.py --model full --precision fp32,int8 --clients 4 --requests 16 --max-batch 4
+
+--precision takes a comma-separated list (auto, fp32, bf16, int8): the in-process and dynamic-batching rows are
+measured for each in one run (the naive row for the first only); int8 is an OpenVINO model quantized as `c3d
+quantize` does, on random clips (benchmarks/precisions.py), so its speed, not its accuracy, is measured.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c3dnet.data.encode import write_video  # noqa: E402
 from c3dnet.device import configure_for, select_device  # noqa: E402
+from c3dnet.inference.backends import Backend  # noqa: E402
 from c3dnet.model import C3D, C3DConfig  # noqa: E402
 from common import environment, markdown_table, write_results  # noqa: E402
+from precisions import backend_for, parse_precisions  # noqa: E402
 
 MODELS = {
     "small": C3DConfig(num_classes=101, width_mult=0.25, fc_dim=512),
@@ -47,7 +54,7 @@ def make_video(path: Path, frames: int) -> Path:
 class Running:
     """A `c3d serve` app on a free port of 127.0.0.1, in a thread of this process."""
 
-    def __init__(self, model: C3D, device: torch.device, **config) -> None:
+    def __init__(self, model: C3D | Backend, device: torch.device, **config) -> None:
         import uvicorn
 
         from c3dnet.serve import ServeConfig, create_app
@@ -100,10 +107,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64, help="frames of the video (clips = frames // 16)")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--decode-workers", type=int, default=4)
+    parser.add_argument("--precision", default="auto",
+                        help="auto, fp32, bf16 or int8, or a comma-separated list: rows for each (see above)")
     args = parser.parse_args()
-
-    import c3dnet
-
+    precisions = parse_precisions(args.precision)
     device = configure_for(select_device(args.device))
     torch.manual_seed(0)
     model = C3D(MODELS[args.model]).eval()
@@ -111,49 +118,62 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "v.avi", args.frames)
         payload = video.read_bytes()
-        c3dnet.extract_features(model, video, device=device)  # warm-up
-        n = max(4, args.requests // 4)
-        latency = []
-        for _ in range(n):
-            tick = time.perf_counter()
-            clips = len(c3dnet.extract_features(model, video, device=device))
-            latency.append(time.perf_counter() - tick)
-        seconds = sum(latency)
-        rows.append(["in-process, one video at a time", 1, n / seconds, n * clips / seconds,
-                     float(np.percentile(latency, 50) * 1000), float(np.percentile(latency, 99) * 1000),
-                     float(clips), 1.0])
-        data["in_process"] = {"requests_per_s": n / seconds, "clips_per_s": n * clips / seconds}
-        for name, max_batch in (("served, --max-batch 1 (naive)", 1),
-                                (f"served, dynamic batching (--max-batch {args.max_batch})", args.max_batch)):
-            server = Running(model, device, max_batch=max_batch, max_queue=max(256, 4 * max_batch),
-                             max_pending=max(32, args.clients), decode_workers=args.decode_workers)
-            try:
-                load(server.url, payload, args.clients, args.clients)  # warm-up: every batch size once
-                m = server.service.batcher
-                batches0, clips0 = m.batches, m.clips
-                shared0 = server.service.metrics.batch_requests.collect()[0].samples
-                seconds, latency, answered = load(server.url, payload, args.clients, args.requests)
-                batches, clips = m.batches - batches0, m.clips - clips0
-                shared = server.service.metrics.batch_requests.collect()[0].samples
-                sums = {s.name: s.value for s in shared}
-                sums0 = {s.name: s.value for s in shared0}
-                per_batch = (sums["c3d_batch_requests_sum"] - sums0["c3d_batch_requests_sum"]) / max(batches, 1)
-            finally:
-                server.stop()
-            rows.append([name, args.clients, args.requests / seconds, answered / seconds,
-                         float(np.percentile(latency, 50) * 1000), float(np.percentile(latency, 99) * 1000),
-                         clips / max(batches, 1), per_batch])
-            data[f"max_batch_{max_batch}"] = {"requests_per_s": args.requests / seconds,
-                                              "clips_per_s": answered / seconds,
-                                              "p50_ms": float(np.percentile(latency, 50) * 1000),
-                                              "p99_ms": float(np.percentile(latency, 99) * 1000),
-                                              "mean_batch": clips / max(batches, 1), "requests_per_batch": per_batch}
+        for k, precision in enumerate(precisions):
+            backend = backend_for(model, device, precision)
+            label = "" if precisions == ["auto"] else f" [{backend.precision}, {backend.runtime}]"
+            suffix = "" if precisions == ["auto"] else f"_{precision}"
+            measure(backend, device, video, payload, args, rows, data, label, suffix, naive=k == 0)
     table = markdown_table(["path", "clients", "requests/s", "clips/s", "p50 ms", "p99 ms", "clips per forward",
                             "requests per forward"], rows)
     command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
     title = (f"Serving: {args.model} C3D, fc6 of a {args.frames}-frame 320x240 video ({args.frames // 16} clips), "
              f"{args.requests} requests")
-    write_results(f"serve_{args.model}_{device.type}", title, environment(device), table, data, command.strip())
+    name = f"serve_{args.model}_{device.type}" + ("" if precisions == ["auto"] else "_" + "_".join(precisions))
+    write_results(name, title, environment(device), table, data, command.strip())
+
+
+def measure(model: Backend, device: torch.device, video: Path, payload: bytes, args: argparse.Namespace,
+            rows: list, data: dict, label: str, suffix: str, naive: bool) -> None:
+    """The in-process row and the served rows (naive only when `naive`) of one backend, into `rows` and `data`."""
+    import c3dnet
+
+    c3dnet.extract_features(model, video, device=device)  # warm-up
+    n = max(4, args.requests // 4)
+    latency = []
+    for _ in range(n):
+        tick = time.perf_counter()
+        clips = len(c3dnet.extract_features(model, video, device=device))
+        latency.append(time.perf_counter() - tick)
+    seconds = sum(latency)
+    rows.append(["in-process, one video at a time" + label, 1, n / seconds, n * clips / seconds,
+                 float(np.percentile(latency, 50) * 1000), float(np.percentile(latency, 99) * 1000),
+                 float(clips), 1.0])
+    data["in_process" + suffix] = {"requests_per_s": n / seconds, "clips_per_s": n * clips / seconds}
+    served = [("served, --max-batch 1 (naive)", 1)] if naive else []
+    for name, max_batch in served + [(f"served, dynamic batching (--max-batch {args.max_batch})",
+                                      args.max_batch)]:
+        server = Running(model, device, max_batch=max_batch, max_queue=max(256, 4 * max_batch),
+                         max_pending=max(32, args.clients), decode_workers=args.decode_workers)
+        try:
+            load(server.url, payload, args.clients, args.clients)  # warm-up: every batch size once
+            m = server.service.batcher
+            batches0, clips0 = m.batches, m.clips
+            shared0 = server.service.metrics.batch_requests.collect()[0].samples
+            seconds, latency, answered = load(server.url, payload, args.clients, args.requests)
+            batches, clips = m.batches - batches0, m.clips - clips0
+            shared = server.service.metrics.batch_requests.collect()[0].samples
+            sums = {s.name: s.value for s in shared}
+            sums0 = {s.name: s.value for s in shared0}
+            per_batch = (sums["c3d_batch_requests_sum"] - sums0["c3d_batch_requests_sum"]) / max(batches, 1)
+        finally:
+            server.stop()
+        rows.append([name + label, args.clients, args.requests / seconds, answered / seconds,
+                     float(np.percentile(latency, 50) * 1000), float(np.percentile(latency, 99) * 1000),
+                     clips / max(batches, 1), per_batch])
+        data[f"max_batch_{max_batch}{suffix}"] = {
+            "requests_per_s": args.requests / seconds, "clips_per_s": answered / seconds,
+            "p50_ms": float(np.percentile(latency, 50) * 1000), "p99_ms": float(np.percentile(latency, 99) * 1000),
+            "mean_batch": clips / max(batches, 1), "requests_per_batch": per_batch}
 
 
 if __name__ == "__main__":

@@ -102,6 +102,36 @@ def test_the_int8_folder_runs_in_extract_and_predict(ir, tmp_path, capsys):
     assert len(json.loads(capsys.readouterr().out)[0]["top_k"]) == 5
 
 
+def test_serve_runs_the_int8_folder(ir, tmp_path):
+    from tests.serving import Server, upload
+
+    folder, _, videos = ir
+    expected = load_backend(folder, "cpu").submit(protocol_clips_sliding(videos[2]), "fc6").result()
+    server = Server(folder, tmp_path / "server")
+    try:
+        r = upload(f"{server.url}/v1/features?layer=fc6", videos[2])
+        assert r.status_code == 200, r.text
+        got = np.array(r.json()["features"], dtype=np.float32)
+        assert "OpenVINO int8 on the CPU" in server.log()
+    finally:
+        server.stop()
+    # the rows `c3d extract` writes for the int8 folder (its extraction test checks those against fp32)
+    assert got.shape == expected.shape and expected.shape[1] == 32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def protocol_clips_sliding(video: Path) -> torch.Tensor:
+    """The clips every 16 frames that `c3d extract` and the server cut of `video` for the tiny model, as uint8
+    (N, 3, T, crop, crop)."""
+    from c3dnet.data.decode import video_info
+    from c3dnet.inference.clips import ClipPlan, clip_batches
+
+    pre = OpenVinoC3D.load(video.parent / "int8").preprocess
+    info = video_info(video)
+    plan = ClipPlan.of(video, info.num_frames, pre, 16, None)
+    return torch.cat(list(clip_batches(video, plan, pre, pre.resize_target(info.height, info.width), 8, True)))
+
+
 def test_info_describes_the_folder(ir, capsys):
     folder, weights, _ = ir
     assert main(["info", str(folder)]) == 0

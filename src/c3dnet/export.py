@@ -273,7 +273,22 @@ def _compare(cpu_model: C3D, path: Path, batch: int, seed: int) -> dict[str, Out
             for name, g, e in zip(OUTPUT_NAMES, got, expected)}
 
 
-class OnnxC3D:
+class ExportedShape:
+    """`num_classes` and `input_shape` of a C3D run outside PyTorch, from its `config` (ONNX, OpenVINO)."""
+
+    config: C3DConfig
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        c = self.config
+        return c.in_channels, c.clip_len, c.crop_size, c.crop_size
+
+
+class OnnxC3D(ExportedShape):
     """An exported C3D run by ONNX Runtime, answering the calls of `C3D` used for inference.
 
     Attributes `config`, `preprocess`, `class_names`, `feature_dims`, `num_classes` and `input_shape` come
@@ -308,15 +323,6 @@ class OnnxC3D:
         self.class_names: list[str] | None = json.loads(meta[META_PREFIX + "class_names"])
         self.feature_dims: dict[str, int] = json.loads(meta[META_PREFIX + "feature_dims"])
         self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        c = self.config
-        return c.in_channels, c.clip_len, c.crop_size, c.crop_size
 
     def run(self, x: np.ndarray | torch.Tensor, outputs: tuple[str, ...] | list[str]) -> list[np.ndarray]:
         """The named outputs for a batch of normalised clips (N, 3, T, H, W)."""

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from c3dnet.errors import ConfigError, WeightsError
-from c3dnet.export import INPUT_NAME, OUTPUT_NAMES, OutputsGraph
+from c3dnet.export import INPUT_NAME, OUTPUT_NAMES, ExportedShape, OutputsGraph
 from c3dnet.log import get_logger
 from c3dnet.model import C3D, C3DConfig
 from c3dnet.preprocess import Preprocess
@@ -80,7 +80,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class OpenVinoC3D:
+class OpenVinoC3D(ExportedShape):
     """A C3D as an OpenVINO model with its metadata (see the module docstring).
 
     Attributes:
@@ -96,15 +96,6 @@ class OpenVinoC3D:
         self.model, self.config, self.preprocess = model, config, preprocess
         self.class_names, self.feature_dims = class_names, dict(feature_dims)
         self.quantized, self.path, self.metadata = quantized, path, metadata or {}
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        c = self.config
-        return c.in_channels, c.clip_len, c.crop_size, c.crop_size
 
     @classmethod
     def from_c3d(cls, model: C3D) -> OpenVinoC3D:
