@@ -25,6 +25,11 @@ rows of ratios against the first setting: the extract time measured, and what it
 work grew (one more model-only pass per extra view of each clip).
 
     python benchmarks/bench_extract.py --crops center,5,10 --skip-no-model --videos 4 --frames 100
+
+--ray 1,2 adds a row per count of worker nodes: `c3d extract --ray` on a local Ray cluster of that many nodes
+sharing this machine's cores (`bench_ray.py`), then each one's time against the first plain extract row's.
+
+    python benchmarks/bench_extract.py --full-size --workers 1 --skip-no-model --ray 1,2 --videos 8 --frames 160
 """
 
 from __future__ import annotations
@@ -196,6 +201,8 @@ def main() -> None:
                         help="e.g. center,5,10: rows for each crop setting, against the first (see above)")
     parser.add_argument("--skip-no-model", action="store_true",
                         help="leave out the row that runs the pipeline with the model replaced by zeros")
+    parser.add_argument("--ray", default=None, metavar="LIST",
+                        help="e.g. 1,2: a row per count of worker nodes of a local Ray cluster (see above)")
     parser.add_argument("--sync-latency-ms", type=float, default=0.0,
                         help="add this much to every fsync, as a network or virtual disk costs (e.g. 10)")
     args = parser.parse_args()
@@ -271,6 +278,12 @@ def main() -> None:
                                  f"{summary.frames} frames read where the inputs hold {sum(frame_counts)}")
             rows.append((label, summary.frames_per_s, summary.clips / summary.seconds, summary.seconds))
             print("row:", label, f"{summary.frames_per_s:.0f} frames/s", flush=True)
+        if args.ray:  # the same videos, model and recipe as the plain rows
+            from bench_ray import ray_rows
+
+            recipe = FeatureRecipe(args.layer, stride=args.stride)
+            rows += ray_rows([int(k) for k in args.ray.split(",")], model, recipe, args.batch_size, paths,
+                             frame_counts, tmp, device, precisions[-1])
         if args.crops:  # with the runner and model-only rate measured last
             rows += crop_rows(args.crops, runner, max(counts), paths, frame_counts, args, pre, model_cps, tmp)
 
@@ -291,6 +304,10 @@ def main() -> None:
                 a, b = extracts[k * per + j], extracts[j]
                 table_rows.append([f"extract {precision} / extract {precisions[0]}, {counts[j]} decoder processes "
                                    "(ratios)", a[1] / b[1], a[2] / b[2], float("nan")])
+    for r in [r for r in rows if r[0].startswith("extract --ray")]:  # against the first plain extraction
+        table_rows.append([f"{r[0].split(' (')[0]} / {extracts[0][0]} (ratios: frames/s, seconds)",
+                           r[1] / extracts[0][1], float("nan"), r[3] / extracts[0][3]])
+    extracts = [r for r in extracts if not r[0].startswith("extract --ray")]
     best = max(extracts, key=lambda r: r[1])
     table_rows.append(["best extract / decode-only (1 process), best extract / model-only (frames/s ratios)",
                        best[1] / rows[0][1], best[1] / rows[1][1], float("nan")])
@@ -302,6 +319,7 @@ def main() -> None:
     name = f"extract_{device.type}" + ("_xvid" if args.xvid is not None else "")
     name += "" if precisions == ["auto"] else "_" + "_".join(precisions)
     name += "_crops" if args.crops else ""
+    name += "_ray" if args.ray else ""
     write_results(name, f"Feature extraction: {setting}", environment(device), table, data,
                   "python benchmarks/bench_extract.py " + " ".join(sys.argv[1:]))
 

@@ -2,7 +2,8 @@
 
 A dozen real-encoder and UCF-101-format (MEncoder XviD) files and a corrupt one, a reduced model. Every run's
 output folder must equal, byte for byte, a plain `c3d extract` of the same videos: a clean run, a run that loses a
-worker node mid-job, and a driver SIGKILLed mid-job and rerun (which must not redo the videos already done).
+worker node mid-job, and a driver stopped by Ctrl-C, rerun, SIGKILLed and rerun (the reruns must not redo the
+videos already done).
 """
 
 from __future__ import annotations
@@ -138,29 +139,50 @@ def test_clean_run_equals_plain_extract(cluster, videos, weights, reference, tmp
     _assert_same(out, reference)
 
 
+def _finished_alone(out: Path) -> set[str]:
+    """The videos an interrupted run left done; nothing else may look done, and no temporary or lock is left."""
+    done = {p.stem for p in (out / ".parts").glob("*.json")}
+    assert {p.stem for p in out.glob("*.npy")} == done  # every .npy has its part: nothing half-written
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    return done
+
+
 @pytest.mark.slow
-def test_driver_sigkilled_then_rerun(cluster, videos, weights, reference, tmp_path):
+def test_driver_interrupted_then_sigkilled_then_rerun(cluster, videos, weights, reference, tmp_path):
+    """Ctrl-C (SIGINT) once 2 videos are done leaves nothing that looks complete and no temporaries; a rerun
+    SIGKILLed once 2 more are done leaves temporaries that look like nothing; the last rerun finishes the rest
+    without redoing any, and the folder equals the plain extraction's."""
     c, _ = cluster
     out = tmp_path / "feats"
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     args = _cli("extract", "--ray", c.address, "--weights", str(weights), "--out", str(out), *FLAGS, str(videos))
-    driver = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        _wait_parts(out, 3)
-        driver.send_signal(signal.SIGKILL)
-    finally:
-        driver.kill()
-        driver.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in (out / ".parts").glob("*.json")}
+
+    def run_until(n: int, sig: signal.Signals) -> int:
+        driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_parts(out, n)
+            driver.send_signal(sig)
+            return driver.wait(timeout=60)
+        finally:
+            driver.kill()
+            driver.wait()
+
+    assert run_until(2, signal.SIGINT) == 130  # "c3d extract: interrupted"
+    interrupted = _finished_alone(out)
+    assert not list((out / ".locks").glob("*.lock"))  # released on the way out
+    run_until(len(interrupted) + 2, signal.SIGKILL)
     done = {p.stem for p in (out / ".parts").glob("*.json")}
-    assert 3 <= len(done) < 12, "the driver must die mid-job"
-    npys = {k: (out / f"{k}.npy").stat().st_mtime_ns for k in done}
+    assert len(interrupted) < len(done) < 12, "the driver must die mid-job"
+    # A .npy without its part (killed between the two) is not done, as in a plain run: the rerun redoes it.
+    assert done <= {p.stem for p in out.glob("*.npy")}
+    stamps = {k: ((out / f"{k}.npy").stat().st_mtime_ns, (out / ".parts" / f"{k}.json").stat().st_mtime_ns)
+              for k in done}
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"extracted {12 - len(done)} videos" in rerun.stdout and f"{len(done)} already done" in rerun.stdout
-    assert {k: (out / f"{k}.npy").stat().st_mtime_ns for k in done} == npys  # not redone
-    assert {n: (out / ".parts" / n).stat().st_mtime_ns for n in before} == before
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # the killed driver's temporaries removed
+    assert {k: ((out / f"{k}.npy").stat().st_mtime_ns, (out / ".parts" / f"{k}.json").stat().st_mtime_ns)
+            for k in done} == stamps  # not redone
+    _finished_alone(out)  # the killed driver's temporaries removed
     _assert_same(out, reference)
 
 

@@ -217,9 +217,11 @@ def extract_ray(records: list[VideoRecord], spec: ModelSpec, out_dir: str | os.P
             todo.append((record, key))
     if summary.skipped:
         log.info("%d of %d videos already extracted in %s: skipped", summary.skipped, len(records), out.path)
+    if isinstance(spec.weights, (str, os.PathLike)) and os.path.exists(spec.weights):
+        spec = dataclasses.replace(spec, weights=os.path.abspath(spec.weights))  # as every node must see it
     with connected(ray_options.address) as ray:
-        paths = [str(spec.weights)] if isinstance(spec.weights, (str, os.PathLike)) else []
-        check_storage(ray, out, [p for p in paths if os.path.exists(p)] + [str(r.path) for r, _ in todo[:1]])
+        paths = [spec.weights] if isinstance(spec.weights, str) and os.path.exists(spec.weights) else []
+        check_storage(ray, out, paths + [os.path.abspath(r.path) for r, _ in todo[:1]])
         plan = plan_resources([n["Resources"] for n in ray.nodes() if n.get("Alive")], ray_options)
         log.info("ray: %s", plan.describe())
         if not options.batch_size:
@@ -257,7 +259,8 @@ def _rows(ray: Any, todo: list[tuple[VideoRecord, str]], spec: ModelSpec, runner
     batch_size = max(group, options.batch_size // group * group)  # the Batcher's: the same kernels, the same bits
     device = "cuda" if plan.actor_gpus > 0 else "cpu"
     try:
-        items = [{"index": i, "path": str(record.path)} for i, (record, _) in enumerate(todo)]
+        # Absolute: a worker's current folder is not the driver's (the error texts then name absolute paths)
+        items = [{"index": i, "path": os.path.abspath(record.path)} for i, (record, _) in enumerate(todo)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))  # a task per video
         # The memory request also keeps Ray Data from fusing the decode tasks into the model's actors (it does
         # when both ask for the same resources): decoding stays on tasks of its own, as many as the plan says.
@@ -338,7 +341,8 @@ class _RayWrites:
         if view in self.seen[i]:
             return  # sent again by a retried task
         self.seen[i].add(view)
-        self.summary.clips += 1
+        crops = self.options.recipe.num_crops
+        self.summary.clips += int(view % crops == crops - 1)  # a clip is counted once, at its last crop's row
         job = self.jobs[i]
         if job.add(view, row):
             self.writers.submit(job)

@@ -117,13 +117,11 @@ class ClipActor:
     """
 
     def __init__(self, spec: ModelSpec, batch_size: int, device: str, threads: int) -> None:
-        import torch
 
         from c3dnet.inference.backends import load_backend
         from c3dnet.inference.runner import ClipRunner
 
-        if device == "cpu":
-            torch.set_num_threads(max(1, threads))
+        self.threads = max(1, threads) if device == "cpu" else 0
         self.runner = ClipRunner(load_backend(spec.weights, device, spec.precision, spec.compile, progress=False,
                                               channels_last=spec.channels_last), spec.layer)
         self.batch_size = batch_size
@@ -132,6 +130,10 @@ class ClipActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
 
+        if self.threads and torch.get_num_threads() != self.threads:
+            # Here, not in __init__: Ray Data calls this on a thread of its own, and OpenMP's thread count is
+            # that of the calling thread (set in __init__, the model ran on 1 thread: 0.58x a plain run).
+            torch.set_num_threads(self.threads)
         clips = batch["clip"]  # (n, T, crop, crop, 3)
         live = np.flatnonzero(batch["view"] >= 0)  # error rows carry no clip
         rows = np.zeros((len(clips), self.runner.dim), dtype=np.float32)
