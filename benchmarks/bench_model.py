@@ -23,7 +23,8 @@ Paths (--paths picks them by these names):
         (NNCF's post-training quantization, `c3dnet.quantize.quantize_openvino`, on 8 random clips).
 
 Every inference row has the max relative error of its logits beside its speed: max |logits - fp32| / max |fp32|
-on the timed batch, against the model in plain PyTorch fp32; and its speed against c3dnet's own path ("vs c3dnet").
+on the timed batch, against the model in plain PyTorch fp32; and its speed against c3dnet's own path ("vs c3dnet":
+the median over rounds of the ratio within each round, the paths being timed in turn in every round).
 The data are random (weights and clips): the errors of the int8 rows say how the arithmetic behaves, not what a
 trained model calibrated on real videos gives (`c3d quantize` measures that, and tests/test_quantize.py).
 
@@ -99,6 +100,7 @@ EAGER_FALLBACK: set[tuple[str, str, int]] = set()  # torch.compile failed and ra
 GRAPHS_SKIPPED: set[tuple[str, str, int]] = set()  # reduce-overhead: Inductor ran the graph without CUDA graphs
 ERRORS: dict[tuple[str, int], float] = {}  # (path, batch) -> max relative error of the logits against plain fp32
 REFERENCE: dict[int, torch.Tensor] = {}  # batch -> plain PyTorch fp32 logits of `bench_input`
+ROUNDS: dict[tuple[str, str], list[float]] = {}  # (pass, path) -> seconds per step of each round, in order
 
 
 def _cudagraph_skips() -> int:
@@ -295,8 +297,17 @@ def measure(kind: str, paths, make_step, device, warmup: int, iters: int, rounds
             print(f"{kind} round {r + 1}/{rounds} {name}: {times[name][-1] * 1e3:.1f} ms/step", flush=True)
             if device.type == "cuda":
                 peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
+    ROUNDS.update({(kind, name): t for name, t in times.items()})
     return {name: (statistics.median(times[name]), peaks.get(name, float("nan"))) if times[name] else status[name]
             for name in times}
+
+
+def round_ratio(kind: str, name: str, base: str) -> float | None:
+    """The median over rounds of (`base`'s seconds / `name`'s seconds) in the same round: on a machine whose load
+    changes during the run, a ratio of neighbours in time says more than a ratio of medians."""
+    a, b = ROUNDS.get((kind, name), []), ROUNDS.get((kind, base), [])
+    pairs = [y / x for x, y in zip(a, b)]
+    return statistics.median(pairs) if pairs and len(a) == len(b) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                 clips_s = batch / seconds
                 tflops = clips_s * macs * flop_mult / 1e12
                 ratio = clips_s / base if base else None
-                own_ratio = clips_s / own_rate if own_rate else None
+                own_ratio = round_ratio(kind, p.name, all_paths[2].name) if own_rate else None
                 error = ERRORS.get((p.name, batch)) if kind == "inference" else None
                 rows.append([kind, name, batch, clips_s, tflops, peak, f"{ratio:.2f}x" if ratio else "-",
                              f"{own_ratio:.2f}x" if own_ratio else "-", f"{error:.1e}" if error is not None else "-"])
