@@ -137,6 +137,11 @@ def test_clean_run_equals_plain_extract(cluster, videos, weights, reference, tmp
                  str(videos)]) == 0
     assert "extracted 12 videos" in capsys.readouterr().out
     _assert_same(out, reference)
+    assert main(["extract", "--ray", c.address, "--weights", str(weights), "--out", str(out), *FLAGS,
+                 str(videos)]) == 0  # all done: nothing goes to the cluster
+    said = capsys.readouterr().out
+    assert "extracted 0 videos" in said and "12 already done" in said
+    _assert_same(out, reference)
 
 
 def _finished_alone(out: Path) -> set[str]:
@@ -148,7 +153,7 @@ def _finished_alone(out: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_driver_interrupted_then_sigkilled_then_rerun(cluster, videos, weights, reference, tmp_path):
+def test_driver_interrupted_then_sigkilled_then_rerun(cluster, videos, weights, reference, tmp_path, capsys):
     """Ctrl-C (SIGINT) once 2 videos are done leaves nothing that looks complete and no temporaries; a rerun
     SIGKILLed once 2 more are done leaves temporaries that look like nothing; the last rerun finishes the rest
     without redoing any, and the folder equals the plain extraction's."""
@@ -177,9 +182,10 @@ def test_driver_interrupted_then_sigkilled_then_rerun(cluster, videos, weights, 
     assert done <= {p.stem for p in out.glob("*.npy")}
     stamps = {k: ((out / f"{k}.npy").stat().st_mtime_ns, (out / ".parts" / f"{k}.json").stat().st_mtime_ns)
               for k in done}
-    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"extracted {12 - len(done)} videos" in rerun.stdout and f"{len(done)} already done" in rerun.stdout
+    capsys.readouterr()
+    assert main(args[3:]) == 0  # the last rerun in this process (the same command)
+    said = capsys.readouterr().out
+    assert f"extracted {12 - len(done)} videos" in said and f"{len(done)} already done" in said
     assert {k: ((out / f"{k}.npy").stat().st_mtime_ns, (out / ".parts" / f"{k}.json").stat().st_mtime_ns)
             for k in done} == stamps  # not redone
     _finished_alone(out)  # the killed driver's temporaries removed
@@ -238,3 +244,24 @@ def test_storage_probe_says_what_a_node_cannot_see(tmp_path):
     assert probe_storage(str(out.path), ".tok", "abc", ["/nonexistent/w.safetensors"])["problem"] == \
         "cannot see /nonexistent/w.safetensors"
     assert sorted(p.name for p in out.path.iterdir()) == [".parts", ".tok"]  # its own test file removed
+
+
+def test_missing_ray_names_the_install(monkeypatch):
+    from c3dnet.features.ray_extract import connected
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as without the extra
+    with pytest.raises(ConfigError, match=r"needs Ray Data: pip install 'c3dnet\[ray\]'"), connected("auto"):
+        pass
+
+
+def test_ray_flags_that_do_not_fit_are_one_line(videos, weights, tmp_path, capsys):
+    common = ["extract", "--weights", str(weights), "--out", str(tmp_path / "o"), str(videos)]
+    assert main([*common, "--ray", "--workers", "2"]) == 2
+    assert "on a Ray cluster give --ray-decoders" in capsys.readouterr().err
+    assert main([*common, "--ray", "--device", "cpu", "--ray-gpus-per-actor", "1"]) == 2
+    assert "--device cpu with --ray-gpus-per-actor 1: give one of them" in capsys.readouterr().err
+    assert main([*common, "--ray", str(videos)]) == 2
+    assert f"--ray took '{videos}', an input, for the cluster's address" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--ray", "--ray-actors", "0"])
+    assert "--ray-actors: takes a number >= 1 or auto, and '0' is not one" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -63,6 +64,9 @@ def run_ray(args: argparse.Namespace, recipe: FeatureRecipe, source_fps: Fractio
 
     if DistInfo.from_env().is_distributed:
         raise ConfigError("--ray runs one driver for the whole cluster: start it once, not under torchrun")
+    if args.ray not in ("auto", "local") and os.path.exists(args.ray):
+        raise ConfigError(f"--ray took {args.ray!r}, an input, for the cluster's address: write --ray auto (or the "
+                          "head's address) before the inputs, or put --ray after them")
     if args.workers is not None:
         raise ConfigError("--workers counts decoder processes of this machine; on a Ray cluster give --ray-decoders")
     gpus = args.ray_gpus_per_actor

@@ -217,6 +217,10 @@ def extract_ray(records: list[VideoRecord], spec: ModelSpec, out_dir: str | os.P
             todo.append((record, key))
     if summary.skipped:
         log.info("%d of %d videos already extracted in %s: skipped", summary.skipped, len(records), out.path)
+    if not todo:  # nothing for the cluster to do (no connection needed): merge what the folder holds
+        out.clear_stale_locks()
+        out.merge_manifest()
+        return summary
     if isinstance(spec.weights, (str, os.PathLike)) and os.path.exists(spec.weights):
         spec = dataclasses.replace(spec, weights=os.path.abspath(spec.weights))  # as every node must see it
     with connected(ray_options.address) as ray:
@@ -229,9 +233,8 @@ def extract_ray(records: list[VideoRecord], spec: ModelSpec, out_dir: str | os.P
         run = _RayWrites(todo, out, runner, options, summary, progress, len(records))
         finished = False
         try:
-            if todo:
-                for batch in _rows(ray, todo, spec, runner, options, plan):
-                    run.add(batch)
+            for batch in _rows(ray, todo, spec, runner, options, plan):
+                run.add(batch)
             run.finish()
             finished = True
         finally:

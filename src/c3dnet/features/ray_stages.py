@@ -117,7 +117,6 @@ class ClipActor:
     """
 
     def __init__(self, spec: ModelSpec, batch_size: int, device: str, threads: int) -> None:
-
         from c3dnet.inference.backends import load_backend
         from c3dnet.inference.runner import ClipRunner
 
@@ -132,7 +131,7 @@ class ClipActor:
 
         if self.threads and torch.get_num_threads() != self.threads:
             # Here, not in __init__: Ray Data calls this on a thread of its own, and OpenMP's thread count is
-            # that of the calling thread (set in __init__, the model ran on 1 thread: 0.58x a plain run).
+            # that of the calling thread (set in __init__, the model ran on one thread: 0.57x a plain run's speed).
             torch.set_num_threads(self.threads)
         clips = batch["clip"]  # (n, T, crop, crop, 3)
         live = np.flatnonzero(batch["view"] >= 0)  # error rows carry no clip
