@@ -144,6 +144,26 @@ def test_info_describes_the_folder(ir, capsys):
     assert info["quantization"]["accuracy"]["clips"] == 4
 
 
+def test_a_float_folder_runs_in_fp32_and_bf16(ir, model, real_clips, tmp_path, capsys):
+    _, weights, videos = ir
+    folder = tmp_path / "float"
+    assert main(["quantize", "--float", "--weights", str(weights), "--calib", *map(str, videos), "--out",
+                 str(folder), "--clips", "6"]) == 0
+    assert "float OpenVINO IR" in capsys.readouterr().out
+    expected = as_backend(model, "cpu", "fp32").submit(real_clips, "fc6").result()
+    scale = np.abs(expected).max()
+    fp32, bf16 = load_backend(folder, "cpu"), load_backend(folder, "cpu", "bf16")
+    assert (fp32.runtime, fp32.precision, bf16.precision) == ("openvino", "fp32", "bf16")
+    np.testing.assert_allclose(fp32.submit(real_clips, "fc6").result(), expected, rtol=0, atol=1e-5 * scale)
+    got = bf16.submit(real_clips, "fc6").result()
+    assert 1e-4 < np.abs(got - expected).max() / scale < 3e-2  # bf16 ran
+    with pytest.raises(ConfigError, match="c3d quantize"):
+        load_backend(folder, "cpu", "int8")
+    assert main(["info", str(folder)]) == 0
+    assert "precision:     fp32, not quantized (--precision bf16 runs it in bf16), checked on 6 clips of 3 videos" \
+        in capsys.readouterr().out
+
+
 def copy_ir(folder: Path, dst: Path) -> Path:
     dst.mkdir()
     for name in (XML_FILE, BIN_FILE, META_FILE):

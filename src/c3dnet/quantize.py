@@ -10,6 +10,9 @@
    (`inference.openvino.OpenVinoC3D.from_c3d`, outputs logits, pool5, fc6, fc7) on the rest.
 3. On the held-out clips the int8 model is compared with PyTorch fp32 (`Accuracy`): top-1 agreement of the logits,
    the cosine of every clip's fc6 and fc7 rows, the max relative error of each output.
+With `int8=False` (`c3d quantize --float`) the model is converted and not quantized: every clip is compared, and
+the folder holds the float IR, which runs in fp32 or, with `--precision bf16`, in OpenVINO's bf16.
+
 4. Below `min_agreement` nothing is written and `QuantizeError` gives the figures. Otherwise the IR, with
    `c3dnet.json` (config, preprocessing, class names, the weights' SHA-256, the calibration and the figures),
    is written to a staging folder beside `out` and renamed into place, as `c3d export` publishes.
@@ -198,7 +201,7 @@ def quantize_openvino(model: C3D, calibration: torch.Tensor) -> OpenVinoC3D:
 
 def quantize(model: C3D, videos: list[str | os.PathLike[str]], out: str | os.PathLike[str], *, clips: int = 128,
              holdout: float = 0.25, min_agreement: float = 0.99, seed: int = 0, weights: str | None = None,
-             autorotate: bool = True) -> QuantizeReport:
+             autorotate: bool = True, int8: bool = True) -> QuantizeReport:
     """Quantize `model` to int8, calibrated on clips of `videos`, and write the IR folder `out` (see above).
 
     Args:
@@ -211,6 +214,7 @@ def quantize(model: C3D, videos: list[str | os.PathLike[str]], out: str | os.Pat
         seed: the order of the videos.
         weights: the weights' path or name, recorded with their SHA-256 (when a file).
         autorotate: turn frames as their display matrix says.
+        int8: quantize; False: write the float model (no calibration; all `clips` are compared).
 
     Raises:
         QuantizeError: agreement below `min_agreement` (nothing written). DataError: calibration videos.
@@ -225,19 +229,21 @@ def quantize(model: C3D, videos: list[str | os.PathLike[str]], out: str | os.Pat
     require("nncf"), require()  # before any decoding: a missing extra costs nothing
     found = find_videos(list(videos), skip_bad=True)
     sampled = calibration_clips(found.records, model, clips, seed, autorotate)
-    held = min(clips - 1, max(1, round(holdout * clips)))
+    held = min(clips - 1, max(1, round(holdout * clips))) if int8 else clips
     x = normalize(sampled.clips, model.preprocess)  # float32 (N, 3, T, H, W)
-    log.info("calibrating on %d clips of %d videos, %d held out", clips - held, sampled.videos, held)
-    int8 = quantize_openvino(model, x[: clips - held])
-    compiled = int8.compile("int8")
+    if int8:
+        log.info("calibrating on %d clips of %d videos, %d held out", clips - held, sampled.videos, held)
+    ov_model = quantize_openvino(model, x[: clips - held]) if int8 else OpenVinoC3D.from_c3d(model)
+    compiled = ov_model.compile("int8" if int8 else "fp32")
+    what = "int8" if int8 else "OpenVINO fp32"
     test = x[clips - held:]
     got = [compiled.run(test[i:i + BATCH], OUTPUT_NAMES) for i in range(0, len(test), BATCH)]
     accuracy = compare(reference_outputs(model, test), {n: np.concatenate([g[k] for g in got])
                                                         for k, n in enumerate(OUTPUT_NAMES)})
-    log.info("int8 against fp32: %s", accuracy.summary())
+    log.info("%s against PyTorch fp32: %s", what, accuracy.summary())
     if accuracy.top1_agreement < min_agreement:
         kept = " (the earlier model there is left as it was)" if out.exists() else ""
-        raise QuantizeError(f"{out}: not written{kept}: int8 agrees with fp32 on "
+        raise QuantizeError(f"{out}: not written{kept}: {what} agrees with fp32 on "
                             f"{100 * accuracy.top1_agreement:.1f}% of the held-out clips' top-1, below --min-agreement "
                             f"{min_agreement:g} ({accuracy.summary()}); calibrate on more or more "
                             "typical videos (--clips, --calib), or lower --min-agreement")
@@ -247,7 +253,7 @@ def quantize(model: C3D, videos: list[str | os.PathLike[str]], out: str | os.Pat
                              "unreadable_videos": len(sampled.unreadable), "seed": seed,
                              "clips_per_video": min(MAX_CLIPS_PER_VIDEO, math.ceil(clips / len(found.records)))},
              "accuracy": asdict(accuracy)}
-    size = write_folder(int8, out, extra)
+    size = write_folder(ov_model, out, extra)
     return QuantizeReport(out, accuracy, clips - held, held, sampled.videos, len(sampled.unreadable),
                           time.perf_counter() - start, size)
 

@@ -151,8 +151,13 @@ def describe_openvino(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _quantization(q: dict[str, Any]) -> list[str]:
     """`c3d info`'s lines on how a quantized model was calibrated and checked."""
     calib, acc = q.get("calibration") or {}, q.get("accuracy") or {}
-    lines = [f"precision:     {q['precision']}, calibrated on {calib.get('clips')} clips of {calib.get('videos')} "
-             f"videos ({calib.get('held_out')} more held out)"]
+    if q["precision"] == "int8":
+        how = f"calibrated on {calib.get('clips')} clips of {calib.get('videos')} videos ({calib.get('held_out')} " \
+              "more held out)"
+    else:  # `c3d quantize --float`
+        how = f"not quantized (--precision bf16 runs it in bf16), checked on {calib.get('held_out')} clips of " \
+              f"{calib.get('videos')} videos"
+    lines = [f"precision:     {q['precision']}, {how}"]
     if acc:
         errors = ", ".join(f"{k} {v:.2e}" for k, v in (acc.get("max_rel_error") or {}).items())
         lines.append(f"vs fp32:       top-1 agreement {100 * acc['top1_agreement']:.1f}% of {acc['clips']} held-out "

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="order in which the videos are sampled (default: 0)")
     parser.add_argument("--no-autorotate", dest="autorotate", action="store_false",
                         help="keep each video's coded orientation (FFmpeg's -noautorotate)")
+    parser.add_argument("--float", dest="int8", action="store_false",
+                        help="write the model converted but not quantized (no calibration, every clip compared): it "
+                             "runs in fp32, or with --precision bf16 in OpenVINO's bf16")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
@@ -50,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights)
     report = quantize(model, args.calib, args.out, clips=args.clips, holdout=args.holdout,
                       min_agreement=args.min_agreement, seed=args.seed, weights=str(args.weights),
-                      autorotate=args.autorotate)
+                      autorotate=args.autorotate, int8=args.int8)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
         return 0
     unreadable = f", {report.unreadable_videos} unreadable passed over" if report.unreadable_videos else ""
-    print(f"wrote {report.path} (int8 OpenVINO IR, {report.size_bytes / 1e6:.1f} MB) in {report.seconds:.0f} s: "
-          f"calibrated on {report.calibration_clips} clips of {report.videos} videos{unreadable}")
-    print(f"int8 against PyTorch fp32: {report.accuracy.summary()}")
+    what = "int8" if args.int8 else "float"
+    calibrated = f"calibrated on {report.calibration_clips} clips" if args.int8 else "checked on clips"
+    print(f"wrote {report.path} ({what} OpenVINO IR, {report.size_bytes / 1e6:.1f} MB) in {report.seconds:.0f} s: "
+          f"{calibrated} of {report.videos} videos{unreadable}")
+    print(f"{what} against PyTorch fp32: {report.accuracy.summary()}")
     return 0
