@@ -41,7 +41,7 @@ from c3dnet.data.sources import VideoRecord, find_videos
 from c3dnet.data.transforms import normalize
 from c3dnet.errors import C3DError, ConfigError, DataError
 from c3dnet.export import OUTPUT_NAMES, OutputsGraph, staging_dir
-from c3dnet.inference.openvino import META_FILE, OpenVinoC3D, require, sha256_file
+from c3dnet.inference.openvino import META_FILE, OpenVinoC3D, require, sha256_file, signal_stack_kept
 from c3dnet.log import get_logger
 from c3dnet.model import C3D
 from c3dnet.version import __version__
@@ -194,7 +194,8 @@ def quantize_openvino(model: C3D, calibration: torch.Tensor) -> OpenVinoC3D:
     nncf = require("nncf")
     converted = OpenVinoC3D.from_c3d(model)
     items = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
-    quantized = nncf.quantize(converted.model, nncf.Dataset(items), subset_size=len(items))
+    with signal_stack_kept():
+        quantized = nncf.quantize(converted.model, nncf.Dataset(items), subset_size=len(items))
     return OpenVinoC3D(quantized, converted.config, converted.preprocess, converted.class_names,
                        converted.feature_dims, quantized=True)
 

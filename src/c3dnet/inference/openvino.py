@@ -26,11 +26,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import gc
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,64 @@ def require(module: str = "openvino") -> Any:
     except ImportError:
         raise ConfigError(f"OpenVINO inference and `c3d quantize` need the openvino extra ({module} is missing): "
                           f"{INSTALL}") from None
+
+
+@functools.cache
+def core() -> Any:
+    """The process's one `openvino.Core`, kept until exit.
+
+    OpenVINO's CPU plugin gives the calling thread a larger signal stack (for AMX state) when a Core first loads it,
+    and puts back the stack it found when that Core's plugin is released. Cores released out of order leave the
+    thread on a stack already unmapped, and the next signal handled there (a Python handler, faulthandler, a child's
+    SIGCHLD) kills the process with SIGSEGV. One Core that is never released makes one such stack, never freed.
+    """
+    return require().Core()
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_SPARE_STACK: list[ctypes.Array[ctypes.c_char]] = []
+"""The signal stack `signal_stack_kept` installs in place of an unmapped one (allocated once, never freed)."""
+
+
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps", encoding="ascii") as f:
+        for line in f:
+            start, _, end = line.partition(" ")[0].partition("-")
+            if int(start, 16) <= address < int(end, 16):
+                return True
+    return False
+
+
+def repair_signal_stack() -> bool:
+    """Give the calling thread a mapped signal stack if OpenVINO left it on an unmapped one (see `core`); True
+    when it had to. Linux only (elsewhere nothing is done)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(current)) != 0 or not current.ss_sp or _mapped(current.ss_sp):
+        return False
+    if not _SPARE_STACK:
+        _SPARE_STACK.append(ctypes.create_string_buffer(1 << 16))
+    spare = _SignalStack(ctypes.cast(_SPARE_STACK[0], ctypes.c_void_p), 0, len(_SPARE_STACK[0]))
+    if libc.sigaltstack(ctypes.byref(spare), None) != 0:
+        raise OSError(ctypes.get_errno(), "sigaltstack failed")
+    log.debug("OpenVINO left this thread's signal stack unmapped at %#x; a new one is installed", current.ss_sp)
+    return True
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Around code that makes and drops its own Cores (NNCF does, once per statistics pass): afterwards, with them
+    collected, the thread's signal stack is a mapped one (see `core`)."""
+    try:
+        yield
+    finally:
+        gc.collect()
+        repair_signal_stack()
 
 
 def is_ir_folder(path: str | os.PathLike[str]) -> bool:
@@ -142,9 +206,8 @@ class OpenVinoC3D(ExportedShape):
                 raise WeightsError(f"{folder / name}: not the file {META_FILE} records (its SHA-256 differs): the IR "
                                    "was made from other weights or changed after `c3d quantize`; run `c3d quantize` "
                                    "again into this folder")
-        ov = require()
         try:
-            model = ov.Core().read_model(str(folder / XML_FILE), str(folder / BIN_FILE))
+            model = core().read_model(str(folder / XML_FILE), str(folder / BIN_FILE))
         except RuntimeError as e:
             raise WeightsError(f"{folder / XML_FILE}: OpenVINO cannot read this IR ({str(e).splitlines()[0][:200]}); "
                                "run `c3d quantize` again") from None
@@ -156,9 +219,8 @@ class OpenVinoC3D(ExportedShape):
     def compile(self, precision: str) -> CompiledC3D:
         """This model compiled for the CPU at `precision` ("fp32" or "bf16" for a float model, "int8" for a
         quantized one; `inference.backends.OpenVinoBackend` checks which one applies)."""
-        ov = require()
         config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        return CompiledC3D(ov.Core().compile_model(self.model, "CPU", config), self.input_shape)
+        return CompiledC3D(core().compile_model(self.model, "CPU", config), self.input_shape)
 
     def save(self, folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
         """Write model.xml, model.bin and c3dnet.json (with `extra` added) into `folder` (a staging folder: see
