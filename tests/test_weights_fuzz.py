@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("caffe", "caffe-mean", "mmaction2", "mmengine", "native", "paddle", "sequential")
-CASES = 1000
+CASES = 500
 SEED = 17
 
 
@@ -66,7 +66,7 @@ def test_the_issues_hostile_files_are_refused_within_bounds() -> None:
 
 
 @pytest.mark.slow
-def test_a_thousand_mutants_of_every_format_load_or_are_refused() -> None:
+def test_five_hundred_mutants_of_every_format_load_or_are_refused() -> None:
     report = _server("--cases", str(CASES), "--seed", str(SEED), "--workers", "2", "--time-limit", "10",
                      timeout=600)
     counts = report["counts"]
@@ -78,5 +78,5 @@ def test_a_thousand_mutants_of_every_format_load_or_are_refused() -> None:
         assert set(counts[fmt]) == {"loaded", "refused"}, (fmt, counts[fmt])
         assert sum(counts[fmt].values()) == CASES
         # Both paths are exercised: mutants that still load, and many more that are refused.
-        assert counts[fmt]["loaded"] >= 50 and counts[fmt]["refused"] >= 500, (fmt, counts[fmt])
+        assert counts[fmt]["loaded"] >= CASES // 20 and counts[fmt]["refused"] >= CASES // 2, (fmt, counts[fmt])
     assert report["slowest_seconds"] < 5.0
