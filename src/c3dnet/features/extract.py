@@ -20,7 +20,7 @@ from c3dnet.features.decoders import Busy, Clips, DecoderLoader, Failed, Skipped
 from c3dnet.features.manifest import output_keys
 from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import OutputDir
-from c3dnet.features.writers import VideoJob, WriterPool
+from c3dnet.features.writers import VideoJob, WriterPool, count_written
 from c3dnet.fileio import OutputError
 from c3dnet.inference.runner import ClipRunner
 from c3dnet.log import get_logger, progress_bar
@@ -61,15 +61,8 @@ def extract(records: list[VideoRecord], runner: ClipRunner, out_dir: str | os.Pa
         decoders.stop()
         del messages
         run.close()
-        out.release_own_locks()  # also those of videos a decoder process had locked but not yet started
         try:
-            out.clear_stale_locks()
-            out.merge_manifest()
-        except OutputError:
-            if finished:
-                raise
-            # Otherwise the error that stopped the run (a full disk, most likely) is the one to report; the parts
-            # stay the record, and the next run merges them.
+            out.end_run(finished)
         finally:
             decoders.close()
     return summary
@@ -150,14 +143,7 @@ class _Extraction:
 
     def _collect(self, wait: bool = False) -> None:
         """Count the videos whose outputs are written."""
-        for job in self.writers.collect(wait):
-            del self.jobs[job.index]
-            self.summary.done += 1
-            self.summary.frames += job.meta.num_frames
-            self.bar.update(1)
-            elapsed = max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{self.summary.frames / elapsed:.0f} frames/s, "
-                                     f"{self.summary.clips / elapsed:.1f} clips/s")
+        count_written(self.writers.collect(wait), self.jobs, self.summary, self.bar, self.start)
 
     def _fail(self, job: VideoJob, error: DataError) -> None:
         self.batcher.drop(job)  # its rows already staged are computed, but go nowhere

@@ -31,7 +31,7 @@ from c3dnet.features.manifest import (
     parse_entry,
     write_merged_manifest,
 )
-from c3dnet.fileio import atomic_write_text, output_error
+from c3dnet.fileio import OutputError, atomic_write_text, output_error
 
 if TYPE_CHECKING:
     from c3dnet.data.sources import SkippedItem
@@ -176,6 +176,18 @@ class OutputDir:
                 lock = HeartbeatLock(path)
                 if lock.acquire():
                     lock.release()
+
+    def end_run(self, finished: bool) -> None:
+        """After a run, finished or stopped: this process's locks released, stale ones cleared, the manifest
+        merged. The merge's `OutputError` is raised only for a run that finished: otherwise the error that stopped
+        it (a full disk, most likely) is the one to report, and the parts stay the record the next run merges."""
+        self.release_own_locks()  # also those of videos a decoder process had locked but not yet started
+        try:
+            self.clear_stale_locks()
+            self.merge_manifest()
+        except OutputError:
+            if finished:
+                raise
 
     def merge_manifest(self) -> int:
         """(Re)write `manifest.jsonl`, `keys.csv` and `failed.txt` from the per-video parts; returns the entry

@@ -40,7 +40,7 @@ from c3dnet.features.manifest import output_keys
 from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import OutputDir
 from c3dnet.features.ray_stages import CHUNK_BYTES, ClipActor, ModelSpec, decode_video
-from c3dnet.features.writers import VideoJob, WriterPool
+from c3dnet.features.writers import VideoJob, WriterPool, count_written
 from c3dnet.fileio import OutputError
 from c3dnet.inference.runner import ClipRunner
 from c3dnet.log import get_logger, progress_bar
@@ -239,13 +239,7 @@ def extract_ray(records: list[VideoRecord], spec: ModelSpec, out_dir: str | os.P
             finished = True
         finally:
             run.close()
-            out.release_own_locks()
-            try:
-                out.clear_stale_locks()
-                out.merge_manifest()
-            except OutputError:
-                if finished:
-                    raise
+            out.end_run(finished)
     return summary
 
 
@@ -362,14 +356,7 @@ class _RayWrites:
         self.bar.update(1)
 
     def _collect(self, wait: bool = False) -> None:
-        for job in self.writers.collect(wait):
-            del self.jobs[job.index]
-            self.summary.done += 1
-            self.summary.frames += job.meta.num_frames
-            self.bar.update(1)
-            elapsed = max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{self.summary.frames / elapsed:.0f} frames/s, "
-                                     f"{self.summary.clips / elapsed:.1f} clips/s")
+        count_written(self.writers.collect(wait), self.jobs, self.summary, self.bar, self.start)
 
     def _fail(self, i: int, error: str) -> None:
         self.closed.add(i)

@@ -11,17 +11,18 @@ import errno
 import io
 import os
 import tempfile
+import time
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from c3dnet.features.decoders import VideoMeta
 from c3dnet.features.locks import HeartbeatLock
 from c3dnet.features.manifest import TMP_TAG, ManifestEntry, format_times
-from c3dnet.features.options import ExtractOptions
+from c3dnet.features.options import ExtractOptions, ExtractSummary
 from c3dnet.features.output import REMEDY, OutputDir
 from c3dnet.fileio import atomic_write, atomic_write_text, free_bytes, output_error, publish, reserve
 from c3dnet.inference.pooling import mean_row, pool_groups, prepare_clip_row
@@ -276,3 +277,17 @@ class WriterPool:
     def close(self) -> None:
         """Wait for every writer (none may still use a job dropped afterwards)."""
         self.pool.shutdown(wait=True)
+
+
+def count_written(written: list[VideoJob], jobs: dict[int, VideoJob], summary: ExtractSummary, bar: Any,
+                  start: float) -> None:
+    """The videos `WriterPool.collect` handed back: out of `jobs` (by index), counted in `summary`, a step of the
+    progress `bar` each, whose rates run from `start` (a `time.perf_counter` time)."""
+    for job in written:
+        del jobs[job.index]
+        summary.done += 1
+        summary.frames += job.meta.num_frames
+        bar.update(1)
+    if written:
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix_str(f"{summary.frames / elapsed:.0f} frames/s, {summary.clips / elapsed:.1f} clips/s")
