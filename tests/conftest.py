@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from c3dnet.model import C3D, C3DConfig
+from c3dnet.weights import save_model
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +25,11 @@ def tiny_config(**overrides) -> C3DConfig:
 @pytest.fixture
 def tiny_model() -> C3D:
     return C3D(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def weights(model, tmp_path_factory):
+    """The test module's own `model` fixture saved as a weight file (a module may define its own `weights`)."""
+    path = tmp_path_factory.mktemp("w") / "w.safetensors"
+    save_model(model, path)
+    return path

@@ -49,13 +49,6 @@ def model() -> C3D:
 
 
 @pytest.fixture(scope="module")
-def weights(model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "w.safetensors"
-    save_model(model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A faster tiny C3D (32x32 crops of frames of short side 36) and its weight file."""
     torch.manual_seed(0)

@@ -22,7 +22,6 @@ from c3dnet.inference.pca import PcaProjection
 from c3dnet.inference.recipe import FeatureRecipe
 from c3dnet.model import C3D
 from c3dnet.preprocess import Preprocess
-from c3dnet.weights import save_model
 from tests.conftest import tiny_config
 from tests.media import real_videos
 
@@ -34,13 +33,6 @@ D, K = 32, 20  # the tiny model's fc6 width, the components in the file
 def model() -> C3D:
     torch.manual_seed(0)
     return C3D(tiny_config(), preprocess=PRE, class_names=list("abcde")).eval()
-
-
-@pytest.fixture(scope="module")
-def weights(model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("w") / "w.safetensors"
-    save_model(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")
