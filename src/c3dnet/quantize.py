@@ -10,12 +10,12 @@
    (`inference.openvino.OpenVinoC3D.from_c3d`, outputs logits, pool5, fc6, fc7) on the rest.
 3. On the held-out clips the int8 model is compared with PyTorch fp32 (`Accuracy`): top-1 agreement of the logits,
    the cosine of every clip's fc6 and fc7 rows, the max relative error of each output.
-With `int8=False` (`c3d quantize --float`) the model is converted and not quantized: every clip is compared, and
-the folder holds the float IR, which runs in fp32 or, with `--precision bf16`, in OpenVINO's bf16.
-
 4. Below `min_agreement` nothing is written and `QuantizeError` gives the figures. Otherwise the IR, with
    `c3dnet.json` (config, preprocessing, class names, the weights' SHA-256, the calibration and the figures),
    is written to a staging folder beside `out` and renamed into place, as `c3d export` publishes.
+
+With `int8=False` (`c3d quantize --float`) the model is converted and not quantized: every clip is compared, and
+the folder holds the float IR, which runs in fp32 or, with `--precision bf16`, in OpenVINO's bf16.
 
 Example:
     >>> report = quantize(load_model("c3d.safetensors"), ["videos/"], "c3d_int8", clips=128)   # doctest: +SKIP

@@ -73,7 +73,9 @@ def require(module: str = "openvino") -> Any:
                           f"{INSTALL}") from None
 
 
-@functools.cache
+_CORE_LOCK = threading.Lock()
+
+
 def core() -> Any:
     """The process's one `openvino.Core`, kept until exit.
 
@@ -82,6 +84,12 @@ def core() -> Any:
     thread on a stack already unmapped, and the next signal handled there (a Python handler, faulthandler, a child's
     SIGCHLD) kills the process with SIGSEGV. One Core that is never released makes one such stack, never freed.
     """
+    with _CORE_LOCK:  # two threads must not each make one: the one dropped would release its plugin
+        return _core()
+
+
+@functools.cache
+def _core() -> Any:
     return require().Core()
 
 
@@ -122,7 +130,7 @@ def repair_signal_stack() -> bool:
 
 @contextlib.contextmanager
 def signal_stack_kept() -> Iterator[None]:
-    """Around code that makes and drops its own Cores (NNCF does, once per statistics pass): afterwards, with them
+    """Around code that makes and drops its own Cores (NNCF's inference engine does): afterwards, with them
     collected, the thread's signal stack is a mapped one (see `core`)."""
     try:
         yield
